@@ -1,0 +1,59 @@
+# colq_sweep — run `make help` for the targets. Every target does its own set-up (a venv in .venv/).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is installed first and pinned (constraints.txt): an unpinned torch pulls a multi-GB CUDA build on CPU
+# machines. On a GPU machine that already has a CUDA torch, use `make install TORCH_SPEC=`.
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev
+OUT ?= outputs
+ARGS ?=
+NAME ?= demo
+PORT ?= 5000
+STAMP := $(VENV)/.installed-$(EXTRAS)
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MLFLOW_ENABLE_ASYNC_LOGGING=false
+
+.DEFAULT_GOAL := help
+.PHONY: help install fixtures test test-fast demo sweep report ui lint clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@if [ -n "$(TORCH_SPEC)" ]; then $(PY) -m pip install -q -c constraints.txt "$(TORCH_SPEC)"; fi
+	$(PY) -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	@touch $@
+
+install: $(STAMP) ## create .venv and install colq_sweep with its pinned stack (EXTRAS=dev,gpu,slurm)
+
+fixtures: $(STAMP) ## build the offline fixtures (tiny checkpoint, ViDoRe-format task, calibration text)
+	$(OFFLINE) $(PY) -m colq_sweep.fixtures --out $(OUT)/fixtures
+
+test: $(STAMP) ## run the whole test suite offline on the fixtures (a few minutes on 2 CPU cores)
+	$(OFFLINE) $(PY) -m pytest -q
+
+test-fast: $(STAMP) ## unit tests only (skips end-to-end quantize/evaluate tests)
+	$(OFFLINE) $(PY) -m pytest -q -m "not slow"
+
+demo: fixtures ## offline demo: 3-point seqlen sweep of the tiny model -> MLflow -> report in outputs/reports/demo/
+	$(OFFLINE) $(PY) -m colq_sweep -m experiment=demo $(ARGS)
+	$(OFFLINE) $(PY) -m colq_sweep.report --name demo
+
+sweep: $(STAMP) ## a real sweep (GPU + Hub), e.g. make sweep ARGS="experiment=seed-report"
+	$(PY) -m colq_sweep -m $(ARGS)
+
+report: $(STAMP) ## build outputs/reports/$(NAME)/ from the MLflow runs of experiment NAME
+	$(PY) -m colq_sweep.report --name $(NAME)
+
+ui: $(STAMP) ## serve the MLflow UI for the embedded store on http://127.0.0.1:$(PORT)
+	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(abspath $(OUT))/mlflow.db --host 127.0.0.1 --port $(PORT)
+
+lint: $(STAMP) ## ruff check
+	$(PY) -m ruff check colq_sweep hydra_plugins tests
+
+clean: ## remove outputs/ (models, results, MLflow store, reports); keeps .venv
+	rm -rf $(OUT)/* .pytest_cache
+	@touch $(OUT)/.gitkeep

@@ -1,0 +1,17 @@
+"""`python -m colq_sweep [-m] key=value ...`: one sweep point per job (see README)."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    from colq_sweep.app import run_job
+
+    run_job(cfg)
+
+
+if __name__ == "__main__":
+    main()
