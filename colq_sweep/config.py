@@ -328,8 +328,14 @@ def validate(cfg: Any) -> SweepPoint:
     from omegaconf.errors import MissingMandatoryValue
 
     if isinstance(cfg, DictConfig):
-        try:
-            d = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        try:  # `hydra` is left unresolved: its runtime interpolations exist only inside a running app
+            d = {
+                k: OmegaConf.to_container(cfg[k], resolve=True, throw_on_missing=True)
+                if OmegaConf.is_config(cfg[k])
+                else cfg[k]
+                for k in cfg
+                if k != "hydra"
+            }
         except MissingMandatoryValue as e:
             key = getattr(e, "full_key", None) or "?"
             raise ConfigError(str(key), "???", "is mandatory; set it on the command line, e.g. calib.path=...") from None

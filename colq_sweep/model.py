@@ -129,7 +129,9 @@ class ColQwen3Processor(Qwen3VLProcessor):
     @classmethod
     def build(cls, image_processor, tokenizer, max_num_visual_tokens: int) -> ColQwen3Processor:
         max_pixels = max_num_visual_tokens * (PATCH_SIZE * MERGE_SIZE) ** 2
-        image_processor.max_pixels = max_pixels
+        # The cap goes into `size` only: min/max_pixels attributes are a deprecated alias that would override it.
+        image_processor.min_pixels = None
+        image_processor.max_pixels = None
         image_processor.size = {
             "shortest_edge": min(image_processor.size.get("shortest_edge", max_pixels), max_pixels),
             "longest_edge": max_pixels,

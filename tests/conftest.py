@@ -17,4 +17,11 @@ def fixture_paths(tmp_path_factory):
     """Tiny Tomoro-layout checkpoint, ViDoRe-format task and calibration .jsonl (colq_sweep.fixtures)."""
     from colq_sweep.fixtures import ensure_fixtures
 
-    return ensure_fixtures(tmp_path_factory.mktemp("fixtures"))
+    # Laid out as <outputs_dir>/fixtures so configs that interpolate ${outputs_dir}/fixtures/... find them.
+    return ensure_fixtures(tmp_path_factory.mktemp("outputs") / "fixtures")
+
+
+@pytest.fixture(scope="session")
+def fixture_outputs_dir(fixture_paths):
+    """An outputs_dir whose fixtures/ subfolder holds the session fixtures (for composing real configs)."""
+    return fixture_paths.root.parent

@@ -1,0 +1,167 @@
+"""The Hydra config tree composes for every option and experiment, and bad values stop at the edge."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from colq_sweep.app import validate_or_exit
+from colq_sweep.config import ConfigError, validate
+from colq_sweep.tasks import CATALOGUE, FIXTURE_TASK
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def composed(overrides: list[str], outputs_dir: Path | None = None):
+    extra = [f"outputs_dir={outputs_dir}"] if outputs_dir else []
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=overrides + extra, return_hydra_config=True)
+
+
+@pytest.mark.parametrize("model", options("model"))
+@pytest.mark.parametrize("quant", options("quant"))
+def test_every_model_and_quant_option_validates(model, quant, fixture_outputs_dir):
+    point = validate(composed([f"model={model}", f"quant={quant}", "calib=fixture"], fixture_outputs_dir))
+    assert point.model.name == model
+    assert point.quant.enabled == (quant != "none")
+
+
+@pytest.mark.parametrize("calib", options("calib"))
+def test_every_calib_option_validates(calib, fixture_outputs_dir, fixture_paths):
+    extra = [f"calib.path={fixture_paths.calibration}"] if calib == "local" else []
+    point = validate(composed([f"calib={calib}"] + extra, fixture_outputs_dir))
+    assert point.calib.source == ("hub" if calib == "pile10k" else "jsonl")
+
+
+@pytest.mark.parametrize(
+    "option, n_tasks, n_entries",
+    [("vidore", 22, 71), ("vidore-v1", 10, 10), ("vidore-v2", 4, 13), ("vidore-v3", 8, 48), ("fixture", 1, 2)],
+)
+def test_eval_options_select_the_right_entries(option, n_tasks, n_entries, fixture_outputs_dir):
+    point = validate(composed([f"eval={option}"], fixture_outputs_dir))
+    assert len(point.eval.tasks) == n_tasks
+    assert len(point.eval.entries()) == n_entries
+    if option == "vidore-v3":  # the two private v3 tasks are left out, each with a one-line notice
+        assert len(point.eval.notices) == 2 and all("private" in n for n in point.eval.notices)
+
+
+def test_language_filter_keeps_only_those_subsets(fixture_outputs_dir):
+    point = validate(composed(["eval=vidore", "eval.languages=[en]"], fixture_outputs_dir))
+    entries = point.eval.entries()
+    # 10 v1 + ESGReportsHL + 3 v2 english subsets + 8 v3 english subsets
+    assert len(entries) == 22
+    assert {s for _, s in entries} == {"default", "english"}
+
+
+def test_demo_experiment(fixture_outputs_dir):
+    cfg = composed(["experiment=demo"], fixture_outputs_dir)
+    point = validate(cfg)
+    assert (point.model.name, point.eval.tasks, point.device) == ("tiny", (FIXTURE_TASK,), "cpu")
+    assert point.calib.source == "jsonl" and point.iters < 10 and point.nsamples <= 16
+    assert str(cfg.hydra.sweeper.params.seqlen) == "32,64,128"
+
+
+def test_seed_report_matrix_matches_the_study(fixture_outputs_dir):
+    cfg = composed(["experiment=seed-report"], fixture_outputs_dir)
+    studies = str(cfg.hydra.sweeper.params["+study"]).split(",")
+    assert len(studies) == 6
+    expect = {  # the study's nsamples / batch_size where it gave them (STUDY.md)
+        "4b-256": (256, 300, 300), "4b-512": (512, 600, 200), "4b-1024": (1024, 560, 80),
+        "8b-512": (512, None, 150), "8b-1024": (1024, None, 50), "8b-256": (256, None, None),
+    }  # fmt: skip
+    for study in studies:
+        point = validate(composed(["experiment=seed-report", f"+study={study}"], fixture_outputs_dir))
+        seqlen, nsamples, bs = expect[study]
+        assert point.model.name == f"colqwen3-{study.split('-')[0]}"
+        assert point.seqlen == seqlen and (nsamples is None or point.nsamples == nsamples)
+        assert bs is None or point.batch_size == bs
+        assert (point.iters, point.quant.bits, point.quant.group_size, point.quant.sym) == (1000, 4, 128, True)
+        assert point.calib.dataset == "NeelNanda/pile-10k" and len(point.eval.entries()) == 71
+
+
+def test_catalogue_matches_mteb():
+    mteb = pytest.importorskip("mteb")
+    for bench in ("ViDoRe(v1)", "ViDoRe(v2)", "ViDoRe(v3)"):
+        for task in mteb.get_benchmark(bench).tasks:
+            info = CATALOGUE[task.metadata.name]
+            assert info.benchmark == bench
+            assert info.main_score == task.metadata.main_score
+            langs = task.metadata.eval_langs
+            assert info.subsets == (tuple(langs) if isinstance(langs, dict) else ("default",))
+            assert info.public == task.metadata.is_public
+
+
+BAD = [
+    (["quant.bits=5"], "quant.bits"),
+    (["quant.bits=8"], "quant.bits"),  # scheme W4A16 says 4
+    (["quant.group_size=100"], "quant.group_size"),
+    (["seqlen=0"], "seqlen"),
+    (["batch_size=-1"], "batch_size"),
+    (["nsamples=0"], "nsamples"),
+    (["iters=0"], "iters"),
+    (["nsamples=4", "batch_size=8"], "nsamples"),
+    (["quant.scheme=W8A16", "quant.bits=8"], "quant.format"),  # AWQ holds 4-bit only
+    (["quant.scheme=W4A8"], "quant.scheme"),
+    (["quant.backend=cuda"], "quant.backend"),
+    (["quant.sym=maybe"], "quant.sym"),
+    (["eval.tasks=[VidoreNoSuchRetrieval]"], "eval.tasks"),
+    (["eval.languages=[xx]"], "eval.languages"),
+    (["eval=vidore-v1", "eval.languages=[fr]"], "eval.languages"),
+    (["model.path=/no/such/dir"], "model.path"),
+    (["calib=local", "calib.path=/no/such.jsonl"], "calib.path"),
+    (["calib=local"], "calib.path"),  # mandatory ??? left unset
+    (["model=colqwen3-8b", "model.revision=null"], "model.revision"),
+    (["model=colqwen3-4b", "model.revision=main"], "model.revision"),
+    (["device=gpu7"], "device"),
+    (["+quant.bitz=4"], "quant.bitz"),
+    (["model.dtype=int8"], "model.dtype"),
+]
+
+
+@pytest.mark.parametrize("overrides, field", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_value_exits_2_with_one_line_naming_the_field(overrides, field, fixture_outputs_dir, capsys):
+    cfg = composed(["experiment=demo"] + overrides, fixture_outputs_dir)
+    with pytest.raises(SystemExit) as exc:
+        validate_or_exit(cfg)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"colq_sweep: config error: {field}=")
+
+
+def test_config_error_names_field_value_and_fix():
+    err = ConfigError("seqlen", -5, "must be a positive integer")
+    assert str(err) == "config error: seqlen=-5: must be a positive integer"
+
+
+def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "colq_sweep", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_bad_seqlen_exits_2_with_one_line():
+    proc = _cli("experiment=demo", "seqlen=-5")
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines == ["colq_sweep: config error: seqlen=-5: must be a positive integer"]
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_cli_prints_composed_config():
+    proc = _cli("experiment=seed-report", "--cfg", "job")
+    assert proc.returncode == 0, proc.stderr
+    cfg = OmegaConf.create(proc.stdout)
+    assert cfg.name == "seed-report" and cfg.iters == 1000 and len(cfg.eval.tasks) == 22
