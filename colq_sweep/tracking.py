@@ -1,0 +1,198 @@
+"""MLflow at the edge: the store, one parent run per multirun, one child run per sweep point.
+
+The embedded default is a sqlite file under outputs/ (no server). Several job processes writing one sqlite
+store race on schema creation and on writes ("duplicate column", "database is locked"), so every client call
+on a sqlite store is serialised by an advisory file lock next to the database; a remote server
+(`MLFLOW_TRACKING_URI=http://...`) needs no lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+ROLE_SWEEP = "sweep"
+ROLE_BASELINE = "baseline"
+ROLE_QUANTIZED = "quantized"
+
+
+def resolve_tracking_uri(outputs_dir: str | os.PathLike, explicit: str | None = None) -> str:
+    """Explicit config value > MLFLOW_TRACKING_URI > sqlite:///<outputs_dir>/mlflow.db (absolute)."""
+    if explicit:
+        return explicit
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    db = Path(outputs_dir).resolve() / "mlflow.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db}"
+
+
+def artifact_root(tracking_uri: str) -> str | None:
+    """Artifacts of a sqlite store live next to it (outputs/mlartifacts), not in the working directory."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
+    return None
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """An exclusive advisory lock held across processes on this host (and on NFS with lockd)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class Tracker:
+    """A thin, process-safe wrapper over MlflowClient for one experiment."""
+
+    def __init__(self, tracking_uri: str, experiment: str):
+        self.uri = tracking_uri
+        self._lock_path = (
+            Path(tracking_uri[len("sqlite:///") :]).with_suffix(".lock") if tracking_uri.startswith("sqlite:///") else None
+        )
+        with self.locked():
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            exp = self.client.get_experiment_by_name(experiment)
+            if exp is None:
+                exp_id = self.client.create_experiment(experiment, artifact_location=_exp_artifacts(tracking_uri, experiment))
+            else:
+                exp_id = exp.experiment_id
+        self.experiment_id = exp_id
+        self.experiment = experiment
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        if self._lock_path is None:
+            yield
+        else:
+            with file_lock(self._lock_path):
+                yield
+
+    # ------------------------------------------------------------------ runs
+    def create_run(self, name: str, tags: dict[str, str], parent_id: str | None = None) -> str:
+        tags = dict(tags)
+        tags.setdefault("colq.host", socket.gethostname())
+        tags.setdefault("colq.pid", str(os.getpid()))
+        if parent_id:
+            tags["mlflow.parentRunId"] = parent_id
+        with self.locked():
+            run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        return run.info.run_id
+
+    def log(
+        self,
+        run_id: str,
+        params: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+        import time
+
+        now = int(time.time() * 1000)
+        p = [Param(k, _param_str(v)) for k, v in (params or {}).items()]
+        m = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if _is_number(v)]
+        t = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        with self.locked():
+            for i in range(0, max(len(p), len(m), len(t), 1), 100):  # MLflow caps a batch at 100 params
+                self.client.log_batch(run_id, metrics=m[i : i + 100], params=p[i : i + 100], tags=t[i : i + 100])
+
+    def log_artifact(self, run_id: str, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        with self.locked():
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_artifacts(self, run_id: str, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        with self.locked():
+            self.client.log_artifacts(run_id, str(path), artifact_path)
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        with self.locked():
+            self.client.set_terminated(run_id, status=status)
+
+    def download(self, run_id: str, artifact: str, dst: str | os.PathLike) -> Path:
+        with self.locked():
+            return Path(self.client.download_artifacts(run_id, artifact, str(dst)))
+
+    def find(self, filter_string: str, status: str | None = "FINISHED", all_experiments: bool = False) -> list:
+        """Runs matching `filter_string`, newest first."""
+        if status:
+            filter_string = f"{filter_string} and attributes.status = '{status}'"
+        with self.locked():
+            if all_experiments:
+                exp_ids = [e.experiment_id for e in self.client.search_experiments()]
+            else:
+                exp_ids = [self.experiment_id]
+            return list(
+                self.client.search_runs(exp_ids, filter_string=filter_string, order_by=["attributes.start_time DESC"], max_results=1000)
+            )
+
+    def find_parent(self, sweep_id: str) -> str | None:
+        runs = self.find(f"tags.`colq.sweep_id` = '{sweep_id}' and tags.`colq.role` = '{ROLE_SWEEP}'", status=None)
+        return runs[0].info.run_id if runs else None
+
+    def mark_dead_runs_killed(self, config_hash: str) -> list[str]:
+        """Runs of this config left RUNNING by a process that no longer exists on this host become KILLED."""
+        killed = []
+        host = socket.gethostname()
+        for run in self.find(f"tags.`colq.config_hash` = '{config_hash}'", status="RUNNING"):
+            tags = run.data.tags
+            if tags.get("colq.host") == host and not _pid_alive(int(tags.get("colq.pid", "0") or 0)):
+                self.finish(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+                killed.append(run.info.run_id)
+        return killed
+
+
+def _exp_artifacts(tracking_uri: str, experiment: str) -> str | None:
+    root = artifact_root(tracking_uri)
+    return f"{root}/{experiment}" if root else None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # drops NaN
+
+
+def _param_str(v: Any) -> str:
+    s = str(v)
+    return s if len(s) <= 6000 else s[:5990] + "...(cut)"
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{key}."))
+        elif isinstance(v, (list, tuple)):
+            out[key] = ",".join(map(str, v))
+        else:
+            out[key] = v
+    return out
+
+
+def sweep_id_for(sweep_dir: str | os.PathLike) -> str:
+    return hashlib.sha256(str(Path(sweep_dir).resolve()).encode()).hexdigest()[:16]
