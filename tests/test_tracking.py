@@ -1,0 +1,88 @@
+"""The embedded MLflow store under concurrent writers, and the metric helpers of a sweep point."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from colq_sweep.sweep import compare, summarise
+from colq_sweep.tracking import Tracker, flatten, resolve_tracking_uri
+
+
+def _writer(uri: str, worker: int, n_runs: int, start, tmp: str) -> None:
+    start.wait()
+    tracker = Tracker(uri, "concurrency")  # first use of a fresh db: schema creation races without the lock
+    for i in range(n_runs):
+        run_id = tracker.create_run(f"w{worker}-r{i}", {"colq.worker": str(worker), "colq.i": str(i)})
+        tracker.log(run_id, params={f"p{k}": k * worker for k in range(30)}, metrics={"value": worker * 100 + i, "step": i})
+        art = Path(tmp) / f"w{worker}-r{i}.txt"
+        art.write_text(f"{worker}/{i}")
+        tracker.log_artifact(run_id, art)
+        tracker.finish(run_id)
+
+
+@pytest.mark.slow
+def test_four_concurrent_processes_lose_nothing(tmp_path):
+    uri = resolve_tracking_uri(tmp_path / "out")
+    ctx = mp.get_context("spawn")
+    start = ctx.Event()
+    procs = [ctx.Process(target=_writer, args=(uri, w, 4, start, str(tmp_path))) for w in range(4)]
+    for p in procs:
+        p.start()
+    start.set()
+    for p in procs:
+        p.join(timeout=240)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("concurrency")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    assert len(runs) == 16
+    seen = set()
+    for run in runs:
+        w, i = int(run.data.tags["colq.worker"]), int(run.data.tags["colq.i"])
+        seen.add((w, i))
+        assert run.info.status == "FINISHED"
+        assert run.data.metrics["value"] == w * 100 + i
+        assert len(run.data.params) == 30 and run.data.params["p7"] == str(7 * w)
+        assert [a.path for a in client.list_artifacts(run.info.run_id)] == [f"w{w}-r{i}.txt"]
+    assert seen == {(w, i) for w in range(4) for i in range(4)}
+    # artifacts sit next to the store, not in the working directory
+    assert (tmp_path / "out" / "mlartifacts").is_dir()
+
+
+def test_tracking_uri_precedence(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert resolve_tracking_uri(tmp_path) == "http://127.0.0.1:5999"
+    assert resolve_tracking_uri(tmp_path, "sqlite:////x/y.db") == "sqlite:////x/y.db"
+
+
+def test_flatten():
+    assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": 1, "a.c": "1,2", "d": None}
+
+
+def _entry(task, subset, lang, n5, n10=None):
+    return {"task": task, "subset": subset, "language": lang, "ndcg_at_5": n5, "ndcg_at_10": n10 if n10 is not None else n5,
+            "main_score": n5}  # fmt: skip
+
+
+def test_summaries_and_deltas_use_the_same_entries():
+    base = [_entry("A", "default", "en", 0.8), _entry("B", "french", "fr", 0.6), _entry("B", "english", "en", 0.4)]
+    quant = [_entry("A", "default", "en", 0.7), _entry("B", "english", "en", 0.5)]  # B/french missing
+    s = summarise(quant)
+    assert s["avg_ndcg_at_5_all"] == pytest.approx(0.6) and s["avg_ndcg_at_5_en"] == pytest.approx(0.6)
+    assert s["entry/A/default/ndcg_at_5"] == 0.7
+    c = compare(quant, base)
+    assert c["n_entries_compared"] == 2 and c["n_entries_missing_vs_baseline"] == 1
+    assert c["delta_ndcg_at_5_all"] == pytest.approx(0.6 - 0.6)
+    assert c["entries_improved"] == 1 and c["entries_degraded"] == 1 and c["entries_unchanged"] == 0
+    only_fr = compare([_entry("B", "french", "fr", 0.3)], base)
+    assert only_fr["delta_pct_ndcg_at_5_all"] == pytest.approx(-50.0)
+    assert "delta_ndcg_at_5_en" not in only_fr
+    assert math.isnan(summarise([_entry("B", "french", "fr", 0.3)])["avg_ndcg_at_5_en"])
