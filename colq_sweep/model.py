@@ -219,7 +219,9 @@ def load_colqwen3(
 def maxsim(query_embeddings: torch.Tensor, doc_embeddings: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
     """Late-interaction scores: for each query token, its best document token; summed over query tokens.
 
-    (Q, Lq, D) x (N, Ld, D) -> (Q, N). Padding vectors are zero, so they never win a max and add nothing.
+    (Q, Lq, D) x (N, Ld, D) -> (Q, N). Padding vectors are zero: a padded query token adds nothing, and a
+    padded document token scores 0 (it wins a max only when every real similarity is negative — the same
+    zero-padding convention as Tomoro's and mteb's scoring, so scores stay comparable with theirs).
     """
     q = query_embeddings.float()
     scores = []

@@ -90,6 +90,15 @@ def checkpoint_identity(point: SweepPoint) -> tuple[str, str]:
     return name, h.hexdigest()[:16]
 
 
+def eval_revision(checkpoint_rev: str, point: SweepPoint) -> str:
+    """The mteb revision of an evaluation: the checkpoint plus every setting that changes its embeddings
+    (compute dtype, page resolution cap, load-back kernels), so two set-ups never share cached results."""
+    parts = [checkpoint_rev[:16], point.model.dtype, f"v{point.model.max_num_visual_tokens}"]
+    if point.quant.enabled:
+        parts.append(point.quant.backend)
+    return "-".join(parts)
+
+
 def summarise(entries: list[dict]) -> dict[str, float]:
     def mean(xs: list[float]) -> float:
         return sum(xs) / len(xs) if xs else float("nan")
@@ -280,7 +289,7 @@ def ensure_baseline(point: SweepPoint, tracker: Tracker, parent_id: str | None, 
             tracker.log(run_id, params=flatten(base.to_dict()))
             name, revision = checkpoint_identity(base)
             tracker.log(run_id, tags={"colq.artifact_key": f"{name}@{revision}"})
-            result = _evaluate(base, _load_base(base, device), name, revision, device)
+            result = _evaluate(base, _load_base(base, device), name, eval_revision(revision, base), device)
             metrics = {**summarise(result.entries), **result.timing}
             metrics.update(_base_size(base))
             tracker.log(run_id, metrics=metrics, tags={"colq.eval_from_cache": str(result.from_cache).lower()})
@@ -369,7 +378,7 @@ def run_point(
                 metrics[k] = float(manifest[k])
         metrics["quant_stage_seconds"] = time.perf_counter() - t0
 
-        result = _evaluate(point, _load_quantized(point, artifact.path, device), f"colq_sweep/{point.model.name}-w{point.quant.bits}", artifact.key, device)
+        result = _evaluate(point, _load_quantized(point, artifact.path, device), f"colq_sweep/{point.model.name}-w{point.quant.bits}", eval_revision(artifact.key, point), device)
         metrics.update(summarise(result.entries))
         metrics.update(compare(result.entries, baseline.entries))
         metrics.update({k: float(v) for k, v in result.timing.items()})

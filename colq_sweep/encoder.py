@@ -1,0 +1,399 @@
+"""ColQwen3 as an mteb encoder, with a content-addressed page-embedding cache.
+
+`ColQwen3Encoder` is an mteb `AbsEncoder` whose `ModelMeta` declares MaxSim similarity, so mteb scores
+queries against pages by late interaction itself. It wraps any `ColQwen3` (bf16 base or quantized) with its
+`ColQwen3Processor`, which builds Tomoro's exact query and page prompts; the model is either handed over
+already loaded or loaded lazily, on the first input that really needs a forward pass.
+
+Page embeddings are keyed by `sha256(model key, task, dataset revision, sha256(image bytes))`. Within a run
+they are kept in memory for the current task, so a task's corpus is encoded once although mteb asks for it
+once per language subset; on disk (`PageStore`) one atomically written file per page lets an interrupted
+evaluation resume without re-encoding finished pages, and a different checkpoint, dataset revision or image
+can never hit a stale entry.
+
+Embeddings are returned as ragged lists of `(tokens, dim)` float32 tensors without padding positions, so the
+scores do not depend on how pages or queries were batched (mteb zero-pads ragged inputs itself for MaxSim).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from mteb.models import ModelMeta
+from mteb.models.abs_encoder import AbsEncoder
+from mteb.models.model_meta import ScoringFunction
+from mteb.types import PromptType
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from mteb.abstasks.task_metadata import TaskMetadata
+    from torch.utils.data import DataLoader
+
+    from colq_sweep.model import ColQwen3, ColQwen3Processor
+
+log = logging.getLogger(__name__)
+
+# Bump when the stored embedding format or what goes into a page changes (e.g. the prompt): old entries then
+# simply stop matching.
+PAGE_CACHE_FORMAT = "colq_sweep-pages-v1"
+
+ModelLoader = Callable[[], "tuple[ColQwen3, ColQwen3Processor]"]
+BatchObserver = Callable[[str, Mapping[str, torch.Tensor]], None]
+
+
+DEFAULT_ORG = "colq_sweep"
+
+
+def mteb_model_name(name: str) -> str:
+    """mteb wants 'organisation/name'; a bare name (e.g. a config's `model.name`) gets the `colq_sweep/` org."""
+    if not name or name.strip() != name or "\\" in name or name.count("/") > 1:
+        raise ValueError(f"model name must be 'name' or 'organisation/name'; got {name!r}")
+    return name if "/" in name else f"{DEFAULT_ORG}/{name}"
+
+
+def colqwen3_model_meta(name: str, revision: str, embed_dim: int | None = None) -> ModelMeta:
+    """mteb metadata of one ColQwen3 checkpoint; name and revision name its result-cache folder
+    (`results/<org>__<name>/<revision>/`), so they must be unique per checkpoint."""
+    if not revision or any(c in revision for c in "/\\ ") or revision in (".", ".."):
+        raise ValueError(f"model revision names a folder; got {revision!r}")
+    return ModelMeta(
+        loader=None,
+        name=mteb_model_name(name),
+        revision=revision,
+        release_date=None,
+        languages=None,
+        n_parameters=None,
+        memory_usage_mb=None,
+        max_tokens=None,
+        embed_dim=embed_dim,
+        license=None,
+        open_weights=True,
+        public_training_code=None,
+        public_training_data=None,
+        framework=["PyTorch", "Transformers"],
+        similarity_fn_name=ScoringFunction.MAX_SIM,
+        use_instructions=False,
+        training_datasets=None,
+        modalities=["image", "text"],
+        model_type=["late-interaction"],
+    )
+
+
+def page_key(model_key: str, task: str, dataset_revision: str, image_sha256: str) -> str:
+    """Cache key of one page's embedding: any change of checkpoint, task data or image bytes changes it."""
+    parts = (PAGE_CACHE_FORMAT, model_key, task, dataset_revision, image_sha256)
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+class PageStore:
+    """One safetensors file per page under `root/<key[:2]>/<key>.safetensors`, each written atomically."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def __contains__(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def get(self, key: str) -> torch.Tensor | None:
+        from safetensors.torch import load_file
+
+        p = self.path(key)
+        if not p.is_file():
+            return None
+        try:
+            return load_file(p)["embedding"]
+        except Exception as e:  # a damaged file is a miss, never an error or a wrong embedding
+            log.warning("page cache entry %s unreadable (%s); re-encoding it", p, e)
+            with contextlib.suppress(OSError):
+                p.unlink()
+            return None
+
+    def put(self, key: str, embedding: torch.Tensor) -> None:
+        from safetensors.torch import save_file
+
+        p = self.path(key)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=p.parent)
+        os.close(fd)
+        try:
+            save_file({"embedding": embedding.contiguous()}, tmp)
+            os.replace(tmp, p)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+def _image_pixel_digest(image: Any) -> str:
+    """Digest of a decoded image (used only when the raw file bytes are not reachable)."""
+    h = hashlib.sha256()
+    h.update(f"{image.mode}:{image.size}".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()
+
+
+def image_digests(dataset: Dataset, column: str = "image", chunk: int = 64) -> list[str]:
+    """sha256 of each row's encoded image bytes, read without decoding any image.
+
+    A `datasets.Image` column is read with `decode=False` (embedded bytes, or the file at its path); anything
+    else is decoded and its pixels hashed.
+    """
+    from datasets import Image
+
+    feature = dataset.features.get(column)
+    if isinstance(feature, Image):
+        raw = dataset.cast_column(column, Image(decode=False)).select_columns([column])
+        out = []
+        for batch in raw.iter(batch_size=chunk):
+            for item in batch[column]:
+                data = item.get("bytes")
+                if data is None:
+                    data = Path(item["path"]).read_bytes()
+                out.append(hashlib.sha256(data).hexdigest())
+        return out
+    return [_image_pixel_digest(row[column]) for row in dataset]
+
+
+class ColQwen3Encoder(AbsEncoder):
+    """mteb encoder for ColQwen3: Tomoro's prompts, MaxSim scoring, one encode per page and task.
+
+    Args:
+        model, processor: an already loaded ColQwen3 and its processor; or pass `loader` instead and they are
+            loaded on the first input that needs a forward pass (a run served from caches loads nothing).
+        model_name, model_revision: the mteb identity (result-cache folder) of this exact checkpoint. They also
+            key the page cache, so they must differ between checkpoints (pass the artifact key of a quantized
+            model as its revision).
+        device: where inputs go ("cpu", "cuda", "cuda:N"); a model without a device map is moved there.
+        query_batch_size, page_batch_size: forward batch sizes.
+        page_store: on-disk page cache (None: memory only). corpus_cache=False turns all page caching off
+            (mteb then has every subset's corpus encoded again, as it does natively).
+        dataset_revisions: task name -> dataset revision used in page keys (default: the task metadata's).
+    """
+
+    def __init__(
+        self,
+        model: ColQwen3 | None = None,
+        processor: ColQwen3Processor | None = None,
+        *,
+        model_name: str,
+        model_revision: str,
+        loader: ModelLoader | None = None,
+        device: str = "cpu",
+        query_batch_size: int = 64,
+        page_batch_size: int = 8,
+        page_store: PageStore | None = None,
+        corpus_cache: bool = True,
+        dataset_revisions: Mapping[str, str] | None = None,
+    ):
+        if (model is None) != (processor is None):
+            raise ValueError("pass both model and processor, or neither (with loader=)")
+        if model is None and loader is None:
+            raise ValueError("pass model + processor, or a loader")
+        self.model = model
+        self.processor = processor
+        self._loader = loader
+        self.device = device
+        self.query_batch_size = int(query_batch_size)
+        self.page_batch_size = int(page_batch_size)
+        self.page_store = page_store if corpus_cache else None
+        self.corpus_cache = corpus_cache
+        self.dataset_revisions = dict(dataset_revisions or {})
+        self.mteb_model_meta = colqwen3_model_meta(model_name, model_revision)
+        self.model_key = f"{self.mteb_model_meta.name}@{model_revision}"
+        self.observer: BatchObserver | None = None  # sees every processed batch before its forward pass
+        self._memo: dict[str, torch.Tensor] = {}
+        self._memo_task: str | None = None
+        self.stats: dict[str, float] = dict.fromkeys(
+            (
+                "pages_encoded",
+                "queries_encoded",
+                "pages_from_memory",
+                "pages_from_disk",
+                "page_seconds",
+                "query_seconds",
+                "load_seconds",
+                "encode_calls",
+            ),
+            0,
+        )
+        if model is not None:
+            self._prepare_model()
+
+    # ------------------------------------------------------------------------------------------ model
+
+    @property
+    def loaded(self) -> bool:
+        return self.model is not None
+
+    def release(self) -> None:
+        """Drop this encoder's references to the model, processor and in-memory pages (a later input that needs
+        a forward pass loads again through `loader`)."""
+        if self._loader is not None:
+            self.model = self.processor = None
+        self._memo, self._memo_task = {}, None
+
+    def _ensure_loaded(self) -> None:
+        if self.model is not None:
+            return
+        t0 = time.perf_counter()
+        log.info("loading %s for encoding", self.model_key)
+        self.model, self.processor = self._loader()
+        self._prepare_model()
+        self.stats["load_seconds"] += time.perf_counter() - t0
+
+    def _prepare_model(self) -> None:
+        model = self.model
+        if getattr(model, "hf_device_map", None) is None and str(model.device) != str(
+            torch.device(self.device)
+        ):
+            model.to(self.device)
+        model.eval()
+        embed_dim = getattr(model.config, "embed_dim", None)
+        if embed_dim is not None:
+            self.mteb_model_meta = self.mteb_model_meta.model_copy(update={"embed_dim": int(embed_dim)})
+
+    def _autocast(self):
+        """bf16 autocast on CUDA for a model held in float32; otherwise the model runs in its own dtype."""
+        device = torch.device(self.model.device)
+        if device.type == "cuda" and self.model.dtype == torch.float32:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _forward(self, kind: str, batch: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Run one processed batch; return one (real tokens, dim) tensor per input, on the CPU."""
+        if self.observer is not None:
+            self.observer(kind, batch)
+        device = self.model.device
+        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        with torch.inference_mode(), self._autocast():
+            out = self.model(**inputs)
+        mask = inputs["attention_mask"].bool()
+        return [out[i][mask[i]].detach().to("cpu") for i in range(out.shape[0])]
+
+    # ---------------------------------------------------------------------------------------- queries
+
+    def encode_queries(self, texts: Sequence[str]) -> list[torch.Tensor]:
+        """Tomoro's query inputs (stripped text + 10 end-of-text tokens), `query_batch_size` at a time."""
+        if not texts:
+            return []
+        self._ensure_loaded()
+        t0 = time.perf_counter()
+        out: list[torch.Tensor] = []
+        for start in range(0, len(texts), self.query_batch_size):
+            chunk = list(texts[start : start + self.query_batch_size])
+            out.extend(self._forward("query", self.processor.process_queries(chunk)))
+        self.stats["queries_encoded"] += len(texts)
+        self.stats["query_seconds"] += time.perf_counter() - t0
+        return [e.float() for e in out]
+
+    # ------------------------------------------------------------------------------------------ pages
+
+    def encode_pages(self, images: Sequence[Any]) -> list[torch.Tensor]:
+        """Tomoro's page inputs (one image per chat prompt), `page_batch_size` at a time; no caching."""
+        out: list[torch.Tensor] = []
+        for chunk in _chunks(list(images), self.page_batch_size):
+            out.extend(self._encode_page_batch(chunk))
+        return [e.float() for e in out]
+
+    def _encode_page_batch(self, images: Sequence[Any]) -> list[torch.Tensor]:
+        self._ensure_loaded()
+        t0 = time.perf_counter()
+        embs = self._forward("page", self.processor.process_images(images))
+        self.stats["pages_encoded"] += len(images)
+        self.stats["page_seconds"] += time.perf_counter() - t0
+        return embs
+
+    def _corpus_uncached(self, inputs: DataLoader) -> list[torch.Tensor]:
+        out: list[torch.Tensor] = []
+        buffer: list[Any] = []
+        for batch in inputs:
+            buffer.extend(batch["image"])
+            while len(buffer) >= self.page_batch_size:
+                out.extend(self._encode_page_batch(buffer[: self.page_batch_size]))
+                buffer = buffer[self.page_batch_size :]
+        if buffer:
+            out.extend(self._encode_page_batch(buffer))
+        return [e.float() for e in out]
+
+    def _corpus_cached(self, dataset: Dataset, task_metadata: TaskMetadata) -> list[torch.Tensor]:
+        task = task_metadata.name
+        if self._memo_task != task:  # keep only the current task's pages in memory
+            self._memo, self._memo_task = {}, task
+        revision = self.dataset_revisions.get(task) or str(task_metadata.dataset.get("revision", ""))
+        keys = [page_key(self.model_key, task, revision, d) for d in image_digests(dataset)]
+        out: list[torch.Tensor | None] = [None] * len(keys)
+        missing: list[int] = []
+        for i, key in enumerate(keys):
+            emb = self._memo.get(key)
+            if emb is not None:
+                self.stats["pages_from_memory"] += 1
+            elif self.page_store is not None and (emb := self.page_store.get(key)) is not None:
+                emb = emb.float()
+                self._memo[key] = emb
+                self.stats["pages_from_disk"] += 1
+            else:
+                missing.append(i)
+            out[i] = emb
+        if missing:
+            log.info(
+                "%s: encoding %d of %d pages (%d cached)",
+                task,
+                len(missing),
+                len(keys),
+                len(keys) - len(missing),
+            )
+        for idx in _chunks(missing, self.page_batch_size):
+            images = list(dataset.select(idx)["image"])
+            for i, emb in zip(idx, self._encode_page_batch(images), strict=True):
+                if self.page_store is not None:
+                    self.page_store.put(keys[i], emb)
+                emb = emb.float()
+                self._memo[keys[i]] = emb
+                out[i] = emb
+        return out  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------------------------------- mteb
+
+    def encode(
+        self,
+        inputs: DataLoader,
+        *,
+        task_metadata: TaskMetadata,
+        hf_split: str,
+        hf_subset: str,
+        prompt_type: PromptType | None = None,
+        **kwargs: Any,
+    ) -> list[torch.Tensor]:
+        """mteb entry point: queries are text, documents are page images (ViDoRe is text-to-image)."""
+        self.stats["encode_calls"] += 1
+        dataset = getattr(inputs, "dataset", None)
+        columns = set(getattr(dataset, "column_names", None) or [])
+        is_pages = prompt_type == PromptType.document or (prompt_type is None and "image" in columns)
+        if not is_pages:
+            if "image" in columns:
+                raise ValueError("ColQwen3Encoder encodes text queries and image pages, not image queries")
+            texts = [t for batch in inputs for t in batch["text"]]
+            return self.encode_queries(texts)
+        if "text" in columns:
+            raise ValueError("ColQwen3Encoder encodes image-only pages (Tomoro's page prompt has no text)")
+        if self.corpus_cache and dataset is not None and "image" in columns:
+            return self._corpus_cached(dataset, task_metadata)
+        return self._corpus_uncached(inputs)
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

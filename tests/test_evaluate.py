@@ -1,0 +1,429 @@
+"""Evaluation stage: the fixture task through mteb with the ColQwen3 encoder, its caches and its entry lists."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+from colq_sweep.config import EvalSpec
+from colq_sweep.tasks import FIXTURE_TASK, benchmark_tasks
+
+MODEL_NAME = "local/tiny-colqwen3"
+
+# Tomoro's prompts, written out here (not imported) so that the test checks the processor independently.
+EOT = "<|endoftext|>"
+IMAGE_PROMPT_HEAD = "<|im_start|>user\n<|vision_start|>"
+IMAGE_PROMPT_TAIL = "<|vision_end|>Describe the image.<|im_end|><|endoftext|>"
+
+
+@dataclass
+class Recorder:
+    """Loads the fixture checkpoint and records what the encoder feeds the model (or fails on demand)."""
+
+    checkpoint: Path
+    fail_at_page_batch: int | None = None
+    loads: int = 0
+    page_batches: int = 0
+    inputs: list[dict] = field(default_factory=list)
+
+    def __call__(self):
+        from colq_sweep.model import ColQwen3Processor, load_colqwen3
+
+        self.loads += 1
+        model = load_colqwen3(self.checkpoint, dtype="float32")
+        processor = ColQwen3Processor.from_checkpoint(self.checkpoint, 64)
+        original = model.forward
+
+        def forward(**kw):
+            is_page = kw.get("pixel_values") is not None
+            if is_page:
+                self.page_batches += 1
+                if self.fail_at_page_batch is not None and self.page_batches >= self.fail_at_page_batch:
+                    raise RuntimeError("simulated interruption")
+            keep = ("input_ids", "attention_mask", "image_grid_thw")
+            self.inputs.append(
+                {"kind": "page" if is_page else "query", **{k: kw[k] for k in keep if k in kw}}
+            )
+            return original(**kw)
+
+        model.forward = forward
+        return model, processor
+
+
+def _never_load():
+    raise AssertionError("load_model must not be called")
+
+
+def _spec(fixture_paths, **kw) -> EvalSpec:
+    args = dict(
+        tasks=(FIXTURE_TASK,),
+        languages=None,
+        query_batch_size=8,
+        page_batch_size=4,
+        corpus_cache=True,
+        fixture_dir=str(fixture_paths.task),
+    )
+    args.update(kw)
+    return EvalSpec(**args)
+
+
+def _by_subset(entries: list[dict]) -> dict[str, dict]:
+    return {e["subset"]: e for e in entries}
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+@pytest.fixture(scope="module")
+def base(fixture_paths, tmp_path_factory):
+    """The base checkpoint evaluated once with the corpus cache (shared by several tests)."""
+    from colq_sweep.evaluate import evaluate_model
+
+    root = tmp_path_factory.mktemp("eval-base")
+    rec = Recorder(fixture_paths.checkpoint)
+    result = evaluate_model(rec, _spec(fixture_paths), MODEL_NAME, "base", root / "results", root / "cache")
+    return result, rec, root
+
+
+# ------------------------------------------------------------------------------------------ the fixture run
+
+
+@pytest.mark.slow
+def test_base_checkpoint_evaluates_offline_through_mteb(base, fixture_paths):
+    from mteb.cache import ResultCache
+
+    from colq_sweep.evaluate import ENTRY_KEYS
+
+    result, rec, root = base
+    assert rec.loads == 1 and not result.from_cache
+    assert [(e["task"], e["subset"], e["language"]) for e in result.entries] == [
+        (FIXTURE_TASK, "en", "en"),
+        (FIXTURE_TASK, "fr", "fr"),
+    ]
+    for e in result.entries:
+        assert set(e) == set(ENTRY_KEYS)
+        assert e["benchmark"] == "fixture" and e["main_metric"] == "ndcg_at_5"
+        assert e["main_score"] == e["ndcg_at_5"] and e["n_queries"] == 8
+        assert 0.0 <= e["ndcg_at_5"] <= 1.0 and 0.0 <= e["recall_at_5"] <= 1.0
+    # one corpus of 16 pages shared by two subsets: encoded exactly once; 8 queries per subset
+    t = result.timing
+    assert t["pages_encoded"] == 16 and t["queries_encoded"] == 16
+    assert rec.page_batches == 4  # 16 pages at page_batch_size 4
+    for k in ("eval_seconds", "pages_per_s", "queries_per_s", "peak_rss_mb", "peak_cuda_mb"):
+        assert k in t
+    assert t["eval_seconds"] > 0 and t["pages_per_s"] > 0 and t["queries_per_s"] > 0 and t["peak_rss_mb"] > 0
+    # mteb's result-cache layout, with the per-query scores beside it
+    rev_dir = root / "results" / "results" / "local__tiny-colqwen3" / "base"
+    assert (rev_dir / f"{FIXTURE_TASK}.json").is_file()
+    assert (rev_dir / f"{FIXTURE_TASK}.per_query.jsonl").is_file()
+    from colq_sweep.encoder import colqwen3_model_meta
+
+    cached = ResultCache(root / "results").load_task_result(
+        FIXTURE_TASK, colqwen3_model_meta(MODEL_NAME, "base")
+    )
+    assert {s["hf_subset"] for s in cached.scores["test"]} == {"en", "fr"}
+
+
+@pytest.mark.slow
+def test_per_query_scores_average_to_the_entries(base):
+    from mteb.cache import ResultCache
+
+    from colq_sweep.encoder import colqwen3_model_meta
+
+    result, _, root = base
+    mteb_scores = {
+        s["hf_subset"]: s
+        for s in ResultCache(root / "results")
+        .load_task_result(FIXTURE_TASK, colqwen3_model_meta(MODEL_NAME, "base"))
+        .scores["test"]
+    }
+    for e in result.entries:
+        rows = [q for q in result.per_query if q["subset"] == e["subset"]]
+        assert len(rows) == e["n_queries"] == len({q["query_id"] for q in rows})
+        assert all(q["language"] == e["language"] and q["task"] == e["task"] for q in rows)
+        for metric in ("ndcg_at_5", "ndcg_at_10"):
+            mean = sum(q[metric] for q in rows) / len(rows)
+            assert abs(mean - e[metric]) < 1e-6
+            # ... and they are mteb's own per-query scores: mteb stores their mean rounded to 5 decimals
+            assert abs(mean - mteb_scores[e["subset"]][metric]) <= 1e-5
+        assert abs(e["main_score"] - mteb_scores[e["subset"]]["main_score"]) <= 1e-5
+
+
+@pytest.mark.slow
+def test_inputs_match_tomoro_prompts_token_for_token(base, fixture_paths):
+    from transformers import AutoTokenizer
+
+    _, rec, _ = base
+    tok = AutoTokenizer.from_pretrained(fixture_paths.checkpoint)
+    queries = [
+        q["text"] for lang in ("en", "fr") for q in _read_jsonl(fixture_paths.task / f"queries-{lang}.jsonl")
+    ]
+    expected_queries = [tok(q.strip() + EOT * 10)["input_ids"] for q in queries]
+
+    fed_queries, fed_pages = [], []
+    for b in rec.inputs:
+        mask = b["attention_mask"]
+        for i in range(mask.shape[0]):
+            row = mask[i].tolist()
+            n_pad = row.index(1)
+            assert all(row[n_pad:]) and not any(row[:n_pad]), "padding must be on the left"
+            ids = b["input_ids"][i][n_pad:].tolist()
+            if b["kind"] == "query":
+                fed_queries.append(ids)
+            else:
+                fed_pages.append((ids, int(b["image_grid_thw"][i].prod()) // 4))
+    assert fed_queries == expected_queries  # no task instruction, stripped text + 10 end-of-text tokens
+    assert len(fed_pages) == 16
+    for ids, n_visual in fed_pages:
+        assert ids == tok(IMAGE_PROMPT_HEAD + "<|image_pad|>" * n_visual + IMAGE_PROMPT_TAIL)["input_ids"]
+
+
+@pytest.mark.slow
+def test_corpus_cache_gives_the_scores_of_an_uncached_run(base, fixture_paths, tmp_path):
+    from colq_sweep.evaluate import evaluate_model
+
+    cached, _, _ = base
+    rec = Recorder(fixture_paths.checkpoint)
+    plain = evaluate_model(
+        rec,
+        _spec(fixture_paths, corpus_cache=False),
+        MODEL_NAME,
+        "base",
+        tmp_path / "results",
+        tmp_path / "cache",
+    )
+    assert plain.timing["pages_encoded"] == 32  # mteb alone encodes the corpus once per subset
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))
+    assert plain.entries == cached.entries
+    assert plain.per_query == cached.per_query
+
+
+@pytest.mark.slow
+def test_reevaluation_is_served_from_the_cache(base, fixture_paths):
+    from colq_sweep.evaluate import evaluate_model
+
+    first, _, root = base
+    again = evaluate_model(
+        _never_load, _spec(fixture_paths), MODEL_NAME, "base", root / "results", root / "cache"
+    )
+    assert again.from_cache
+    assert again.timing["pages_encoded"] == 0 and again.timing["queries_encoded"] == 0
+    assert again.entries == first.entries
+    assert again.per_query == first.per_query
+
+
+@pytest.mark.slow
+def test_other_model_key_and_language_filter(base, fixture_paths):
+    """languages=("fr",) runs only the fr subset; another revision shares no cached page or result."""
+    from colq_sweep.evaluate import evaluate_model
+
+    first, _, root = base
+    rec = Recorder(fixture_paths.checkpoint)
+    other = evaluate_model(
+        rec,
+        _spec(fixture_paths, languages=("fr",)),
+        MODEL_NAME,
+        "other-key",
+        root / "results",
+        root / "cache",
+    )
+    assert rec.loads == 1 and not other.from_cache
+    assert [e["subset"] for e in other.entries] == ["fr"]
+    assert {q["subset"] for q in other.per_query} == {"fr"}
+    assert other.timing["pages_encoded"] == 16 and other.timing["queries_encoded"] == 8
+    assert other.timing["pages_from_disk"] == 0
+    # same weights under another key: same numbers
+    assert other.entries[0] == _by_subset(first.entries)["fr"]
+
+
+def test_changed_image_never_hits_a_stale_page_embedding(fixture_paths, tmp_path):
+    from datasets import Dataset
+    from mteb._create_dataloaders import create_dataloader
+    from mteb.types import PromptType
+    from PIL import Image, ImageDraw
+
+    from colq_sweep.encoder import ColQwen3Encoder, PageStore
+    from colq_sweep.evaluate import _fixture_revision, fixture_task
+    from colq_sweep.model import ColQwen3Processor, load_colqwen3
+
+    task = fixture_task(fixture_paths.task)
+    task.load_data()
+    corpus = task.dataset["en"]["test"]["corpus"].select(range(4))
+    changed_png = tmp_path / "changed.png"
+    img = Image.open(fixture_paths.task / "corpus" / f"{corpus[1]['id']}.png").convert("RGB")
+    ImageDraw.Draw(img).rectangle([20, 60, 170, 200], fill=(0, 0, 0))
+    img.save(changed_png)
+    paths = [str(fixture_paths.task / "corpus" / f"{i}.png") for i in corpus["id"]]
+    paths[1] = str(changed_png)
+    changed = Dataset.from_dict({"id": corpus["id"], "image": paths}, features=corpus.features)
+
+    model = load_colqwen3(fixture_paths.checkpoint, dtype="float32")
+    processor = ColQwen3Processor.from_checkpoint(fixture_paths.checkpoint, 64)
+    store = PageStore(tmp_path / "pages")
+
+    def encode(dataset, revision="rev"):
+        enc = ColQwen3Encoder(
+            model,
+            processor,
+            model_name=MODEL_NAME,
+            model_revision=revision,
+            page_store=store,
+            page_batch_size=4,
+        )
+        loader = create_dataloader(
+            dataset, task_metadata=task.metadata, prompt_type=PromptType.document, batch_size=4
+        )
+        out = enc.encode(
+            loader,
+            task_metadata=task.metadata,
+            hf_split="test",
+            hf_subset="en",
+            prompt_type=PromptType.document,
+        )
+        return out, enc.stats
+
+    before, stats = encode(corpus)
+    assert stats["pages_encoded"] == 4
+    after, stats = encode(changed)  # same task, same dataset revision, one image's bytes differ
+    assert stats["pages_encoded"] == 1 and stats["pages_from_disk"] == 3
+    assert not torch.equal(before[1], after[1])
+    assert all(torch.equal(before[i], after[i]) for i in (0, 2, 3))
+    _, stats = encode(corpus, revision="another-checkpoint")  # another model key: nothing reused
+    assert stats["pages_encoded"] == 4 and stats["pages_from_disk"] == 0
+
+    # the fixture's dataset revision covers its image bytes, so mteb's result cache cannot go stale either
+    copy = tmp_path / "fixture-copy"
+    shutil.copytree(fixture_paths.task, copy)
+    assert _fixture_revision(copy) == _fixture_revision(fixture_paths.task)
+    shutil.copy(changed_png, copy / "corpus" / f"{corpus[1]['id']}.png")
+    assert _fixture_revision(copy) != _fixture_revision(fixture_paths.task)
+
+
+@pytest.mark.slow
+def test_interrupted_evaluation_resumes_without_reencoding_finished_pages(base, fixture_paths, tmp_path):
+    from colq_sweep.evaluate import evaluate_model
+
+    first, _, _ = base
+    spec = _spec(fixture_paths, languages=("en",))
+    crashing = Recorder(fixture_paths.checkpoint, fail_at_page_batch=3)
+    with pytest.raises(RuntimeError, match="simulated interruption"):
+        evaluate_model(crashing, spec, MODEL_NAME, "base", tmp_path / "results", tmp_path / "cache")
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 8  # two finished batches of 4
+    assert not list((tmp_path / "cache").rglob("*.tmp"))
+
+    rec = Recorder(fixture_paths.checkpoint)
+    resumed = evaluate_model(rec, spec, MODEL_NAME, "base", tmp_path / "results", tmp_path / "cache")
+    assert resumed.timing["pages_from_disk"] == 8 and resumed.timing["pages_encoded"] == 8
+    assert rec.page_batches == 2
+    assert resumed.entries == [_by_subset(first.entries)["en"]]
+
+
+# ------------------------------------------------------------------------------------------ task selection
+
+
+def test_fixture_language_filter_selects_only_that_subset(fixture_paths):
+    from colq_sweep.evaluate import build_tasks, task_entries
+
+    tasks = build_tasks(_spec(fixture_paths, languages=("fr",)))
+    assert task_entries(tasks) == [(FIXTURE_TASK, "fr")]
+    assert not tasks[0].data_loaded
+
+
+def test_all_public_vidore_tasks_give_71_entries_without_downloading():
+    from colq_sweep.evaluate import build_tasks, task_entries
+
+    names = [t for b in ("ViDoRe(v1)", "ViDoRe(v2)", "ViDoRe(v3)") for t in benchmark_tasks(b)]
+    assert len(names) == 22
+    spec = EvalSpec(tasks=tuple(names))
+    tasks = build_tasks(spec)
+    assert len(tasks) == 22 and not any(t.data_loaded for t in tasks)
+    entries = task_entries(tasks)
+    assert len(entries) == 71 and entries == spec.entries()
+    assert all(re.fullmatch(r"[0-9a-f]{40}", t.metadata.revision) for t in tasks)  # mteb's pinned revisions
+
+    french = task_entries(build_tasks(EvalSpec(tasks=tuple(names), languages=("fr",))))
+    assert len(french) == 11 and {s for _, s in french} == {"french"}
+
+
+@pytest.mark.slow
+def test_cached_result_without_per_query_scores_is_evaluated_again(base, fixture_paths, tmp_path):
+    from colq_sweep.evaluate import evaluate_model
+
+    first, _, root = base
+    shutil.copytree(root / "results", tmp_path / "results")
+    rev_dir = tmp_path / "results" / "results" / "local__tiny-colqwen3" / "base"
+    (rev_dir / f"{FIXTURE_TASK}.per_query.jsonl").unlink()
+    rec = Recorder(fixture_paths.checkpoint)
+    again = evaluate_model(
+        rec, _spec(fixture_paths), MODEL_NAME, "base", tmp_path / "results", root / "cache"
+    )
+    assert rec.loads == 1 and not again.from_cache
+    assert again.timing["pages_encoded"] == 0 and again.timing["pages_from_disk"] == 16  # pages still cached
+    assert again.entries == first.entries and again.per_query == first.per_query
+
+
+# ---------------------------------------------------------------------------------------------- unit tests
+
+
+def test_page_key_changes_with_every_component():
+    from colq_sweep.encoder import page_key
+
+    base_args = ("org/model@rev", "Task", "dataset-rev", "ab" * 32)
+    keys = {page_key(*base_args)}
+    for i in range(4):
+        args = list(base_args)
+        args[i] = args[i] + "x"
+        keys.add(page_key(*args))
+    assert len(keys) == 5
+    assert page_key(*base_args) == page_key(*base_args)
+
+
+def test_page_store_round_trip_and_damaged_entries(tmp_path):
+    from colq_sweep.encoder import PageStore
+
+    store = PageStore(tmp_path)
+    emb = torch.randn(7, 32).to(torch.bfloat16)
+    key = "f" * 64
+    assert store.get(key) is None and key not in store
+    store.put(key, emb)
+    assert key in store and torch.equal(store.get(key), emb)
+    assert not list(tmp_path.rglob("*.tmp"))
+    store.path(key).write_bytes(b"truncated")  # a damaged file is a miss, and is removed
+    assert store.get(key) is None and key not in store
+
+
+def test_image_digests_hash_file_bytes_without_decoding(fixture_paths):
+    import hashlib
+
+    from colq_sweep.encoder import image_digests
+    from colq_sweep.evaluate import fixture_task
+
+    task = fixture_task(fixture_paths.task)
+    task.load_data()
+    corpus = task.dataset["en"]["test"]["corpus"]
+    expected = [
+        hashlib.sha256((fixture_paths.task / "corpus" / f"{i}.png").read_bytes()).hexdigest()
+        for i in corpus["id"]
+    ]
+    assert image_digests(corpus) == expected
+    assert image_digests(corpus.select([3, 1])) == [expected[3], expected[1]]
+
+
+def test_model_names_and_revisions_name_folders():
+    from colq_sweep.encoder import colqwen3_model_meta, mteb_model_name
+
+    assert mteb_model_name("colqwen3-4b") == "colq_sweep/colqwen3-4b"
+    assert mteb_model_name("TomoroAI/tomoro-colqwen3-embed-4b") == "TomoroAI/tomoro-colqwen3-embed-4b"
+    meta = colqwen3_model_meta("tiny", "0123abcd")
+    assert meta.model_name_as_path() == "colq_sweep__tiny" and meta.revision == "0123abcd"
+    assert meta.similarity_fn_name.value == "MaxSim"
+    for bad in ("", "a/b", "..", "has space"):
+        with pytest.raises(ValueError):
+            colqwen3_model_meta("tiny", bad)
