@@ -1,0 +1,443 @@
+"""From `PointResults` to the numbers of the report (pure: pandas + numpy, no MLflow, no plotting).
+
+Per model: the common entries (the intersection over the model's configurations, original included, of the
+entries with an NDCG@5 and, where per-query scores exist, with shared query ids), the entries that are not
+common (listed, never silently dropped), every configuration's averages and changes vs the original on the
+common entries, the paired query bootstrap (`stats.py`), entry-level significance, the sweep's design
+(factors, confounding, per-level effects), seed replicates, the best configuration and the recommendation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from colq_sweep.report import stats
+from colq_sweep.report.points import PointResults, clean_entries, clean_per_query, is_english
+
+EXCLUDE_EXACT = {
+    "name", "outputs_dir", "device", "force", "fail_point", "tracking_uri", "quant.method", "quant.backend",
+    "quant.low_gpu_mem_usage", "quant.enable_torch_compile", "quant.allow_fewer_samples",
+}  # fmt: skip
+EXCLUDE_PREFIX = ("model.", "eval.", "hydra.", "colq.")
+PREFERRED = ["seqlen", "batch_size", "nsamples", "iters", "seed", "quant.bits", "quant.group_size", "quant.sym",
+             "quant.scheme", "quant.format"]
+SHORT = {"batch_size": "bs", "nsamples": "n", "quant.bits": "bits", "quant.group_size": "group",
+         "quant.sym": "sym", "quant.format": "format", "quant.scheme": "scheme"}
+EntryKey = tuple[str, str]
+
+
+def factor_candidates(params: list[dict]) -> list[str]:
+    keys = {k for p in params for k in p}
+    keys = {k for k in keys if k not in EXCLUDE_EXACT and not k.startswith(EXCLUDE_PREFIX)}
+    return [k for k in PREFERRED if k in keys] + sorted(keys - set(PREFERRED))
+
+
+@dataclass
+class ConfigStats:
+    point: PointResults = field(repr=False)
+    key: str  # unique display label within the model
+    short: str  # short label (the varying factors) for plots and wide tables
+    scores: np.ndarray  # NDCG@5 per common entry (entries.csv)
+    ndcg10: np.ndarray  # NDCG@10 per common entry (NaN where absent)
+    avg_all: float = math.nan
+    avg_en: float = math.nan
+    delta_entry: np.ndarray | None = None
+    delta_all: float = math.nan
+    delta_en: float = math.nan
+    rel_all: float = math.nan
+    rel_en: float = math.nan
+    ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    boot: bool = False  # part of the bootstrap (has per-query scores, and so has the original)
+    entry_ci: np.ndarray | None = None  # (E, 2)
+    entry_sig: list[str] = field(default_factory=list)
+    pq_max_abs_diff: float | None = None  # per-query means vs entries.csv on the common entries
+    se_avg_all: float | None = None  # bootstrap standard error of the average (query sampling)
+    base_bytes: float | None = None
+    quant_bytes: float | None = None
+    reduction_pct: float | None = None
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.point.is_baseline
+
+    def count_direction(self) -> tuple[int, int, int]:
+        """Entries whose point estimate is higher / lower / equal vs the original."""
+        d = self.delta_entry
+        if d is None:
+            return (0, 0, 0)
+        return int((d > 0).sum()), int((d < 0).sum()), int((d == 0).sum())
+
+    def count_significance(self) -> tuple[int, int, int] | None:
+        """Entries improved significantly / degraded significantly / not significant (None: no bootstrap)."""
+        if not self.boot or self.is_baseline:
+            return None
+        return (self.entry_sig.count("improved"), self.entry_sig.count("degraded"),
+                self.entry_sig.count("not significant"))
+
+
+@dataclass
+class MissingEntry:
+    task: str
+    subset: str
+    benchmark: str
+    language: str
+    missing_in: list[str]
+    reason: str
+
+
+@dataclass
+class EffectRow:
+    level: str
+    n_configs: int
+    mean: float
+    lo: float | None
+    hi: float | None
+    contrast: float | None
+    c_lo: float | None
+    c_hi: float | None
+
+
+@dataclass
+class FactorEffect:
+    factor: stats.Factor
+    ref: str
+    rows: list[EffectRow]
+
+
+@dataclass
+class SeedGroup:
+    fixed: str  # the shared settings
+    members: list[ConfigStats]
+    seeds: list[str]
+    mean: float
+    std: float
+    vmin: float
+    vmax: float
+    boot_se: float | None  # typical bootstrap SE (query sampling) of one member's average
+
+    @property
+    def spread(self) -> float:
+        return self.vmax - self.vmin
+
+
+@dataclass
+class ModelAnalysis:
+    model: str
+    n_boot: int
+    seed: int
+    baseline: ConfigStats | None
+    configs: list[ConfigStats]
+    entries: pd.DataFrame  # common entries in report order: task, subset, benchmark, language, english, n_queries
+    missing: list[MissingEntry]
+    notes: list[str] = field(default_factory=list)
+    design: stats.Design | None = None
+    effects: list[FactorEffect] = field(default_factory=list)
+    seed_groups: list[SeedGroup] = field(default_factory=list)
+    best: ConfigStats | None = None
+    indistinguishable: list[tuple[ConfigStats, float, float, float]] = field(default_factory=list)
+    distinguishable: list[tuple[ConfigStats, float, float, float]] = field(default_factory=list)
+    smaller_alternative: ConfigStats | None = None
+    boot_ok: bool = False
+    boot_avg: np.ndarray | None = None  # (B, C) replicate averages over all common entries
+    boot_cols: dict[str, int] = field(default_factory=dict)  # config key -> column of boot_avg
+
+    @property
+    def all_configs(self) -> list[ConfigStats]:
+        return ([self.baseline] if self.baseline else []) + self.configs
+
+    @property
+    def n_entries(self) -> int:
+        return len(self.entries)
+
+    @property
+    def n_entries_en(self) -> int:
+        return int(self.entries["english"].sum()) if len(self.entries) else 0
+
+    @property
+    def n_queries(self) -> int | None:
+        q = self.entries["n_queries"] if len(self.entries) else pd.Series(dtype=float)
+        return int(q.sum()) if len(q) and q.notna().all() else None
+
+    @property
+    def entry_keys(self) -> list[EntryKey]:
+        return list(zip(self.entries["task"], self.entries["subset"], strict=True))
+
+
+def _unique_keys(points: list[PointResults]) -> list[str]:
+    keys = [p.label or p.run_id or "?" for p in points]
+    counts = {k: keys.count(k) for k in keys}
+    out = []
+    for p, k in zip(points, keys, strict=True):
+        out.append(f"{k} [{(p.run_id or p.config_hash or str(id(p)))[:8]}]" if counts[k] > 1 else k)
+    return out
+
+
+def _short_labels(points: list[PointResults], varying: list[str], keys: list[str]) -> list[str]:
+    shorts = []
+    for p, k in zip(points, keys, strict=True):
+        if varying:
+            shorts.append(" ".join(f"{SHORT.get(v, v)}={p.params.get(v, 'n/a')}" for v in varying))
+        else:
+            shorts.append(k)
+    if len(set(shorts)) < len(shorts):
+        return keys
+    return shorts
+
+
+def _order_key(p: PointResults, cands: list[str]) -> tuple:
+    return tuple(stats._sort_key(str(p.params.get(k, ""))) for k in cands) + (p.label,)
+
+
+def _size_fields(p: PointResults, base_fallback: float | None) -> tuple[float | None, float | None, float | None]:
+    if p.is_baseline:
+        b = p.metric("total_bytes") or p.metric("base_total_bytes") or base_fallback
+        return b, None, None
+    b = p.metric("base_total_bytes") or base_fallback
+    q = p.metric("quant_total_bytes")
+    if b and q:
+        return b, q, (1.0 - q / b) * 100.0
+    return b, q, p.metric("size_reduction_pct")
+
+
+def analyze_model(model: str, points: list[PointResults], n_boot: int = 2000, seed: int = 0) -> ModelAnalysis:
+    """All numbers of one model (only FINISHED points are used)."""
+    notes: list[str] = []
+    finished = [p for p in points if p.finished]
+    baselines = sorted([p for p in finished if p.is_baseline], key=lambda p: -(p.start_time or 0))
+    base = baselines[0] if baselines else None
+    if len(baselines) > 1:
+        notes.append(f"{len(baselines)} finished original (baseline) runs were given; the latest "
+                     f"({base.run_id or base.label}) is used.")
+    quantized = [p for p in finished if not p.is_baseline]
+    cands = factor_candidates([p.params for p in quantized])
+    quantized.sort(key=lambda p: _order_key(p, cands))
+    ordered = ([base] if base else []) + quantized
+    if not ordered:
+        return ModelAnalysis(model, n_boot, seed, None, [], pd.DataFrame(
+            columns=["task", "subset", "benchmark", "language", "english", "n_queries"]), [], notes)
+    keys = _unique_keys(ordered)
+    design = stats.detect_design([p.params for p in quantized], cands) if len(quantized) > 1 else None
+    shorts = _short_labels(quantized, design.varying if design else [], keys[1 if base else 0:])
+    shorts = (["original"] if base else []) + shorts
+    ent = {k: clean_entries(p.entries) for k, p in zip(keys, ordered, strict=True)}
+    pq = {k: clean_per_query(p.per_query) for k, p in zip(keys, ordered, strict=True)}
+    sets = {k: set(zip(df["task"], df["subset"], strict=True)) for k, df in ent.items()}
+    union = set().union(*sets.values())
+    common = set.intersection(*sets.values())
+    meta: dict[EntryKey, tuple[str, str]] = {}
+    for k in keys:
+        for r in ent[k].itertuples(index=False):
+            meta.setdefault((r.task, r.subset), (r.benchmark, r.language))
+    missing: list[MissingEntry] = []
+    for e in sorted(union - common):
+        lacking = [k for k in keys if e not in sets[k]]
+        missing.append(MissingEntry(e[0], e[1], *meta[e], lacking, "no NDCG@5 in results/entries.csv"))
+
+    # bootstrap participants: the original and every configuration with per-query scores
+    boot_keys: list[str] = []
+    if base is not None and len(pq[keys[0]]):
+        boot_keys = [keys[0]] + [k for k in keys[1:] if len(pq[k])]
+        for k in keys[1:]:
+            if not len(pq[k]):
+                notes.append(f"`{k}` has no per-query scores: no confidence intervals for it.")
+    elif base is not None:
+        notes.append("The original has no per-query scores: no confidence intervals for this model.")
+    qmaps = {k: {e: dict(zip(g["query_id"].tolist(), g["ndcg_at_5"].to_numpy(dtype=float).tolist(), strict=True))
+                 for e, g in pq[k].groupby(["task", "subset"])} for k in boot_keys}
+    qids: dict[EntryKey, list[str]] = {}
+    n_trimmed = 0
+    for e in sorted(common):
+        lacking = [k for k in boot_keys if e not in qmaps[k]]
+        if lacking:
+            common.discard(e)
+            missing.append(MissingEntry(e[0], e[1], *meta[e], lacking, "no per-query scores in results/per_query.csv"))
+            continue
+        if boot_keys:
+            sets_q = [set(qmaps[k][e]) for k in boot_keys]
+            shared = set.intersection(*sets_q)
+            if not shared:
+                common.discard(e)
+                missing.append(MissingEntry(e[0], e[1], *meta[e], boot_keys, "no query id shared by all configurations"))
+                continue
+            if any(len(s) != len(shared) for s in sets_q):
+                n_trimmed += 1
+            qids[e] = sorted(shared)
+    if n_trimmed:
+        notes.append(f"{n_trimmed} common entries have query ids missing in some configuration; the bootstrap "
+                     "uses the queries shared by all configurations.")
+    order = sorted(common, key=lambda e: (meta[e][0], e[0], e[1]))
+    missing.sort(key=lambda m: (m.benchmark, m.task, m.subset))
+    entries = pd.DataFrame({
+        "task": [e[0] for e in order], "subset": [e[1] for e in order],
+        "benchmark": [meta[e][0] for e in order], "language": [meta[e][1] for e in order],
+    })
+    entries["english"] = entries["language"].map(is_english).astype(bool)
+    if boot_keys:
+        entries["n_queries"] = [len(qids[e]) for e in order]
+    else:
+        ref = ent[keys[0]].set_index(["task", "subset"])["n_queries"]
+        entries["n_queries"] = [ref.get(e, math.nan) for e in order]
+    en_mask = entries["english"].to_numpy(dtype=bool)
+
+    base_bytes_fallback = None
+    for p in ordered:
+        b = p.metric("total_bytes") if p.is_baseline else p.metric("base_total_bytes")
+        if b:
+            base_bytes_fallback = b
+            break
+    cs: list[ConfigStats] = []
+    for k, s, p in zip(keys, shorts, ordered, strict=True):
+        df = ent[k].set_index(["task", "subset"])
+        sc = np.array([df.at[e, "ndcg_at_5"] for e in order], dtype=float)
+        n10 = np.array([df.at[e, "ndcg_at_10"] for e in order], dtype=float)
+        c = ConfigStats(point=p, key=k, short=s, scores=sc, ndcg10=n10)
+        c.avg_all = float(sc.mean()) if len(sc) else math.nan
+        c.avg_en = float(sc[en_mask].mean()) if en_mask.any() else math.nan
+        c.base_bytes, c.quant_bytes, c.reduction_pct = _size_fields(p, base_bytes_fallback)
+        c.boot = k in boot_keys
+        cs.append(c)
+    bstats = cs[0] if base else None
+    if bstats is not None:
+        for c in cs[1:]:
+            c.delta_entry = c.scores - bstats.scores
+            c.delta_all = c.avg_all - bstats.avg_all
+            c.delta_en = c.avg_en - bstats.avg_en
+            c.rel_all = c.delta_all / bstats.avg_all * 100.0 if bstats.avg_all else math.nan
+            c.rel_en = c.delta_en / bstats.avg_en * 100.0 if bstats.avg_en else math.nan
+
+    ma = ModelAnalysis(model, n_boot, seed, bstats, cs[1:] if base else cs, entries, missing, notes, design)
+    if boot_keys and order:
+        _bootstrap(ma, [c for c in cs if c.boot], qmaps, order, qids, en_mask)
+    _design_effects(ma)
+    _seed_groups(ma, cands)
+    _best(ma)
+    return ma
+
+
+def _bootstrap(ma: ModelAnalysis, bcs: list[ConfigStats], qmaps, order, qids, en_mask) -> None:
+    values = [np.array([[qmaps[c.key][e][q] for q in qids[e]] for c in bcs], dtype=float) for e in order]
+    r = stats.bootstrap_entry_means(values, ma.n_boot, ma.seed)  # (B, E, C)
+    a_all = r.mean(axis=1)
+    a_en = r[:, en_mask, :].mean(axis=1) if en_mask.any() else None
+    ma.boot_ok = True
+    ma.boot_avg = a_all
+    ma.boot_cols = {c.key: j for j, c in enumerate(bcs)}
+    for j, c in enumerate(bcs):
+        pq_means = np.array([v[j].mean() for v in values])
+        c.pq_max_abs_diff = float(np.max(np.abs(pq_means - c.scores)))
+        c.ci["avg_all"] = tuple(map(float, stats.percentile_ci(a_all[:, j])))
+        if a_en is not None:
+            c.ci["avg_en"] = tuple(map(float, stats.percentile_ci(a_en[:, j])))
+        c.se_avg_all = float(a_all[:, j].std(ddof=1))
+        if j == 0:
+            continue
+        d_all = a_all[:, j] - a_all[:, 0]
+        c.ci["delta_all"] = tuple(map(float, stats.percentile_ci(d_all)))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            c.ci["rel_all"] = tuple(map(float, stats.percentile_ci(d_all / a_all[:, 0] * 100.0)))
+        if a_en is not None:
+            d_en = a_en[:, j] - a_en[:, 0]
+            c.ci["delta_en"] = tuple(map(float, stats.percentile_ci(d_en)))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                c.ci["rel_en"] = tuple(map(float, stats.percentile_ci(d_en / a_en[:, 0] * 100.0)))
+        lo, hi = stats.percentile_ci(r[:, :, j] - r[:, :, 0], axis=0)
+        c.entry_ci = np.column_stack([lo, hi])
+        c.entry_sig = [stats.significance(float(a), float(b)) for a, b in zip(lo, hi, strict=True)]
+
+
+def _delta_reps(ma: ModelAnalysis) -> np.ndarray | None:
+    """(B, K) replicate changes of the average over all common entries, NaN columns for configs outside it."""
+    if not ma.boot_ok:
+        return None
+    a_all, cols = ma.boot_avg, ma.boot_cols
+    out = np.full((a_all.shape[0], len(ma.configs)), np.nan)
+    for i, c in enumerate(ma.configs):
+        if c.key in cols:
+            out[:, i] = a_all[:, cols[c.key]] - a_all[:, 0]
+    return out
+
+
+def _linear(w: np.ndarray, points: np.ndarray, reps: np.ndarray | None) -> tuple[float, float | None, float | None]:
+    used = w != 0
+    est = float(w[used] @ points[used])
+    if reps is None or np.isnan(reps[:, used]).any():
+        return est, None, None
+    lo, hi = stats.percentile_ci(reps[:, used] @ w[used])
+    return est, float(lo), float(hi)
+
+
+def _design_effects(ma: ModelAnalysis) -> None:
+    if ma.design is None or not ma.design.factors or ma.baseline is None:
+        return
+    n = len(ma.configs)
+    pts = np.array([c.delta_all for c in ma.configs])
+    reps = _delta_reps(ma)
+    for f in ma.design.factors:
+        lw = stats.level_weights(ma.design, f, n)
+        ref = f.levels[0]
+        rows = []
+        for lv in f.levels:
+            est, lo, hi = _linear(lw[lv], pts, reps)
+            if lv == ref:
+                ce = clo = chi = None
+            else:
+                cw = stats.contrast_weights(ma.design, f, lv, ref, n)
+                ce, clo, chi = _linear(cw, pts, reps) if cw is not None else (None, None, None)
+            rows.append(EffectRow(stats.Factor.level_text(f.params, lv), int(sum(v == lv for v in f.values)),
+                                  est, lo, hi, ce, clo, chi))
+        ma.effects.append(FactorEffect(f, stats.Factor.level_text(f.params, ref), rows))
+
+
+def _seed_groups(ma: ModelAnalysis, cands: list[str]) -> None:
+    if "seed" not in cands:
+        return
+    others = [k for k in cands if k != "seed"]
+    groups: dict[tuple, list[ConfigStats]] = {}
+    for c in ma.configs:
+        groups.setdefault(tuple(str(c.point.params.get(k, "n/a")) for k in others), []).append(c)
+    for key, members in groups.items():
+        seeds = [str(c.point.params.get("seed", "n/a")) for c in members]
+        if len(members) < 2 or len(set(seeds)) < 2:
+            continue
+        vals = np.array([c.avg_all for c in members])
+        varying = ma.design.varying if ma.design else []
+        fixed = ", ".join(f"{k}={v}" for k, v in zip(others, key, strict=True) if k in varying) or "all other settings"
+        ses = [c.se_avg_all for c in members if c.se_avg_all is not None]
+        ma.seed_groups.append(SeedGroup(fixed, members, seeds, float(vals.mean()), float(vals.std(ddof=1)),
+                                        float(vals.min()), float(vals.max()),
+                                        float(np.mean(ses)) if ses else None))
+
+
+def _best(ma: ModelAnalysis) -> None:
+    cands = [c for c in ma.configs if math.isfinite(c.avg_all)]
+    if not cands:
+        return
+    best = max(cands, key=lambda c: (c.avg_all, -(c.quant_bytes or math.inf)))
+    ma.best = best
+    if not ma.boot_ok or best.key not in ma.boot_cols:
+        return
+    a_all, cols = ma.boot_avg, ma.boot_cols
+    for c in ma.configs:
+        if c is best or c.key not in cols:
+            continue
+        lo, hi = stats.percentile_ci(a_all[:, cols[c.key]] - a_all[:, cols[best.key]])
+        row = (c, c.avg_all - best.avg_all, float(lo), float(hi))
+        (ma.indistinguishable if stats.covers_zero(lo, hi) else ma.distinguishable).append(row)
+    pool = [best] + [r[0] for r in ma.indistinguishable]
+    sized = [c for c in pool if c.quant_bytes]
+    if best.quant_bytes and sized:
+        smallest = min(sized, key=lambda c: c.quant_bytes)
+        if smallest.quant_bytes < 0.99 * best.quant_bytes:
+            ma.smaller_alternative = smallest
+
+
+def analyze(points: list[PointResults], n_boot: int = 2000, seed: int = 0) -> list[ModelAnalysis]:
+    """One `ModelAnalysis` per model, models in order of first appearance."""
+    models: dict[str, list[PointResults]] = {}
+    for p in points:
+        models.setdefault(p.model, []).append(p)
+    return [analyze_model(m, ps, n_boot=n_boot, seed=seed) for m, ps in models.items()]

@@ -1,0 +1,89 @@
+"""The report's entry points: `build_report_from_points` (pure) and `build_report` (MLflow in, MLflow out)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from colq_sweep.report.analysis import analyze
+from colq_sweep.report.points import PointResults
+
+log = logging.getLogger("colq_sweep.report")
+REPORT_ARTIFACT_PATH = "report"
+OUTPUT_FILES = ("report.md", "entries.csv", "summary.csv")
+
+
+class ReportError(RuntimeError):
+    """A report cannot be built (no experiment, no store, no runs): `str(err)` is the one line to show."""
+
+
+def build_report_from_points(points: list[PointResults], out_dir: str | Path, *, title: str = "sweep",
+                             n_boot: int = 2000, seed: int = 0, plots: bool = True,
+                             meta: dict[str, Any] | None = None, notes: list[str] | None = None) -> Path:
+    """Analyse `points`, write report.md, entries.csv, summary.csv and the PNG plots into `out_dir`.
+
+    meta: provenance shown under the title; notes: data notes (e.g. from the MLflow loader) shown in the report.
+    Returns the path of report.md. Deterministic for a given (points, n_boot, seed) apart from the timestamp.
+    """
+    if n_boot < 1:
+        raise ValueError("n_boot must be >= 1")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.glob("performance_*.png"), *(out / n for n in OUTPUT_FILES)]:
+        stale.unlink(missing_ok=True)  # a previous report's files would otherwise be logged with this one
+    analyses = analyze(points, n_boot=n_boot, seed=seed)
+    figs = None
+    if plots:
+        from colq_sweep.report.plots import make_plots
+
+        figs = make_plots(analyses, out)
+    from colq_sweep.report.render import render_markdown, write_outputs
+
+    md = render_markdown(analyses, points, figs, title=title, n_boot=n_boot, seed=seed, meta=meta, notes=notes)
+    return write_outputs(out, md, analyses, points)
+
+
+def default_tracking_uri(outputs_dir: str | Path) -> str:
+    return f"sqlite:///{Path(outputs_dir).resolve() / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(tracking_uri: str | None, outputs_dir: str | Path) -> str:
+    """Explicit URI, else MLFLOW_TRACKING_URI, else the project's sqlite store under outputs_dir."""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(outputs_dir)
+
+
+def build_report(name: str, tracking_uri: str | None = None, outputs_dir: str | Path = "outputs",
+                 out_dir: str | Path | None = None, log_to_mlflow: bool = True, n_boot: int = 2000,
+                 seed: int = 0, plots: bool = True) -> Path:
+    """Report of MLflow experiment `name` into out_dir (default <outputs_dir>/reports/<name>/).
+
+    Unless log_to_mlflow is False, the report folder is logged as artifacts (under `report/`) to the latest
+    sweep (parent) run of the experiment. Returns the path of report.md. Raises ReportError when the store or
+    experiment does not exist or holds no point runs.
+    """
+    from colq_sweep.report.load import load_experiment
+
+    uri = resolve_tracking_uri(tracking_uri, outputs_dir)
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        if not db.is_file():
+            raise ReportError(f"no MLflow store at {db} (run a sweep first, or pass --tracking-uri)")
+    out = Path(out_dir) if out_dir is not None else Path(outputs_dir) / "reports" / name
+    loaded = load_experiment(name, uri)
+    if not loaded.points:
+        raise ReportError(f"experiment {name!r} has no point runs (tag colq.role=baseline|quantized)")
+    meta = {"experiment": name, "tracking URI": uri, "sweep run": loaded.parent_run_id}
+    for n in loaded.notes:
+        log.warning("report: %s", n)
+    path = build_report_from_points(loaded.points, out, title=name, n_boot=n_boot, seed=seed, plots=plots, meta=meta,
+                                    notes=loaded.notes)
+    if log_to_mlflow:
+        if loaded.parent_run_id is None:
+            log.warning("report: experiment %r has no sweep (parent) run; the report is not logged to MLflow", name)
+        else:
+            from mlflow import MlflowClient
+
+            MlflowClient(tracking_uri=uri).log_artifacts(loaded.parent_run_id, str(out), REPORT_ARTIFACT_PATH)
+    return path

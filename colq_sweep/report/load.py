@@ -1,0 +1,167 @@
+"""MLflow runs of an experiment -> `PointResults` (the data contract of the sweep orchestrator).
+
+Point runs carry the tag `colq.role` (baseline | quantized); sweep (parent) runs carry `colq.role=sweep`.
+Per model, quantized points are de-duplicated by (config hash, eval hash), keeping the latest FINISHED run;
+the model's original is a FINISHED baseline run with the same `colq.model` and, preferably, the `colq.eval_hash`
+most of its quantized points share; it may live in this experiment or, failing that, in any experiment of the
+store. Runs that did not finish are returned as such (listed as failed, never used for numbers).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from colq_sweep.report.points import FINISHED, PointResults
+
+ROLE, MODEL, LABEL = "colq.role", "colq.model", "colq.label"
+CONFIG_HASH, EVAL_HASH = "colq.config_hash", "colq.eval_hash"
+PARENT = "mlflow.parentRunId"
+ERROR = "colq.error"
+BASELINE_REF = "colq.baseline_run_id"  # optional: the original a quantized run was compared with
+ENTRIES_ARTIFACT = "results/entries.csv"
+PER_QUERY_ARTIFACT = "results/per_query.csv"
+
+
+@dataclass
+class Loaded:
+    points: list[PointResults]
+    parent_run_id: str | None
+    notes: list[str] = field(default_factory=list)
+
+
+def _all_runs(client, experiment_ids: list[str], filter_string: str = "") -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _csv(client, run_id: str, path: str, tmp: Path) -> pd.DataFrame | None:
+    try:
+        local = client.download_artifacts(run_id, path, str(tmp))
+    except Exception:  # noqa: BLE001 - a missing artifact is reported, not fatal
+        return None
+    try:
+        return pd.read_csv(local, dtype={"task": str, "subset": str, "query_id": str, "language": str})
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _point(client, run, tmp: Path, notes: list[str]) -> PointResults:
+    tags, info = run.data.tags, run.info
+    p = PointResults(
+        model=tags.get(MODEL, "?"), label=tags.get(LABEL, info.run_name or info.run_id), role=tags.get(ROLE, "?"),
+        params=dict(run.data.params), metrics=dict(run.data.metrics), run_id=info.run_id, status=info.status,
+        config_hash=tags.get(CONFIG_HASH, ""), eval_hash=tags.get(EVAL_HASH, ""), start_time=info.start_time,
+        error=tags.get(ERROR, ""),
+    )
+    if p.finished:
+        d = tmp / info.run_id
+        d.mkdir(parents=True, exist_ok=True)
+        ent = _csv(client, info.run_id, ENTRIES_ARTIFACT, d)
+        pq = _csv(client, info.run_id, PER_QUERY_ARTIFACT, d)
+        if ent is None:
+            notes.append(f"run {info.run_id} ({p.model} / {p.label}) has no {ENTRIES_ARTIFACT}")
+        else:
+            p.entries = ent
+        if pq is None:
+            notes.append(f"run {info.run_id} ({p.model} / {p.label}) has no {PER_QUERY_ARTIFACT}")
+        else:
+            p.per_query = pq
+    return p
+
+
+@contextmanager
+def _quiet_downloads():
+    """No per-file download progress bars (unless the user asked for them explicitly)."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    if key in os.environ:
+        yield
+        return
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
+
+
+def _latest(runs: list) -> list:
+    return sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True)
+
+
+def load_experiment(name: str, tracking_uri: str) -> Loaded:
+    from mlflow import MlflowClient
+
+    from colq_sweep.report.build import ReportError
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        raise ReportError(f"no MLflow experiment named {name!r} at {tracking_uri}")
+    runs = _all_runs(client, [exp.experiment_id])
+    notes: list[str] = []
+    sweeps = _latest([r for r in runs if r.data.tags.get(ROLE) == "sweep"])
+    if not sweeps:  # fall back to any run that is some run's parent
+        parent_ids = {r.data.tags.get(PARENT) for r in runs} - {None}
+        sweeps = _latest([r for r in runs if r.info.run_id in parent_ids])
+    parent = sweeps[0].info.run_id if sweeps else None
+
+    point_runs = [r for r in runs if r.data.tags.get(ROLE) in ("baseline", "quantized")]
+    finished_q: dict[tuple, object] = {}
+    for r in _latest([r for r in point_runs if r.data.tags.get(ROLE) == "quantized"]):
+        if r.info.status != FINISHED:
+            continue
+        t = r.data.tags
+        finished_q.setdefault((t.get(MODEL), t.get(CONFIG_HASH) or r.info.run_id, t.get(EVAL_HASH)), r)
+    chosen = list(finished_q.values())
+    n_dup = sum(1 for r in point_runs if r.data.tags.get(ROLE) == "quantized" and r.info.status == FINISHED) - len(chosen)
+    if n_dup:
+        notes.append(f"{n_dup} older finished run(s) of an already reported configuration were left out")
+
+    models = sorted({r.data.tags.get(MODEL) for r in point_runs if r.data.tags.get(MODEL)})
+    for model in models:
+        eval_hashes = Counter(r.data.tags.get(EVAL_HASH) for r in chosen if r.data.tags.get(MODEL) == model)
+        cands = _latest([r for r in point_runs if r.data.tags.get(ROLE) == "baseline" and r.info.status == FINISHED
+                         and r.data.tags.get(MODEL) == model])
+        if not cands:
+            filt = f"tags.`{ROLE}` = 'baseline' and tags.`{MODEL}` = '{model}' and attributes.status = 'FINISHED'"
+            all_ids = [e.experiment_id for e in client.search_experiments()]
+            cands = _latest(_all_runs(client, all_ids, filt))
+            if cands:
+                notes.append(f"{model}: the original (baseline) run {cands[0].info.run_id} comes from another experiment")
+        if not cands:
+            notes.append(f"{model}: no finished original (baseline) run found")
+            continue
+        pick = None
+        refs = Counter(r.data.tags.get(BASELINE_REF) for r in chosen
+                       if r.data.tags.get(MODEL) == model and r.data.tags.get(BASELINE_REF))
+        for ref, _ in refs.most_common():
+            pick = next((r for r in cands if r.info.run_id == ref), None)
+            if pick is not None:
+                break
+        for h, _ in ([] if pick is not None else eval_hashes.most_common()):
+            pick = next((r for r in cands if r.data.tags.get(EVAL_HASH) == h), None)
+            if pick is not None:
+                break
+        if pick is None:
+            pick = cands[0]
+            if eval_hashes:
+                notes.append(f"{model}: no original run with the eval hash of its quantized runs; using "
+                             f"{pick.info.run_id} (eval hash {pick.data.tags.get(EVAL_HASH)})")
+        chosen.append(pick)
+
+    unfinished = [r for r in point_runs if r.info.status != FINISHED]
+    with tempfile.TemporaryDirectory(prefix="colq-report-") as tmp, _quiet_downloads():
+        points = [_point(client, r, Path(tmp), notes) for r in chosen + unfinished]
+    points.sort(key=lambda p: (p.model, p.role != "baseline", p.start_time or 0))
+    return Loaded(points=points, parent_run_id=parent, notes=notes)
