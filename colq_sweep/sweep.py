@@ -99,6 +99,11 @@ def eval_revision(checkpoint_rev: str, point: SweepPoint) -> str:
     return "-".join(parts)
 
 
+def eval_metrics(timing: dict[str, float]) -> dict[str, float]:
+    """The evaluation stage's timing under tracked names (peak memory as eval_peak_*)."""
+    return {(f"eval_{k}" if k.startswith("peak_") else k): float(v) for k, v in timing.items()}
+
+
 def summarise(entries: list[dict]) -> dict[str, float]:
     def mean(xs: list[float]) -> float:
         return sum(xs) / len(xs) if xs else float("nan")
@@ -290,7 +295,7 @@ def ensure_baseline(point: SweepPoint, tracker: Tracker, parent_id: str | None, 
             name, revision = checkpoint_identity(base)
             tracker.log(run_id, tags={"colq.artifact_key": f"{name}@{revision}"})
             result = _evaluate(base, _load_base(base, device), name, eval_revision(revision, base), device)
-            metrics = {**summarise(result.entries), **result.timing}
+            metrics = {**summarise(result.entries), **eval_metrics(result.timing)}
             metrics.update(_base_size(base))
             tracker.log(run_id, metrics=metrics, tags={"colq.eval_from_cache": str(result.from_cache).lower()})
             _log_results(tracker, run_id, result.entries, result.per_query)
@@ -381,7 +386,7 @@ def run_point(
         result = _evaluate(point, _load_quantized(point, artifact.path, device), f"colq_sweep/{point.model.name}-w{point.quant.bits}", eval_revision(artifact.key, point), device)
         metrics.update(summarise(result.entries))
         metrics.update(compare(result.entries, baseline.entries))
-        metrics.update({k: float(v) for k, v in result.timing.items()})
+        metrics.update(eval_metrics(result.timing))
         tracker.log(run_id, metrics=metrics, tags={"colq.eval_from_cache": str(result.from_cache).lower(), "colq.baseline_run_id": baseline.run_id})
         _log_results(tracker, run_id, result.entries, result.per_query)
         mpath = Path(tmpdir.name) / "quantization_manifest.json"

@@ -1,0 +1,108 @@
+"""End to end on the fixtures: Hydra multirun -> quantize -> evaluate -> MLflow, resumable, failure-isolated."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def sweep(outputs: Path, fixtures: Path, *overrides: str) -> subprocess.CompletedProcess:
+    args = [
+        sys.executable, "-m", "colq_sweep", "-m", "experiment=demo", f"outputs_dir={outputs}",
+        f"model.path={fixtures / 'tiny-colqwen3'}", f"calib.path={fixtures / 'calib.jsonl'}",
+        f"eval.fixture_dir={fixtures / 'vidore-fixture'}", "iters=2", "nsamples=4", "batch_size=2", *overrides,
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_ENABLE_ASYNC_LOGGING": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def runs(outputs: Path):
+    mlflow.set_tracking_uri(f"sqlite:///{outputs.resolve()}/mlflow.db")
+    return mlflow.search_runs(experiment_names=["demo"], max_results=1000)
+
+
+@pytest.fixture(scope="module")
+def first_sweep(tmp_path_factory, fixture_paths):
+    outputs = tmp_path_factory.mktemp("sweep") / "outputs"
+    proc = sweep(outputs, fixture_paths.root, "seqlen=32,48,64")
+    return outputs, proc
+
+
+def test_three_point_multirun_tracks_three_children_and_the_baseline(first_sweep):
+    outputs, proc = first_sweep
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    df = runs(outputs)
+    parents = df[df["tags.colq.role"] == "sweep"]
+    points = df[df["tags.colq.role"] == "quantized"]
+    baseline = df[df["tags.colq.role"] == "baseline"]
+    assert len(parents) == 1 and parents.iloc[0]["status"] == "FINISHED"
+    assert len(points) == 3 and set(points["status"]) == {"FINISHED"}
+    assert len(baseline) == 1 and baseline.iloc[0]["status"] == "FINISHED"
+    parent_id = parents.iloc[0]["run_id"]
+    assert set(points["tags.mlflow.parentRunId"]) == {parent_id}
+    assert sorted(points["params.seqlen"].astype(int)) == [32, 48, 64]
+    for col in ("params.quant.bits", "params.quant.group_size", "params.model.name", "params.eval.tasks", "params.iters"):
+        assert points[col].notna().all(), col
+    for tag in ("colq.config_hash", "colq.artifact_key", "mlflow.source.git.commit", "version.auto-round", "colq.device", "colq.kernel_backend"):
+        assert points[f"tags.{tag}"].notna().all(), tag
+    assert points["tags.colq.artifact_key"].nunique() == 3  # three distinct quantized checkpoints
+    assert set(points["tags.colq.baseline_run_id"]) == {baseline.iloc[0]["run_id"]}
+    for metric in (
+        "avg_ndcg_at_5_all", "avg_ndcg_at_5_en", "delta_ndcg_at_5_all", "delta_ndcg_at_5_en",
+        "entry/VidoreFixtureRetrieval/en/ndcg_at_5", "entry/VidoreFixtureRetrieval/fr/ndcg_at_10",
+        "quant_total_bytes", "base_total_bytes", "quant_seconds", "eval_seconds", "pages_per_s", "queries_per_s",
+    ):  # fmt: skip
+        assert points[f"metrics.{metric}"].notna().all(), metric
+    # the delta is the point's average minus the baseline's, over the same two entries
+    b = baseline.iloc[0]["metrics.avg_ndcg_at_5_all"]
+    for _, row in points.iterrows():
+        assert row["metrics.delta_ndcg_at_5_all"] == pytest.approx(row["metrics.avg_ndcg_at_5_all"] - b, abs=1e-9)
+    client = mlflow.tracking.MlflowClient()
+    run_id = points.iloc[0]["run_id"]
+    names = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "results")}
+    assert {"config.yaml", "quantization_manifest.json", "results/entries.csv", "results/per_query.csv"} <= names
+    assert any(n.endswith(".log") for n in names)
+    assert "colq_sweep summary" in proc.stderr
+
+
+def test_rerun_quantizes_and_evaluates_nothing(first_sweep, fixture_paths):
+    outputs, first = first_sweep
+    assert first.returncode == 0
+    before = runs(outputs)
+    models = {p.name: p.stat().st_mtime_ns for p in (outputs / "models").iterdir()}
+    proc = sweep(outputs, fixture_paths.root, "seqlen=32,48,64")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    after = runs(outputs)
+    assert len(after[after["tags.colq.role"] != "sweep"]) == len(before[before["tags.colq.role"] != "sweep"])
+    assert proc.stderr.count("SKIPPED") == 3
+    assert (proc.stdout + proc.stderr).count("already FINISHED") == 3
+    assert {p.name: p.stat().st_mtime_ns for p in (outputs / "models").iterdir()} == models
+
+
+def test_a_failing_point_is_failed_and_the_others_finish(first_sweep, fixture_paths):
+    outputs, first = first_sweep
+    assert first.returncode == 0
+    proc = sweep(outputs, fixture_paths.root, "seqlen=40", "fail_point=true,false")
+    assert proc.returncode == 1
+    assert "1 of 2 sweep points failed" in proc.stderr
+    df = runs(outputs)
+    mine = df[(df["tags.colq.role"] == "quantized") & (df["params.seqlen"] == "40")]
+    by_fail = {r["params.fail_point"]: r for _, r in mine.iterrows()}
+    assert by_fail["True"]["status"] == "FAILED" and by_fail["False"]["status"] == "FINISHED"
+    assert "made to fail" in by_fail["True"]["tags.colq.error"]
+    client = mlflow.tracking.MlflowClient()
+    tb = client.download_artifacts(by_fail["True"]["run_id"], "traceback.txt")
+    assert "RuntimeError" in Path(tb).read_text()
+    # the job directories hold the status files the summary was built from
+    statuses = [json.loads(p.read_text())["status"] for p in outputs.glob("hydra/demo/multirun-*/*/colq_status.json")]
+    assert statuses.count("FAILED") == 1
