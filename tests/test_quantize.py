@@ -1,0 +1,561 @@
+"""Quantization stage: AutoRound W4A16 on the tiny fixture, the artifact cache, loading back, size accounting.
+
+The fixture is quantized once per session (iters=2, nsamples=4, seqlen=32, batch_size=2: seconds on 2 CPU cores);
+tests that need a quantized artifact use that one.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from colq_sweep import calibration
+from colq_sweep import quantize as Q
+from tests.helpers import make_point
+
+LM_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+INT32_EIGHTS = -2004318072  # 0x88888888: eight 4-bit zero points of 8, as a signed int32
+
+
+def _base_tensors(ckpt: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(ckpt.glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
+def _lm_linear_names(tensors) -> set[str]:
+    return {
+        k[: -len(".weight")]
+        for k in tensors
+        if k.startswith(Q.QUANT_BLOCKS + ".") and k.endswith(".weight") and k.split(".")[-2] in LM_LINEARS
+    }
+
+
+def _write_jsonl(path: Path, texts: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return path
+
+
+def _mixed_calibration(tmp: Path, n_long: int = 3, n_short: int = 6) -> Path:
+    """n_long texts far longer than 32 tokens, n_short texts of a few tokens."""
+    words = (
+        "revenue growth safety energy budget network tax climate hiring engineer site quarter annual".split()
+    )
+    long = [" ".join(words[(i + j) % len(words)] for j in range(120)) for i in range(n_long)]
+    short = [f"tax {i}" for i in range(n_short)]
+    texts = [(short + long)[k] for k in sorted(range(n_short + n_long), key=lambda k: (k % n_short, k))]
+    return _write_jsonl(tmp / "mixed.jsonl", texts)
+
+
+class _Forbidden(AssertionError):
+    pass
+
+
+def _forbid_autoround(monkeypatch):
+    """Make any AutoRound construction fail loudly (proves a code path never quantizes)."""
+
+    def boom(*a, **k):
+        raise _Forbidden("AutoRound was called")
+
+    monkeypatch.setattr(Q, "_autoround_entry", lambda: boom)
+    if "auto_round" in sys.modules:
+        monkeypatch.setattr(sys.modules["auto_round"], "AutoRound", boom)
+
+
+def _embed(model, processor, queries, image):
+    with torch.no_grad():
+        q = model(**processor.process_queries(queries)).float()
+        p = model(**processor.process_images([image])).float()
+    return q, p
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    mask = a.norm(dim=-1) > 0
+    return torch.nn.functional.cosine_similarity(a[mask], b[mask], dim=-1)
+
+
+# --------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def quant_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("quant")
+
+
+@pytest.fixture(scope="session")
+def point(fixture_paths, quant_root):
+    return make_point(fixture_paths, quant_root)
+
+
+@pytest.fixture(scope="session")
+def artifact(point, quant_root):
+    """The fixture quantized once per session (AWQ export)."""
+    return Q.quantize_point(point, quant_root / "models")
+
+
+@pytest.fixture(scope="session")
+def page_image(fixture_paths):
+    from PIL import Image
+
+    return Image.open(fixture_paths.task / "corpus" / "revenue-p0.png").convert("RGB")
+
+
+QUERIES = ["Quarterly revenue grew?", "Quels sont les resultats de l'inspection de surete?"]
+
+
+# ------------------------------------------------------------------------------------------ fast units
+
+
+def test_make_point_overrides(fixture_paths, tmp_path):
+    p = make_point(
+        fixture_paths, tmp_path, seqlen=64, **{"quant.format": "auto_round"}, calib={"text_field": "text"}
+    )
+    assert (
+        p.seqlen == 64 and p.quant.format == "auto_round" and p.calib.path == str(fixture_paths.calibration)
+    )
+    assert make_point(fixture_paths, tmp_path).quant.format == "auto_awq"
+
+
+def test_artifact_key_covers_weight_inputs_only(fixture_paths, tmp_path):
+    base = make_point(fixture_paths, tmp_path)
+    key = Q.artifact_key(base)
+    assert Q.KEY_RE.match(key) and key == Q.artifact_key(base)
+    # bookkeeping and load-time choices do not change the weights
+    for same in ({"name": "other"}, {"quant.backend": "dequant"}, {"quant.allow_fewer_samples": True},
+                 {"model.dtype": "bfloat16"}, {"eval.query_batch_size": 2}):  # fmt: skip
+        assert Q.artifact_key(make_point(fixture_paths, tmp_path, **same)) == key, same
+    # every knob that decides the weights does
+    for diff in ({"seed": 1}, {"seqlen": 64}, {"nsamples": 8}, {"iters": 3}, {"batch_size": 4},
+                 {"quant.format": "auto_round"}, {"quant.lr": 0.01}, {"quant.sym": False}):  # fmt: skip
+        assert Q.artifact_key(make_point(fixture_paths, tmp_path, **diff)) != key, diff
+    assert Q.artifact_key(base, "sha256:" + "0" * 64) != key  # calibration content is part of the key
+    # a different file with the same content would have another identity (path), and edited content another key
+    copy = _write_jsonl(tmp_path / "copy.jsonl", ["a b c"])
+    k1 = Q.artifact_key(make_point(fixture_paths, tmp_path, **{"calib.path": str(copy)}))
+    _write_jsonl(copy, ["a b c d"])
+    assert Q.artifact_key(make_point(fixture_paths, tmp_path, **{"calib.path": str(copy)})) != k1
+
+
+def test_calib_revision_resolution(monkeypatch, tmp_path):
+    from colq_sweep.config import CalibSpec
+
+    sha = "a" * 40
+    assert (
+        calibration.resolve_revision(CalibSpec(source="hub", dataset="NeelNanda/pile-10k", revision=sha))
+        == sha
+    )
+    import huggingface_hub
+
+    def offline(*a, **k):
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", offline)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    spec = CalibSpec(source="hub", dataset="NeelNanda/pile-10k", revision="main")
+    with pytest.raises(calibration.CalibrationError, match="commit sha"):
+        calibration.resolve_revision(spec)
+    refs = tmp_path / "datasets--NeelNanda--pile-10k" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text("b" * 40)
+    assert calibration.resolve_revision(spec) == "b" * 40  # the locally cached ref, recorded as a sha
+
+
+def test_selection_is_what_autoround_uses(fixture_paths, tmp_path, monkeypatch):
+    """Our replay of auto-round's selection gives the rows its own dataloader yields, and the pre-permuted hand-off
+    file makes auto-round yield exactly those rows in the same order."""
+    from auto_round.calib_dataset import get_dataloader
+
+    from colq_sweep.model import ColQwen3Processor
+
+    monkeypatch.setenv("AR_DISABLE_DATASET_SUBPROCESS", "1")
+    tok = ColQwen3Processor.from_checkpoint(fixture_paths.checkpoint, 64).tokenizer
+    mixed = _mixed_calibration(tmp_path, n_long=5, n_short=6)
+    for src, seqlen, nsamples, seed in ((fixture_paths.calibration, 32, 4, 0), (fixture_paths.calibration, 64, 6, 7),
+                                        (mixed, 32, 4, 3)):  # fmt: skip
+        texts = calibration.load_texts(calibration.CalibSpec(source="jsonl", path=str(src)))
+        sel = calibration.select_samples(texts, tok, seqlen=seqlen, nsamples=nsamples, seed=seed)
+
+        def rows(path, seqlen=seqlen, seed=seed, nsamples=nsamples):
+            dl = get_dataloader(tok, seqlen, str(path), seed=seed, bs=2, nsamples=nsamples)
+            return [r for batch in dl if batch is not None for r in batch["input_ids"].tolist()]
+
+        assert rows(src) == sel.token_ids
+        handoff = calibration.write_for_autoround(sel, tmp_path / f"handoff-{seed}.jsonl")
+        assert rows(handoff) == sel.token_ids
+    assert sel.used == 4 and sel.dropped_short > 0  # the mixed file drops its short texts
+    assert sel.candidates_examined == sel.used + sel.dropped_short + sel.dropped_repetitive
+
+
+def test_insufficient_samples_is_a_clear_error(fixture_paths, tmp_path, monkeypatch):
+    _forbid_autoround(monkeypatch)
+    mixed = _mixed_calibration(tmp_path)  # 3 usable at seqlen 32
+    p = make_point(fixture_paths, tmp_path, nsamples=4, **{"calib.path": str(mixed)})
+    models = tmp_path / "models"
+    with pytest.raises(
+        calibration.CalibrationError, match=r"only 3 of the requested nsamples=4.*allow_fewer_samples"
+    ):
+        Q.quantize_point(p, models)
+    assert [e.name for e in models.iterdir()] == [".locks"]  # no artifact, no temp dir left behind
+    with pytest.raises(calibration.CalibrationError, match="only 0 of"):  # zero is never allowed
+        Q.quantize_point(
+            make_point(fixture_paths, tmp_path, seqlen=4096, **{"quant.allow_fewer_samples": True}), models
+        )
+
+
+def test_clean_incomplete_removes_only_dead_leftovers(tmp_path):
+    models = tmp_path / "models"
+    k1, k2, k3, k4 = "1" * 20, "2" * 20, "3" * 20, "4" * 20
+    (models / f".{k1}.tmp-123-abcd").mkdir(parents=True)  # killed mid-build
+    (models / f".{k1}.tmp-123-abcd" / "model.safetensors").write_bytes(b"x" * 10)
+    (models / k2).mkdir()  # renamed but no manifest (cannot happen by us, but never trust it)
+    (models / k2 / "config.json").write_text("{}")
+    good = models / k3
+    good.mkdir()
+    (good / "config.json").write_text("{}")
+    (good / Q.MANIFEST).write_text(
+        json.dumps({"schema": Q.ARTIFACT_SCHEMA, "key": k3, "files": {"config.json": {"size": 2}}})
+    )
+    (models / "not-ours").mkdir()
+    building = models / f".{k4}.tmp-999-beef"
+    building.mkdir()
+    with Q._key_lock(models, k4):  # another process is building k4 right now
+        removed = Q.clean_incomplete(models)
+    assert sorted(p.name for p in removed) == sorted([f".{k1}.tmp-123-abcd", k2])
+    assert good.is_dir() and (models / "not-ours").is_dir() and building.is_dir()
+    assert Q.verify_artifact(good) == (True, "")
+    (good / "config.json").write_text("{ }")  # size changed -> no longer complete
+    assert not Q.verify_artifact(good)[0]
+    removed = Q.clean_incomplete(models)  # k4's lock is released now: its temp dir is a dead leftover too
+    assert sorted(p.name for p in removed) == sorted([good.name, building.name])
+    assert sorted(p.name for p in models.iterdir()) == [".locks", "not-ours"]
+
+
+def test_missing_backend_is_a_clear_error(monkeypatch):
+    if not Q._module_available("gptqmodel"):
+        with pytest.raises(Q.BackendUnavailableError, match="gptqmodel.*not installed"):
+            Q.resolve_backend("gptqmodel", "cuda")
+        with pytest.raises(Q.BackendUnavailableError, match="gptqmodel"):
+            Q.resolve_backend("auto", "cuda")
+    with pytest.raises(Q.BackendUnavailableError, match="CUDA"):
+        Q.resolve_backend("gptqmodel", "cpu")
+    with pytest.raises(Q.BackendUnavailableError, match="CPU only"):
+        Q.resolve_backend("ark", "cuda")
+    assert Q.resolve_backend("auto", "cpu") == "ark" and Q.resolve_backend("dequant", "cuda") == "dequant"
+    monkeypatch.setattr(Q, "_module_available", lambda name: False)
+    with pytest.raises(Q.BackendUnavailableError, match="auto-round-lib"):
+        Q.resolve_backend("ark", "cpu")
+    with pytest.raises(ValueError, match="unknown backend"):
+        Q.resolve_backend("marlin", "cpu")
+
+
+def test_autoround_warnings_are_watched():
+    """auto-round logs (does not raise) when a calibration forward fails and skips that batch: builds fail on it."""
+    import logging
+
+    with Q._AutoRoundLogWatch() as watch:
+        logging.getLogger("autoround").warning("Calibration forward pass failed: boom")
+        logging.getLogger("autoround").warning("some layers are skipped quantization")
+    logging.getLogger("autoround").warning("after the build: not recorded")
+    assert watch.fatal() == ["Calibration forward pass failed: boom"] and len(watch.messages) == 2
+
+
+@pytest.mark.slow
+def test_learning_rates_reach_signround(fixture_paths, tmp_path):
+    from colq_sweep.model import ColQwen3Processor, load_colqwen3
+
+    p = make_point(fixture_paths, tmp_path, **{"quant.lr": 0.0123, "quant.minmax_lr": 0.0456, "iters": 3})
+    kwargs = Q.autoround_kwargs(p, "cpu", str(fixture_paths.calibration))
+    assert "lr" not in Q.autoround_kwargs(
+        make_point(fixture_paths, tmp_path), "cpu", "x.jsonl"
+    )  # null = default
+    model = load_colqwen3(fixture_paths.checkpoint, dtype="bfloat16")
+    proc = ColQwen3Processor.from_checkpoint(fixture_paths.checkpoint, 64)
+    ar = Q._autoround_entry()(
+        model, tokenizer=proc.tokenizer, processor=proc, image_processor=proc.image_processor, **kwargs
+    )
+    cfg = ar.quantize_config
+    assert (cfg.lr, cfg.minmax_lr, cfg.iters) == (0.0123, 0.0456, 3)
+    assert (cfg.bits, cfg.group_size, cfg.sym) == (4, 128, True)
+
+
+def test_awq_unpacking_roundtrip():
+    """Our unpacker inverts auto-round's AWQ packer (its interleaved nibble order) and the GPTQ sequential one."""
+    from auto_round.utils.bit_packing import pack_bitstream
+
+    g = torch.Generator().manual_seed(0)
+    vals = torch.randint(0, 16, (32, 32), generator=g, dtype=torch.int32)
+    # the AWQ GEMM packer: logical column j of each group of 8 goes to nibble [0,4,1,5,2,6,3,7][j]
+    shifts = torch.tensor([0, 4, 1, 5, 2, 6, 3, 7], dtype=torch.int32) * 4
+    packed = (vals.reshape(32, 4, 8) << shifts).sum(-1).to(torch.int32)
+    assert torch.equal(Q.unpack_awq(packed), vals)
+    assert torch.equal(Q.unpack_int32(pack_bitstream(vals, 4, dim=0), 4, dim=0), vals)
+
+
+# ------------------------------------------------------------------------------- on the quantized fixture
+
+
+@pytest.mark.slow
+def test_export_layout_and_kept_modules(artifact, fixture_paths):
+    base = _base_tensors(fixture_paths.checkpoint)
+    exp = _base_tensors(artifact.path)
+    lm = _lm_linear_names(base)
+    assert len(lm) == 14  # 2 layers x 7 Linear
+    packed = {k[: -len(".qweight")] for k in exp if k.endswith(".qweight")}
+    assert packed == lm  # every decoder Linear, nothing else
+    for p in lm:
+        assert exp[f"{p}.qweight"].dtype == torch.int32 and f"{p}.weight" not in exp
+        assert torch.equal(
+            exp[f"{p}.qzeros"], torch.full_like(exp[f"{p}.qzeros"], INT32_EIGHTS)
+        )  # sym: zero 8
+    # everything else is the base tensor, bit for bit, in the base dtype (auto-round exports float32 on CPU;
+    # the project casts back after checking equality)
+    kept = {k for k in base if k[: -len(".weight")] not in lm}
+    assert kept == {k for k in exp if k.rpartition(".")[0] not in packed}
+    for k in kept:
+        assert exp[k].dtype == base[k].dtype == torch.bfloat16 and torch.equal(exp[k], base[k]), k
+    assert any(k.startswith("vlm.model.visual.") for k in kept) and "embedding_proj_layer.weight" in kept
+    assert "vlm.lm_head.weight" in kept
+
+    cfg = json.loads((artifact.path / "config.json").read_text())
+    assert cfg["model_type"] == "colqwen3" and cfg["embed_dim"] == 32
+    qc = cfg["quantization_config"]
+    assert (
+        qc["quant_method"] == "awq"
+        and qc["bits"] == 4
+        and qc["group_size"] == 128
+        and qc["zero_point"] is False
+    )
+    assert qc["modules_to_not_convert"] == ["vlm.model.visual", "vlm.lm_head", "embedding_proj_layer"]
+    assert (
+        json.loads((artifact.path / "quantization_config.json").read_text())["modules_to_not_convert"]
+        == qc["modules_to_not_convert"]
+    )
+    for name in ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"):
+        assert (artifact.path / name).read_bytes() == (fixture_paths.checkpoint / name).read_bytes()
+    from colq_sweep.model import ColQwen3Processor
+
+    a = ColQwen3Processor.from_checkpoint(artifact.path, 64).process_queries(QUERIES)
+    b = ColQwen3Processor.from_checkpoint(fixture_paths.checkpoint, 64).process_queries(QUERIES)
+    assert torch.equal(a["input_ids"], b["input_ids"])
+
+
+@pytest.mark.slow
+def test_manifest_records_inputs_files_and_costs(artifact, point):
+    m = artifact.manifest
+    assert not artifact.reused and artifact.path.name == artifact.key == m["key"] == Q.artifact_key(point)
+    assert Q.verify_artifact(artifact.path, check_hashes=True) == (True, "")
+    on_disk = {f.name for f in artifact.path.iterdir() if f.is_file()} - {Q.MANIFEST}
+    assert set(m["files"]) == on_disk and {"model.safetensors", "config.json", Q.CALIB_FILE} <= on_disk
+    assert m["samples_used"] == m["samples_requested"] == 4
+    assert m["calibration"]["rows_seen_by_model"] == 4 and m["calibration"]["samples_used"] == 4
+    assert m["inputs"]["quant_knobs"] == json.loads(json.dumps(point.quant_knobs()))
+    assert m["inputs"]["calib_revision"].startswith("sha256:")
+    ak = m["inputs"]["autoround_kwargs"]
+    assert (ak["iters"], ak["nsamples"], ak["seqlen"], ak["batch_size"], ak["seed"]) == (2, 4, 32, 2, 0)
+    assert ak["to_quant_block_names"] == Q.QUANT_BLOCKS and ak["quant_nontext_module"] is False
+    assert m["versions"]["auto_round"] == "0.16.1" and m["versions"]["torch"].count(".") == 1
+    assert m["quant_seconds"] > 0 and m["memory"]["peak_rss_bytes"] > 50 * 2**20
+    # the hand-off file holds exactly the samples used
+    assert len((artifact.path / Q.CALIB_FILE).read_text().splitlines()) == 4
+
+
+@pytest.mark.slow
+def test_kernels_and_dequant_agree_and_differ_from_base(artifact, fixture_paths, page_image):
+    from colq_sweep.model import ColQwen3Processor, load_colqwen3
+
+    proc = ColQwen3Processor.from_checkpoint(artifact.path, 64)
+    ark = Q.load_quantized(artifact.path, backend="auto", device="cpu", dtype="float32")
+    assert ark.colq_backend == "ark"
+    kernel_cls = type(ark.get_submodule("vlm.model.language_model.layers.0.mlp.down_proj"))
+    assert kernel_cls.__module__.startswith("auto_round_kernel")  # real W4A16 CPU kernels
+    deq = Q.load_quantized(artifact.path, backend="dequant", device="cpu", dtype="float32")
+    assert isinstance(deq.get_submodule("vlm.model.language_model.layers.0.mlp.down_proj"), torch.nn.Linear)
+    base = load_colqwen3(fixture_paths.checkpoint, dtype="float32")
+    eq_a, ep_a = _embed(ark, proc, QUERIES, page_image)
+    eq_d, ep_d = _embed(deq, proc, QUERIES, page_image)
+    eq_b, ep_b = _embed(base, proc, QUERIES, page_image)
+    for a, d, b in ((eq_a, eq_d, eq_b), (ep_a, ep_d, ep_b)):
+        assert a.shape == d.shape == b.shape
+        torch.testing.assert_close(a, d, atol=1e-5, rtol=1e-5)  # kernels == our dequantization
+        assert (a - b).abs().max() > 1e-3  # quantization changed something ...
+        assert _cos(a, b).mean() > 0.9  # ... but not much
+    # 16-bit inference through the kernels works too and stays close
+    ark16 = Q.load_quantized(artifact.path, backend="ark", device="cpu", dtype="bfloat16")
+    eq16, _ = _embed(ark16, proc, QUERIES, page_image)
+    assert _cos(eq16, eq_a).min() > 0.99
+
+
+@pytest.mark.slow
+def test_dequant_equals_int4_times_scale_by_hand(artifact, fixture_paths):
+    name = "vlm.model.language_model.layers.0.mlp.down_proj"  # in=256: two groups of 128
+    t = _base_tensors(artifact.path)
+    qweight, qzeros, scales = t[f"{name}.qweight"], t[f"{name}.qzeros"], t[f"{name}.scales"]
+    assert qweight.shape == (256, 128 // 8) and scales.shape == (2, 128) and scales.dtype == torch.float16
+    # AWQ GEMM packing (auto_round/export/export_to_awq/utils.py): int4 of column 8*c + j sits in nibble order[j]
+    order = [0, 4, 1, 5, 2, 6, 3, 7]
+    q = torch.zeros(256, 128, dtype=torch.int64)
+    for j in range(8):
+        q[:, j::8] = (qweight.to(torch.int64) >> (4 * order[j])) & 0xF
+    assert torch.equal(qzeros, torch.full_like(qzeros, INT32_EIGHTS))  # symmetric: every zero point is 8
+    w_by_hand = ((q.float() - 8.0) * scales.float().repeat_interleave(128, dim=0)).t()  # (out, in)
+    deq = Q.load_quantized(artifact.path, backend="dequant", device="cpu", dtype="float32")
+    assert torch.equal(deq.get_submodule(name).weight.detach(), w_by_hand)
+    w_base = _base_tensors(fixture_paths.checkpoint)[f"{name}.weight"].float()
+    rel = (w_by_hand - w_base).norm() / w_base.norm()
+    assert 0 < rel < 0.2, rel  # a wrong nibble order would give ~1.4
+
+
+@pytest.mark.slow
+def test_export_equals_autoround_api(artifact, point, fixture_paths, tmp_path):
+    """Calling AutoRound directly on the same model, arguments, calibration file and seed gives the same tensors."""
+    from auto_round import AutoRound
+    from safetensors.torch import load_file
+
+    from colq_sweep.model import ColQwen3Processor, load_colqwen3
+
+    model = load_colqwen3(fixture_paths.checkpoint, dtype="bfloat16")
+    proc = ColQwen3Processor.from_checkpoint(fixture_paths.checkpoint, 64)
+    kwargs = dict(
+        scheme="W4A16", bits=4, group_size=128, sym=True, iters=2, nsamples=4, seqlen=32, batch_size=2, seed=0,
+        low_gpu_mem_usage=True, enable_torch_compile=False, device_map="cpu", dataset=str(fixture_paths.calibration),
+        quant_nontext_module=False, to_quant_block_names="vlm.model.language_model.layers",
+        layer_config={"embedding_proj_layer": {"bits": 16}},
+    )  # fmt: skip
+    assert Q.autoround_kwargs(point, "cpu", str(fixture_paths.calibration)) == kwargs
+    gc.collect()
+    gc.freeze()  # only speed: auto-round gc.collect()s after every layer
+    try:
+        ar = AutoRound(
+            model, tokenizer=proc.tokenizer, processor=proc, image_processor=proc.image_processor, **kwargs
+        )
+        ar.quantize_and_save(str(tmp_path / "direct"), format="auto_awq")
+    finally:
+        gc.unfreeze()
+    (ref_file,) = (tmp_path / "direct").rglob("model.safetensors")
+    ref, ours = load_file(str(ref_file)), load_file(str(artifact.path / "model.safetensors"))
+    assert ref.keys() == ours.keys()
+    for k in ref:
+        if k.endswith((".qweight", ".qzeros", ".scales")):
+            assert ref[k].dtype == ours[k].dtype and torch.equal(ref[k], ours[k]), k
+        else:  # auto-round writes the 16-bit modules as float32 on CPU; ours are the same values in bf16
+            assert torch.equal(ref[k].double(), ours[k].double()), k
+
+
+@pytest.mark.slow
+def test_second_run_reuses_without_autoround(artifact, point, quant_root, monkeypatch):
+    _forbid_autoround(monkeypatch)
+    again = Q.quantize_point(point, quant_root / "models")
+    assert again.reused and again.path == artifact.path and again.key == artifact.key
+    assert again.manifest == json.loads(json.dumps(artifact.manifest, default=str))
+
+
+@pytest.mark.slow
+def test_reuse_path_never_imports_autoround(artifact, point, quant_root):
+    code = (
+        "import sys, json\n"
+        "from tests.helpers import make_point\n"
+        "from pathlib import Path\n"
+        "from colq_sweep.fixtures import FixturePaths\n"
+        "from colq_sweep.quantize import quantize_point\n"
+        f"fx = FixturePaths(Path({str(Path(point.model.path).parent)!r}))\n"
+        f"art = quantize_point(make_point(fx, {str(quant_root)!r}), {str(quant_root / 'models')!r})\n"
+        "print(json.dumps([art.reused, 'auto_round' in sys.modules]))\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=env["PYTHONPATH"]
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [True, False]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["manifest", "truncate", "tempdir"])
+def test_incomplete_artifact_is_never_reused(artifact, point, tmp_path, monkeypatch, damage):
+    models = tmp_path / "models"
+    models.mkdir()
+    target = models / (artifact.key if damage != "tempdir" else f".{artifact.key}.tmp-4242-dead")
+    shutil.copytree(artifact.path, target)
+    if damage == "manifest":
+        (target / Q.MANIFEST).unlink()  # killed between the export and the manifest
+    elif damage == "truncate":
+        with open(target / "model.safetensors", "r+b") as f:
+            f.truncate(1000)
+    _forbid_autoround(monkeypatch)
+    with pytest.raises(_Forbidden):  # it rebuilds (and fails here on purpose) instead of reusing
+        Q.quantize_point(point, models)
+    assert sorted(e.name for e in models.iterdir()) == [".locks"]  # the damaged copy is gone, no temp left
+
+
+@pytest.mark.slow
+def test_fake_backend_fallback_is_refused(artifact):
+    from colq_sweep.model import StrictLoadError
+
+    # auto-round's `auto_round:fake` leaves qweight unexpected and weight missing (= random weights)
+    with pytest.raises((StrictLoadError, Q.BackendUnavailableError)):
+        Q._load_with_autoround_backend(
+            artifact.path, "auto_round:fake", "cpu", "float32", "auto_round_kernel"
+        )
+    ark = Q.load_quantized(artifact.path, backend="ark", device="cpu", dtype="float32")
+    with pytest.raises(Q.BackendUnavailableError, match="not served by gptqmodel"):
+        Q.check_kernel_modules(ark, artifact.path, "gptqmodel")
+    with pytest.raises(Q.BackendUnavailableError):
+        Q.load_quantized(artifact.path, backend="gptqmodel", device="cpu")
+
+
+@pytest.mark.slow
+def test_size_report(artifact, fixture_paths):
+    r = Q.size_report(fixture_paths.checkpoint, artifact.path)
+    assert all(isinstance(v, float) for v in r.values())
+    assert 0 < r["quant_weights_bytes"] < r["base_weights_bytes"] and r["size_reduction_pct"] > 20
+    assert (
+        r["base_total_bytes"] > r["base_weights_bytes"] and r["quant_total_bytes"] > r["quant_weights_bytes"]
+    )
+    lm_params = sum(t.numel() for k, t in _base_tensors(fixture_paths.checkpoint).items()
+                    if k[: -len(".weight")] in _lm_linear_names([k]))  # fmt: skip
+    assert r["params_int4"] == lm_params
+    assert r["params_total"] == r["base_params_total"] == r["params_int4"] + r["params_16bit"]
+    assert r["params_32bit"] == 0 and r["quant_meta_bytes"] > 0
+    assert r["calib_samples_used"] == 4 and r["quant_wall_time_s"] > 0 and r["quant_peak_rss_mb"] > 0
+
+
+@pytest.mark.slow
+def test_allow_fewer_samples_proceeds_and_records_count(fixture_paths, tmp_path):
+    mixed = _mixed_calibration(tmp_path)  # 3 usable at seqlen 32; batches of 2 -> 2 used (full batches only)
+    p = make_point(
+        fixture_paths, tmp_path, nsamples=4, **{"calib.path": str(mixed), "quant.allow_fewer_samples": True}
+    )
+    art = Q.quantize_point(p, tmp_path / "models")
+    m = art.manifest
+    assert m["samples_used"] == 2 and m["samples_requested"] == 4
+    assert m["calibration"]["rows_seen_by_model"] == 2  # what reached the model during calibration
+    assert m["calibration"]["dropped_partial_batch"] == 1 and m["calibration"]["dropped_short"] >= 1
+    assert len((art.path / Q.CALIB_FILE).read_text().splitlines()) == 2
+    assert Q.size_report(fixture_paths.checkpoint, art.path)["calib_samples_used"] == 2
+
+
+def test_partial_calibration_batch_is_refused_up_front(fixture_paths, tmp_path, monkeypatch):
+    _forbid_autoround(monkeypatch)
+    with pytest.raises(
+        Q.QuantizationError, match="multiple of batch_size.*nsamples=4 or 6.*allow_fewer_samples"
+    ):
+        Q.quantize_point(make_point(fixture_paths, tmp_path, nsamples=5, batch_size=2), tmp_path / "models")
+    # allowed: it gets as far as AutoRound (then trims to full batches, as the allow_fewer test shows)
+    with pytest.raises(_Forbidden):
+        Q.quantize_point(
+            make_point(
+                fixture_paths, tmp_path, nsamples=5, batch_size=2, **{"quant.allow_fewer_samples": True}
+            ),
+            tmp_path / "models",
+        )
