@@ -358,6 +358,14 @@ def validate(cfg: Any) -> SweepPoint:
         raise ConfigError("seed", seed, "must be a non-negative integer")
     if nsamples < batch_size:
         raise ConfigError("nsamples", nsamples, f"must be >= batch_size ({batch_size}); raise nsamples or lower batch_size")
+    allow_fewer = isinstance(d["quant"], dict) and d["quant"].get("allow_fewer_samples") is True
+    if d["quant"].get("method", "autoround") != "none" and nsamples % batch_size and not allow_fewer:
+        full = nsamples - nsamples % batch_size
+        raise ConfigError(
+            "nsamples", nsamples,
+            f"must be a multiple of batch_size ({batch_size}): auto-round 0.16.1 fails on a partial last calibration "
+            f"batch; use {full} or {full + batch_size} (or quant.allow_fewer_samples=true to calibrate on {full})",
+        )  # fmt: skip
     device = str(d.get("device", "auto"))
     if not DEVICE_RE.match(device):
         raise ConfigError("device", device, "allowed: auto, cpu, cuda, cuda:N")

@@ -381,12 +381,14 @@ def evaluate_model(
     results_dir: Path,
     cache_dir: Path,
     device: str = "cpu",
+    force: bool = False,
 ) -> EvalResult:
     """Evaluate one checkpoint on `eval_spec` through mteb; see the module docstring.
 
     `model_name`/`model_revision` identify the checkpoint in every cache (mteb's result folder and the page
     keys), so they must be unique per checkpoint: pass the artifact key of a quantized model as its revision.
     `load_model` is called at most once, and only if some page or query must be encoded.
+    `force=True` recomputes everything: this checkpoint's page embeddings and results are not read from disk.
     """
     import mteb
     import torch
@@ -395,6 +397,10 @@ def evaluate_model(
     from colq_sweep.encoder import ColQwen3Encoder, PageStore
 
     t0 = time.perf_counter()
+    if force:
+        import shutil
+
+        shutil.rmtree(page_cache_dir(cache_dir, model_name, model_revision), ignore_errors=True)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     use_cuda = str(device).startswith("cuda") and torch.cuda.is_available()
@@ -420,7 +426,7 @@ def evaluate_model(
         for task in build_tasks(eval_spec):
             name = task.metadata.name
             pq_path = per_query_path(cache, name, meta)
-            strategy = _reconcile_caches(task, cache, meta)
+            strategy = "always" if force else _reconcile_caches(task, cache, meta)
             _install_per_query_hook(task, pq_path)
             calls_before = encoder.stats["encode_calls"]
             result = mteb.evaluate(

@@ -288,6 +288,9 @@ def quantize_point(point: SweepPoint, models_dir: str | os.PathLike) -> QuantArt
     final = models_dir / key
     with _key_lock(models_dir, key):
         _clean_key(models_dir, key)
+        if final.exists() and point.force:
+            log.info("force=true: rebuilding artifact %s", final)
+            _remove(final)
         if final.exists():
             ok, why = verify_artifact(final)
             if ok:

@@ -228,11 +228,12 @@ def _dirs(point: SweepPoint) -> dict[str, Path]:
     return {"models": out / "models", "results": out / "results", "cache": out / "cache", "locks": out / "locks"}
 
 
-def _evaluate(point: SweepPoint, loader: Callable, name: str, revision: str, device: str):
+def _evaluate(point: SweepPoint, loader: Callable, name: str, revision: str, device: str, force: bool):
     from colq_sweep.evaluate import evaluate_model
 
     d = _dirs(point)
-    return evaluate_model(loader, point.eval, model_name=name, model_revision=revision, results_dir=d["results"], cache_dir=d["cache"], device=device)
+    return evaluate_model(loader, point.eval, model_name=name, model_revision=revision, results_dir=d["results"],
+                          cache_dir=d["cache"], device=device, force=force)  # fmt: skip
 
 
 def _load_base(point: SweepPoint, device: str):
@@ -294,7 +295,8 @@ def ensure_baseline(point: SweepPoint, tracker: Tracker, parent_id: str | None, 
             tracker.log(run_id, params=flatten(base.to_dict()))
             name, revision = checkpoint_identity(base)
             tracker.log(run_id, tags={"colq.artifact_key": f"{name}@{revision}"})
-            result = _evaluate(base, _load_base(base, device), name, eval_revision(revision, base), device)
+            result = _evaluate(base, _load_base(base, device), name, eval_revision(revision, base), device,
+                               force=point.force and not point.quant.enabled)  # fmt: skip
             metrics = {**summarise(result.entries), **eval_metrics(result.timing)}
             metrics.update(_base_size(base))
             tracker.log(run_id, metrics=metrics, tags={"colq.eval_from_cache": str(result.from_cache).lower()})
@@ -383,7 +385,8 @@ def run_point(
                 metrics[k] = float(manifest[k])
         metrics["quant_stage_seconds"] = time.perf_counter() - t0
 
-        result = _evaluate(point, _load_quantized(point, artifact.path, device), f"colq_sweep/{point.model.name}-w{point.quant.bits}", eval_revision(artifact.key, point), device)
+        result = _evaluate(point, _load_quantized(point, artifact.path, device), f"colq_sweep/{point.model.name}-w{point.quant.bits}", eval_revision(artifact.key, point), device,
+                           force=point.force)  # fmt: skip
         metrics.update(summarise(result.entries))
         metrics.update(compare(result.entries, baseline.entries))
         metrics.update(eval_metrics(result.timing))

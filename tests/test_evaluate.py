@@ -220,6 +220,18 @@ def test_reevaluation_is_served_from_the_cache(base, fixture_paths):
 
 
 @pytest.mark.slow
+def test_force_recomputes_despite_every_cache(base, fixture_paths):
+    from colq_sweep.evaluate import evaluate_model
+
+    first, _, root = base
+    rec = Recorder(fixture_paths.checkpoint)
+    again = evaluate_model(rec, _spec(fixture_paths), MODEL_NAME, "base", root / "results", root / "cache", force=True)
+    assert not again.from_cache
+    assert again.timing["pages_encoded"] == 16 and again.timing["pages_from_disk"] == 0
+    assert again.entries == first.entries and again.per_query == first.per_query
+
+
+@pytest.mark.slow
 def test_other_model_key_and_language_filter(base, fixture_paths):
     """languages=("fr",) runs only the fr subset; another revision shares no cached page or result."""
     from colq_sweep.evaluate import evaluate_model

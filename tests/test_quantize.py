@@ -461,6 +461,18 @@ def test_second_run_reuses_without_autoround(artifact, point, quant_root, monkey
 
 
 @pytest.mark.slow
+def test_force_rebuilds_the_artifact(artifact, point, tmp_path):
+    import dataclasses
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(artifact.path, models / artifact.key)
+    before = (models / artifact.key / "manifest.json").stat().st_mtime_ns
+    again = Q.quantize_point(dataclasses.replace(point, force=True), models)
+    assert again.key == artifact.key and not again.reused
+    assert (again.path / "manifest.json").stat().st_mtime_ns != before
+
+
 def test_reuse_path_never_imports_autoround(artifact, point, quant_root):
     code = (
         "import sys, json\n"
@@ -546,11 +558,19 @@ def test_allow_fewer_samples_proceeds_and_records_count(fixture_paths, tmp_path)
 
 
 def test_partial_calibration_batch_is_refused_up_front(fixture_paths, tmp_path, monkeypatch):
+    import dataclasses
+
+    from colq_sweep.config import ConfigError
+
     _forbid_autoround(monkeypatch)
+    with pytest.raises(ConfigError, match=r"nsamples=5: must be a multiple of batch_size \(2\).*use 4 or 6"):
+        make_point(fixture_paths, tmp_path, nsamples=5, batch_size=2)
+    # and the stage itself refuses a point that bypassed validation
+    bypass = dataclasses.replace(make_point(fixture_paths, tmp_path, nsamples=4, batch_size=2), nsamples=5)
     with pytest.raises(
         Q.QuantizationError, match="multiple of batch_size.*nsamples=4 or 6.*allow_fewer_samples"
     ):
-        Q.quantize_point(make_point(fixture_paths, tmp_path, nsamples=5, batch_size=2), tmp_path / "models")
+        Q.quantize_point(bypass, tmp_path / "models")
     # allowed: it gets as far as AutoRound (then trims to full batches, as the allow_fewer test shows)
     with pytest.raises(_Forbidden):
         Q.quantize_point(
