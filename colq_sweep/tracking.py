@@ -99,8 +99,9 @@ class Tracker:
         metrics: dict[str, float] | None = None,
         tags: dict[str, str] | None = None,
     ) -> None:
-        from mlflow.entities import Metric, Param, RunTag
         import time
+
+        from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
         p = [Param(k, _param_str(v)) for k, v in (params or {}).items()]

@@ -26,9 +26,17 @@ def sweep(outputs: Path, fixtures: Path, *overrides: str) -> subprocess.Complete
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
+def store(outputs: Path) -> str:
+    return f"sqlite:///{outputs.resolve()}/mlflow.db"
+
+
 def runs(outputs: Path):
-    mlflow.set_tracking_uri(f"sqlite:///{outputs.resolve()}/mlflow.db")
-    return mlflow.search_runs(experiment_names=["demo"], max_results=1000)
+    """All runs of the demo experiment as a DataFrame (without leaving a global tracking URI behind:
+    mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, which later tests would inherit)."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    with _use_tracking_uri(store(outputs)):
+        return mlflow.search_runs(experiment_names=["demo"], max_results=1000)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +75,7 @@ def test_three_point_multirun_tracks_three_children_and_the_baseline(first_sweep
     b = baseline.iloc[0]["metrics.avg_ndcg_at_5_all"]
     for _, row in points.iterrows():
         assert row["metrics.delta_ndcg_at_5_all"] == pytest.approx(row["metrics.avg_ndcg_at_5_all"] - b, abs=1e-9)
-    client = mlflow.tracking.MlflowClient()
+    client = mlflow.tracking.MlflowClient(store(outputs))
     run_id = points.iloc[0]["run_id"]
     names = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "results")}
     assert {"config.yaml", "quantization_manifest.json", "results/entries.csv", "results/per_query.csv"} <= names
@@ -100,7 +108,7 @@ def test_a_failing_point_is_failed_and_the_others_finish(first_sweep, fixture_pa
     by_fail = {r["params.fail_point"]: r for _, r in mine.iterrows()}
     assert by_fail["True"]["status"] == "FAILED" and by_fail["False"]["status"] == "FINISHED"
     assert "made to fail" in by_fail["True"]["tags.colq.error"]
-    client = mlflow.tracking.MlflowClient()
+    client = mlflow.tracking.MlflowClient(store(outputs))
     tb = client.download_artifacts(by_fail["True"]["run_id"], "traceback.txt")
     assert "RuntimeError" in Path(tb).read_text()
     # the job directories hold the status files the summary was built from

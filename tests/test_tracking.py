@@ -27,7 +27,8 @@ def _writer(uri: str, worker: int, n_runs: int, start, tmp: str) -> None:
 
 @pytest.mark.slow
 def test_four_concurrent_processes_lose_nothing(tmp_path):
-    uri = resolve_tracking_uri(tmp_path / "out")
+    uri = resolve_tracking_uri(tmp_path / "out", f"sqlite:///{tmp_path}/out/mlflow.db")
+    (tmp_path / "out").mkdir()
     ctx = mp.get_context("spawn")
     start = ctx.Event()
     procs = [ctx.Process(target=_writer, args=(uri, w, 4, start, str(tmp_path))) for w in range(4)]
@@ -52,7 +53,7 @@ def test_four_concurrent_processes_lose_nothing(tmp_path):
         assert [a.path for a in client.list_artifacts(run.info.run_id)] == [f"w{w}-r{i}.txt"]
     assert seen == {(w, i) for w in range(4) for i in range(4)}
     # artifacts sit next to the store, not in the working directory
-    assert (tmp_path / "out" / "mlartifacts").is_dir()
+    assert exp.artifact_location == (tmp_path / "out" / "mlartifacts" / "concurrency").as_uri()
 
 
 def test_tracking_uri_precedence(tmp_path, monkeypatch):
