@@ -466,7 +466,7 @@ def evaluate_model(
         "pages_per_s": s["pages_encoded"] / s["page_seconds"] if s["page_seconds"] else 0.0,
         "queries_per_s": s["queries_encoded"] / s["query_seconds"] if s["query_seconds"] else 0.0,
         "peak_rss_mb": _peak_rss_mb(),
-        "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if use_cuda else 0.0,
+        "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if use_cuda else float("nan"),  # nan: no GPU
     }
     from_cache = s["encode_calls"] == 0
     log.info(

@@ -101,7 +101,7 @@ def eval_revision(checkpoint_rev: str, point: SweepPoint) -> str:
 
 def eval_metrics(timing: dict[str, float]) -> dict[str, float]:
     """The evaluation stage's timing under tracked names (peak memory as eval_peak_*)."""
-    return {(f"eval_{k}" if k.startswith("peak_") else k): float(v) for k, v in timing.items()}
+    return {(f"eval_{k}" if k.startswith("peak_") else k): float(v) for k, v in timing.items() if v == v}  # no NaN
 
 
 def summarise(entries: list[dict]) -> dict[str, float]:
