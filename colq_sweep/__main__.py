@@ -5,6 +5,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+import colq_sweep.config  # noqa: F401  (registers the colq_entries resolver before Hydra composes)
+
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:

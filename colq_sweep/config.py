@@ -171,6 +171,24 @@ class SweepPoint:
         )
 
 
+def _entries_resolver(tasks: Any, languages: Any = None) -> str:
+    """`${colq_entries:${eval.tasks},${eval.languages}}`: the (task, subset) entries a config selects, as one
+    line (OmegaConf cannot resolve an interpolation into a list), so that `--cfg job --resolve` shows them.
+    Private and unknown tasks are skipped here; validation reports them."""
+    langs = [str(x) for x in languages] if languages else None
+    known = [str(t) for t in tasks if str(t) in CATALOGUE and CATALOGUE[str(t)].public]
+    entries = select_entries(known, langs)
+    return f"{len(known)} tasks, {len(entries)} entries: " + ", ".join(f"{t}/{s}" for t, s in entries)
+
+
+def register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("colq_entries", _entries_resolver, replace=True)
+
+
+register_resolvers()
+
 # ----------------------------------------------------------------------------------------------- validation
 
 
@@ -273,6 +291,7 @@ def _calib(d: dict) -> CalibSpec:
 
 
 def _eval(d: dict) -> EvalSpec:
+    d = {k: v for k, v in d.items() if k != "entries"}  # derived by the colq_entries resolver, for display
     _known_keys("eval", d, EvalSpec)
     tasks = list(d.get("tasks") or [])
     if not tasks:

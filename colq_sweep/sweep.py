@@ -368,14 +368,16 @@ def run_point(
         tracker.log(run_id, params=flatten(point.to_dict()))
         if point.fail_point:
             raise RuntimeError("fail_point=true: this point was made to fail on purpose (a testing aid)")
-        baseline, _ = ensure_baseline(point, tracker, parent_id)
+        from colq_sweep.quantize import quantize_point, resolve_backend, size_report
 
-        from colq_sweep.quantize import quantize_point, size_report
+        # Before hours of quantization: can this machine serve the exported checkpoint at all?
+        kernel = resolve_backend(point.quant.backend, device)
+        tracker.log(run_id, tags={"colq.kernel_backend": kernel})
+        baseline, _ = ensure_baseline(point, tracker, parent_id)
 
         t0 = time.perf_counter()
         artifact = quantize_point(point, _dirs(point)["models"])
-        tracker.log(run_id, tags={"colq.artifact_key": artifact.key, "colq.artifact_reused": str(artifact.reused).lower(),
-                                  "colq.kernel_backend": point.quant.backend})  # fmt: skip
+        tracker.log(run_id, tags={"colq.artifact_key": artifact.key, "colq.artifact_reused": str(artifact.reused).lower()})
         manifest = artifact.manifest
         from colq_sweep.model import resolve_checkpoint_dir
 

@@ -162,7 +162,14 @@ def test_cli_bad_seqlen_exits_2_with_one_line():
 
 
 def test_cli_prints_composed_config():
-    proc = _cli("experiment=seed-report", "--cfg", "job")
+    proc = _cli("experiment=seed-report", "--cfg", "job", "--resolve")
     assert proc.returncode == 0, proc.stderr
     cfg = OmegaConf.create(proc.stdout)
     assert cfg.name == "seed-report" and cfg.iters == 1000 and len(cfg.eval.tasks) == 22
+    assert cfg.eval.entries.startswith("22 tasks, 71 entries: VidoreArxivQARetrieval/default,")
+    assert cfg.eval.entries.count("/") == 71
+
+
+def test_entries_follow_the_language_filter(fixture_outputs_dir):
+    cfg = composed(["eval=vidore-v3", "eval.languages=[en,fr]"], fixture_outputs_dir)
+    assert cfg.eval.entries.startswith("8 tasks, 16 entries: ")  # the 2 private v3 tasks are not counted
