@@ -39,14 +39,14 @@ test-fast: $(STAMP) ## unit tests only (skips end-to-end quantize/evaluate tests
 	$(OFFLINE) $(PY) -m pytest -q -m "not slow"
 
 demo: fixtures ## offline demo: 3-point seqlen sweep of the tiny model -> MLflow -> report in outputs/reports/demo/
-	$(OFFLINE) $(PY) -m colq_sweep -m experiment=demo $(ARGS)
-	$(OFFLINE) $(PY) -m colq_sweep.report --name demo
+	$(OFFLINE) $(PY) -m colq_sweep -m experiment=demo outputs_dir=$(OUT) $(ARGS)
+	$(OFFLINE) $(PY) -m colq_sweep.report --name demo --outputs-dir $(OUT)
 
 sweep: $(STAMP) ## a real sweep (GPU + Hub), e.g. make sweep ARGS="experiment=seed-report"
-	$(PY) -m colq_sweep -m $(ARGS)
+	$(PY) -m colq_sweep -m outputs_dir=$(OUT) $(ARGS)
 
 report: $(STAMP) ## build outputs/reports/$(NAME)/ from the MLflow runs of experiment NAME
-	$(PY) -m colq_sweep.report --name $(NAME)
+	$(PY) -m colq_sweep.report --name $(NAME) --outputs-dir $(OUT)
 
 ui: $(STAMP) ## serve the MLflow UI for the embedded store on http://127.0.0.1:$(PORT)
 	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(abspath $(OUT))/mlflow.db --host 127.0.0.1 --port $(PORT)

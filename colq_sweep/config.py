@@ -7,6 +7,7 @@ into exit code 2 without a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -52,8 +53,9 @@ class ModelSpec:
 
     @property
     def identity(self) -> str:
-        """Stable identity for cache keys: Hub id@revision, or the local directory's absolute path."""
-        return f"{self.id}@{self.revision}" if self.id else f"local:{Path(str(self.path)).resolve()}"
+        """Hub id@revision, or `local` (a local checkpoint is identified by its content:
+        model.checkpoint_fingerprint)."""
+        return f"{self.id}@{self.revision}" if self.id else "local"
 
 
 @dataclass(frozen=True)
@@ -87,9 +89,11 @@ class CalibSpec:
 
     @property
     def identity(self) -> str:
+        """What the calibration text is, less its content pin (calibration.resolve_revision adds the Hub
+        commit or the local file's sha256): a moved or re-spelled .jsonl path is the same calibration set."""
         if self.source == "hub":
             return f"hub:{self.dataset}@{self.revision}:{self.split}:{self.text_field}"
-        return f"jsonl:{Path(str(self.path)).resolve()}:{self.text_field}"
+        return f"jsonl:{self.text_field}"
 
 
 @dataclass(frozen=True)
@@ -145,15 +149,18 @@ class SweepPoint:
         }
 
     def config_hash(self) -> str:
-        """Hash of everything that decides a point's results (not bookkeeping like name, force, device)."""
+        """Hash of the settings that decide a point's results, as written in the config: not bookkeeping (name,
+        force, device, batch sizes of inference) and not paths. What paths point to (checkpoint, calibration
+        file, fixture task) and the device type enter the run key through their content (sweep.point_key)."""
         d = self.to_dict()
         for k in ("name", "outputs_dir", "force", "tracking_uri", "device"):
             d.pop(k)
-        d["eval"].pop("notices")
-        d["eval"].pop("query_batch_size")
-        d["eval"].pop("page_batch_size")
-        d["eval"].pop("corpus_cache")
-        d["model"]["source_identity"] = self.model.identity
+        for k in ("notices", "query_batch_size", "page_batch_size", "corpus_cache", "fixture_dir"):
+            d["eval"].pop(k)
+        d["eval"]["tasks"] = sorted(d["eval"]["tasks"])
+        d["eval"]["languages"] = sorted(d["eval"]["languages"]) if d["eval"]["languages"] else None
+        d["model"].pop("path")
+        d["calib"].pop("path")
         if not self.quant.enabled:  # knobs do not touch the baseline
             for k in ("seqlen", "batch_size", "nsamples", "iters", "seed", "calib"):
                 d.pop(k)
@@ -205,7 +212,7 @@ def _bool(name: str, value: Any) -> bool:
 
 
 def _choice(name: str, value: Any, allowed: tuple) -> Any:
-    if value not in allowed:
+    if value not in allowed or type(value) is not type(allowed[0]):  # 4.0 is not the integer 4
         raise ConfigError(name, value, f"allowed: {', '.join(map(str, allowed))}")
     return value
 
@@ -217,11 +224,24 @@ def _known_keys(group: str, d: dict, cls: type) -> None:
         raise ConfigError(f"{group}.{unknown[0]}", d[unknown[0]], f"unknown key; {group} takes: {', '.join(sorted(allowed))}")
 
 
+def _spec(group: str, cls: type, d: dict):
+    _known_keys(group, d, cls)
+    required = [f.name for f in fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [k for k in required if k not in d]
+    if missing:
+        raise ConfigError(f"{group}.{missing[0]}", None, f"missing in the {group} config; add `{missing[0]}:` to it")
+    return cls(**d)
+
+
 def _model(d: dict) -> ModelSpec:
-    _known_keys("model", d, ModelSpec)
-    spec = ModelSpec(**d)
+    spec = _spec("model", ModelSpec, d)
     _choice("model.dtype", spec.dtype, DTYPES)
     _pos_int("model.max_num_visual_tokens", spec.max_num_visual_tokens)
+    if spec.path and spec.id:
+        raise ConfigError(
+            "model.path", spec.path,
+            f"also set model.id=null: the weights come from this directory, so the Hub id {spec.id} would mislabel them",
+        )  # fmt: skip
     if spec.path:
         if not Path(spec.path).is_dir():
             raise ConfigError(
@@ -244,7 +264,7 @@ def _quant(d: dict) -> QuantSpec:
     method = _choice("quant.method", d.get("method", "autoround"), QUANT_METHODS)
     if method == "none":
         return QuantSpec(method="none")
-    spec = QuantSpec(**d)
+    spec = _spec("quant", QuantSpec, d)
     _choice("quant.bits", spec.bits, BITS)
     _choice("quant.group_size", spec.group_size, GROUP_SIZES)
     _bool("quant.sym", spec.sym)
@@ -274,8 +294,7 @@ def _quant(d: dict) -> QuantSpec:
 
 
 def _calib(d: dict) -> CalibSpec:
-    _known_keys("calib", d, CalibSpec)
-    spec = CalibSpec(**d)
+    spec = _spec("calib", CalibSpec, d)
     _choice("calib.source", spec.source, CALIB_SOURCES)
     if spec.source == "hub":
         if not spec.dataset:
@@ -293,7 +312,8 @@ def _calib(d: dict) -> CalibSpec:
 def _eval(d: dict) -> EvalSpec:
     d = {k: v for k, v in d.items() if k != "entries"}  # derived by the colq_entries resolver, for display
     _known_keys("eval", d, EvalSpec)
-    tasks = list(d.get("tasks") or [])
+    tasks = d.get("tasks") or []
+    tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     if not tasks:
         raise ConfigError("eval.tasks", tasks, "list at least one task (eval=vidore for the 22 public ViDoRe tasks)")
     notices, kept = [], []
@@ -375,10 +395,11 @@ def validate(cfg: Any) -> SweepPoint:
     seed = d.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError("seed", seed, "must be a non-negative integer")
-    if nsamples < batch_size:
+    quantized = not (isinstance(d["quant"], dict) and d["quant"].get("method") == "none")
+    if quantized and nsamples < batch_size:
         raise ConfigError("nsamples", nsamples, f"must be >= batch_size ({batch_size}); raise nsamples or lower batch_size")
     allow_fewer = isinstance(d["quant"], dict) and d["quant"].get("allow_fewer_samples") is True
-    if d["quant"].get("method", "autoround") != "none" and nsamples % batch_size and not allow_fewer:
+    if quantized and nsamples % batch_size and not allow_fewer:
         full = nsamples - nsamples % batch_size
         raise ConfigError(
             "nsamples", nsamples,
@@ -388,13 +409,16 @@ def validate(cfg: Any) -> SweepPoint:
     device = str(d.get("device", "auto"))
     if not DEVICE_RE.match(device):
         raise ConfigError("device", device, "allowed: auto, cpu, cuda, cuda:N")
+    tracking_uri = d.get("tracking_uri")
+    if tracking_uri is not None and (not isinstance(tracking_uri, str) or "://" not in tracking_uri):
+        raise ConfigError("tracking_uri", tracking_uri, "null, or an MLflow URI such as sqlite:///abs/path.db or http://host:5000")
     name = d.get("name")
     if not name or not re.fullmatch(r"[A-Za-z0-9._-]+", str(name)):
         raise ConfigError("name", name, "use letters, digits, '.', '_' or '-' (it names a folder and an experiment)")
 
     quant = _quant(d["quant"])
     model = _model(d["model"])
-    calib = _calib(d["calib"]) if quant.enabled else CalibSpec(**d["calib"])
+    calib = _calib(d["calib"]) if quant.enabled else CalibSpec(**{k: v for k, v in d["calib"].items() if k in {f.name for f in fields(CalibSpec)}})
     return SweepPoint(
         model=model,
         quant=quant,
@@ -410,7 +434,7 @@ def validate(cfg: Any) -> SweepPoint:
         device=device,
         force=_bool("force", d.get("force", False)),
         fail_point=_bool("fail_point", d.get("fail_point", False)),
-        tracking_uri=d.get("tracking_uri"),
+        tracking_uri=tracking_uri,
     )
 
 

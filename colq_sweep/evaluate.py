@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import resource
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from colq_sweep.config import EvalSpec
+from colq_sweep.memory import PeakMemory
 from colq_sweep.tasks import CATALOGUE, FIXTURE_TASK, subset_language
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ class EvalResult:
 # -------------------------------------------------------------------------------------------- fixture task
 
 
-def _fixture_revision(root: Path) -> str:
+def fixture_revision(root: Path) -> str:
     """Content revision of the fixture task: every file's relative path and bytes (images included)."""
     h = hashlib.sha256()
     for p in sorted(q for q in root.rglob("*") if q.is_file()):
@@ -119,7 +119,7 @@ def fixture_task(fixture_dir: str | os.PathLike, hf_subsets: Iterable[str] | Non
     metadata = TaskMetadata(
         name=FIXTURE_TASK,
         description="Offline ViDoRe-format fixture: rendered pages, English and French queries, one shared corpus.",
-        dataset={"path": f"local/{root.name}", "revision": _fixture_revision(root)},
+        dataset={"path": f"local/{root.name}", "revision": fixture_revision(root)},
         type="DocumentUnderstanding",
         category="t2i",
         modalities=["text", "image"],
@@ -368,11 +368,6 @@ def page_cache_dir(cache_dir: str | os.PathLike, model_name: str, model_revision
     return Path(cache_dir) / "pages" / mteb_model_name(model_name).replace("/", "__") / model_revision
 
 
-def _peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def evaluate_model(
     load_model: Callable[[], tuple[ColQwen3, ColQwen3Processor]],
     eval_spec: EvalSpec,
@@ -404,8 +399,7 @@ def evaluate_model(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     use_cuda = str(device).startswith("cuda") and torch.cuda.is_available()
-    if use_cuda:
-        torch.cuda.reset_peak_memory_stats()
+    mem = PeakMemory(str(device) if use_cuda else "cpu")
     cache = ResultCache(Path(results_dir))
     encoder = ColQwen3Encoder(
         model_name=model_name,
@@ -422,36 +416,37 @@ def evaluate_model(
     meta = encoder.mteb_model_meta
     entries: list[dict] = []
     per_query: list[dict] = []
-    try:
-        for task in build_tasks(eval_spec):
-            name = task.metadata.name
-            pq_path = per_query_path(cache, name, meta)
-            strategy = "always" if force else _reconcile_caches(task, cache, meta)
-            _install_per_query_hook(task, pq_path)
-            calls_before = encoder.stats["encode_calls"]
-            result = mteb.evaluate(
-                encoder,
-                task,
-                cache=cache,
-                overwrite_strategy=strategy,
-                encode_kwargs={"batch_size": eval_spec.page_batch_size, "show_progress_bar": False},
-                co2_tracker=False,
-                show_progress_bar=False,
-                raise_error=True,
-            )
-            if result.exceptions:
-                raise RuntimeError(f"{name}: {result.exceptions[0].exception}")
-            ran = encoder.stats["encode_calls"] > calls_before
-            log.info("%s: %s", name, "evaluated" if ran else "served from the result cache")
-            task_entries_, records = _entries_for_task(
-                task, result.task_results[0], read_per_query(pq_path, task.metadata.revision)
-            )
-            entries.extend(task_entries_)
-            per_query.extend(records)
-    finally:
-        encoder.release()  # it loaded the model, so it is the only holder: free the memory for what runs next
-        if use_cuda:
-            torch.cuda.empty_cache()
+    with mem:  # this stage's peak memory, not the process's (which includes quantization)
+        try:
+            for task in build_tasks(eval_spec):
+                name = task.metadata.name
+                pq_path = per_query_path(cache, name, meta)
+                strategy = "always" if force else _reconcile_caches(task, cache, meta)
+                _install_per_query_hook(task, pq_path)
+                calls_before = encoder.stats["encode_calls"]
+                result = mteb.evaluate(
+                    encoder,
+                    task,
+                    cache=cache,
+                    overwrite_strategy=strategy,
+                    encode_kwargs={"batch_size": eval_spec.page_batch_size, "show_progress_bar": False},
+                    co2_tracker=False,
+                    show_progress_bar=False,
+                    raise_error=True,
+                )
+                if result.exceptions:
+                    raise RuntimeError(f"{name}: {result.exceptions[0].exception}")
+                ran = encoder.stats["encode_calls"] > calls_before
+                log.info("%s: %s", name, "evaluated" if ran else "served from the result cache")
+                task_entries_, records = _entries_for_task(
+                    task, result.task_results[0], read_per_query(pq_path, task.metadata.revision)
+                )
+                entries.extend(task_entries_)
+                per_query.extend(records)
+        finally:
+            encoder.release()  # it loaded the model, so it is the only holder: free the memory for what runs next
+            if use_cuda:
+                torch.cuda.empty_cache()
 
     s = encoder.stats
     timing = {
@@ -463,10 +458,11 @@ def evaluate_model(
         "pages_from_disk": float(s["pages_from_disk"]),
         "page_seconds": float(s["page_seconds"]),
         "query_seconds": float(s["query_seconds"]),
-        "pages_per_s": s["pages_encoded"] / s["page_seconds"] if s["page_seconds"] else 0.0,
-        "queries_per_s": s["queries_encoded"] / s["query_seconds"] if s["query_seconds"] else 0.0,
-        "peak_rss_mb": _peak_rss_mb(),
-        "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if use_cuda else float("nan"),  # nan: no GPU
+        # NaN, not 0, when nothing was encoded (all from cache) or no GPU was used: there is no rate to report
+        "pages_per_s": s["pages_encoded"] / s["page_seconds"] if s["page_seconds"] else float("nan"),
+        "queries_per_s": s["queries_encoded"] / s["query_seconds"] if s["query_seconds"] else float("nan"),
+        "peak_rss_mb": mem.peak_rss / 2**20 if mem.peak_rss is not None else float("nan"),
+        "peak_cuda_mb": mem.peak_cuda / 2**20 if mem.peak_cuda is not None else float("nan"),
     }
     from_cache = s["encode_calls"] == 0
     log.info(

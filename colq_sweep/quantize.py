@@ -50,6 +50,7 @@ from typing import Any
 
 from colq_sweep import calibration
 from colq_sweep.config import SweepPoint
+from colq_sweep.memory import PeakMemory
 
 log = logging.getLogger(__name__)
 
@@ -139,13 +140,15 @@ def key_versions() -> dict[str, str | None]:
 
 def artifact_key(point: SweepPoint, calib_revision: str | None = None) -> str:
     """Hash of everything that decides the quantized weights. `calib_revision=None` resolves it (a Hub branch
-    needs the Hub or the local HF cache; a local .jsonl is hashed)."""
+    needs the Hub or the local HF cache; a local .jsonl is hashed); a local checkpoint counts by its content."""
+    from colq_sweep.model import checkpoint_fingerprint
+
     if not point.quant.enabled:
         raise ValueError("artifact_key: quant.method=none has no quantized artifact")
     rev = calib_revision if calib_revision is not None else calibration.resolve_revision(point.calib)
     payload = {
         "schema": ARTIFACT_SCHEMA,
-        "model": point.model.identity,
+        "model": checkpoint_fingerprint(point.model.id, point.model.revision, point.model.path),
         "knobs": point.quant_knobs(),
         "calib_revision": rev,
         "device_type": resolve_device(point.device).split(":")[0],
@@ -406,52 +409,6 @@ def _gc_frozen():
         gc.unfreeze()
 
 
-class _PeakMemory:
-    """Peak CPU RSS (Linux: VmHWM after resetting it via /proc/self/clear_refs) and CUDA max allocated."""
-
-    def __init__(self, device: str):
-        self.device = device
-        self.reset_ok = False
-
-    def __enter__(self):
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset the peak RSS high-water mark
-            self.reset_ok = True
-        except OSError:
-            self.reset_ok = False
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.reset_peak_memory_stats(self.device)
-        return self
-
-    def __exit__(self, *exc):
-        self.peak_rss, self.method = None, None
-        if self.reset_ok:
-            with contextlib.suppress(OSError, ValueError):
-                for line in Path("/proc/self/status").read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        self.peak_rss, self.method = int(line.split()[1]) * 1024, "VmHWM since reset"
-        if self.peak_rss is None:
-            try:
-                import resource
-
-                scale = 1 if sys.platform == "darwin" else 1024
-                self.peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-                self.method = "ru_maxrss (process lifetime)"
-            except ImportError:  # pragma: no cover
-                import psutil
-
-                self.peak_rss, self.method = psutil.Process().memory_info().rss, "psutil rss at end"
-        self.peak_cuda = None
-        if self.device.startswith("cuda"):
-            import torch
-
-            self.peak_cuda = int(torch.cuda.max_memory_allocated(self.device))
-        return False
-
-
 class _RowRecorder:
     """Every distinct token row that reaches the language model's input embedding while installed."""
 
@@ -551,7 +508,7 @@ def _build_frozen(
             device,
             len(expected),
         )
-        with _PeakMemory(device) as mem, _AutoRoundLogWatch() as watch:
+        with PeakMemory(device) as mem, _AutoRoundLogWatch() as watch:
             t0 = time.perf_counter()
             with _env(AR_DISABLE_DATASET_SUBPROCESS="1", AR_WORK_SPACE=str(tmp / "_ar_work")):
                 ar = AutoRound(

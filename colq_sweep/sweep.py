@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from colq_sweep.config import SweepPoint, baseline_of
+from colq_sweep.multirun import STATUS_FILE
+from colq_sweep.tasks import FIXTURE_TASK
 from colq_sweep.tracking import (
     ROLE_BASELINE,
     ROLE_QUANTIZED,
@@ -31,8 +33,6 @@ from colq_sweep.tracking import (
 )
 
 log = logging.getLogger("colq_sweep.sweep")
-STATUS_FILE = "colq_status.json"
-KEY_METRIC = "avg_ndcg_at_5_all"
 
 
 @dataclass
@@ -76,18 +76,37 @@ def eval_hash(point: SweepPoint) -> str:
 
 
 def checkpoint_identity(point: SweepPoint) -> tuple[str, str]:
-    """(mteb model name, revision) of the 16-bit checkpoint: Hub revision, or a content hash of a local dir."""
-    name = f"colq_sweep/{point.model.name}"
-    if point.model.revision:
-        return name, point.model.revision
-    h = hashlib.sha256()
-    for f in sorted(Path(str(point.model.path)).iterdir()):
-        if f.is_file():
-            h.update(f.name.encode())
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-    return name, h.hexdigest()[:16]
+    """(mteb model name, revision) of the 16-bit checkpoint: Hub revision, or the content hash of a local dir."""
+    from colq_sweep.model import checkpoint_fingerprint
+
+    fp = checkpoint_fingerprint(point.model.id, point.model.revision, point.model.path)
+    return f"colq_sweep/{point.model.name}", point.model.revision or fp.split(":", 1)[1][:16]
+
+
+def point_key(point: SweepPoint, device: str) -> str:
+    """The run key a finished point is found (and skipped) by: the config hash plus the content of what its
+    paths point to (checkpoint, calibration file, fixture task) and the device type the work runs on. Editing a
+    local file changes it; re-spelling or moving a path does not."""
+    from colq_sweep.model import checkpoint_fingerprint
+
+    ids: dict[str, str] = {
+        "config": point.config_hash(),
+        "checkpoint": checkpoint_fingerprint(point.model.id, point.model.revision, point.model.path),
+        "device_type": device.split(":")[0],
+    }
+    if point.quant.enabled:
+        from colq_sweep import calibration
+
+        try:
+            ids["calib"] = calibration.resolve_revision(point.calib)
+        except calibration.CalibrationError as err:  # offline with an unpinned Hub ref: the spec stands in
+            log.warning("calibration revision not resolvable (%s); keying the run on %s", err, point.calib.identity)
+            ids["calib"] = point.calib.identity
+    if point.eval.fixture_dir and FIXTURE_TASK in point.eval.tasks:
+        from colq_sweep.evaluate import fixture_revision
+
+        ids["fixture"] = fixture_revision(Path(point.eval.fixture_dir))
+    return hashlib.sha256(json.dumps(ids, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def eval_revision(checkpoint_rev: str, point: SweepPoint) -> str:
@@ -179,14 +198,14 @@ def _load_record(tracker: Tracker, run) -> EvalRecord:
     return EvalRecord(run.info.run_id, entries, per_query, dict(run.data.metrics))
 
 
-def _common_tags(point: SweepPoint, role: str) -> dict[str, str]:
+def _common_tags(point: SweepPoint, role: str, key: str) -> dict[str, str]:
     from colq_sweep import __version__
 
     return {
         "colq.role": role,
         "colq.model": point.model.name,
         "colq.label": point.label,
-        "colq.config_hash": point.config_hash(),
+        "colq.config_hash": key,
         "colq.eval_hash": eval_hash(point),
         "colq.version": __version__,
         **_environment_tags(),
@@ -274,29 +293,34 @@ def _fail(tracker: Tracker, run_id: str, exc: BaseException, status: str = "FAIL
 # ------------------------------------------------------------------------------------------------ stages
 
 
-def ensure_baseline(point: SweepPoint, tracker: Tracker, parent_id: str | None, extra_artifacts: list[Path] = ()) -> tuple[EvalRecord, bool]:
+def ensure_baseline(
+    point: SweepPoint, tracker: Tracker, parent_id: str | None, extra_artifacts: list[Path] = ()
+) -> tuple[EvalRecord, bool]:
     """The model's unquantized evaluation: found in MLflow if a finished run exists, else evaluated once.
 
-    Returns (record, computed_now). A file lock makes concurrent points of one sweep wait for one evaluation.
+    Returns (record, computed_now). A file lock makes concurrent points of one sweep wait for one evaluation;
+    quantized points call this only after their own work, so no GPU idles behind the lock.
     """
     base = baseline_of(point)
-    h = base.config_hash()
+    device = resolve_device(point.device)
+    h = point_key(base, device)
+    forced = point.force and not point.quant.enabled
     query = f"tags.`colq.config_hash` = '{h}' and tags.`colq.role` = '{ROLE_BASELINE}'"
     with file_lock(_dirs(point)["locks"] / f"baseline-{h}.lock"):
-        if not (point.force and not point.quant.enabled):
+        if not forced:
             found = tracker.find(query)
             if found:
                 log.info("baseline of %s: reusing finished run %s", point.model.name, found[0].info.run_id)
                 return _load_record(tracker, found[0]), False
         tracker.mark_dead_runs_killed(h)
-        device = resolve_device(point.device)
-        run_id = tracker.create_run(f"{point.model.name} original", {**_common_tags(base, ROLE_BASELINE), **_device_tags(device)}, parent_id)
+        run_id = tracker.create_run(
+            f"{point.model.name} original", {**_common_tags(base, ROLE_BASELINE, h), **_device_tags(device)}, parent_id
+        )
         try:
             tracker.log(run_id, params=flatten(base.to_dict()))
             name, revision = checkpoint_identity(base)
             tracker.log(run_id, tags={"colq.artifact_key": f"{name}@{revision}"})
-            result = _evaluate(base, _load_base(base, device), name, eval_revision(revision, base), device,
-                               force=point.force and not point.quant.enabled)  # fmt: skip
+            result = _evaluate(base, _load_base(base, device), name, eval_revision(revision, base), device, force=forced)
             metrics = {**summarise(result.entries), **eval_metrics(result.timing)}
             metrics.update(_base_size(base))
             tracker.log(run_id, metrics=metrics, tags={"colq.eval_from_cache": str(result.from_cache).lower()})
@@ -326,11 +350,13 @@ def run_point(
     config_yaml: str | None = None,
     log_files: list[Path] = (),
 ) -> PointOutcome:
-    """Quantize (or reuse) -> evaluate (or reuse) -> track. Never raises for a failure of the point itself:
-    the run is marked FAILED with its traceback and the outcome says so (KeyboardInterrupt still propagates)."""
+    """Quantize (or reuse) -> evaluate (or reuse) -> compare with the baseline -> track. Never raises for a
+    failure of the point itself: its run is marked FAILED with the traceback and the outcome says so
+    (KeyboardInterrupt still propagates, after marking the run KILLED)."""
     tracker = Tracker(resolve_tracking_uri(point.outputs_dir, point.tracking_uri), point.name)
     parent_id = tracker.find_parent(sweep_id) if sweep_id else None
-    h = point.config_hash()
+    device = resolve_device(point.device)
+    h = point_key(point, device)
     role = ROLE_QUANTIZED if point.quant.enabled else ROLE_BASELINE
     killed = tracker.mark_dead_runs_killed(h)
     if killed:
@@ -340,63 +366,81 @@ def run_point(
         done = tracker.find(f"tags.`colq.config_hash` = '{h}' and tags.`colq.role` = '{role}'")
         if done:
             run = done[0]
-            log.info("skip %s / %s: already FINISHED as run %s (config hash %s; force=true recomputes)",
+            log.info("skip %s / %s: already FINISHED as run %s (run key %s; force=true recomputes)",
                      point.model.name, point.label, run.info.run_id, h)  # fmt: skip
             return PointOutcome(point.label, point.model.name, "SKIPPED", run.info.run_id, dict(run.data.metrics))
 
-    extra: list[Path] = []
     tmpdir = tempfile.TemporaryDirectory()
+    extra: list[Path] = []
     if config_yaml:
         p = Path(tmpdir.name) / "config.yaml"
         p.write_text(config_yaml)
         extra.append(p)
+    logs = [f for f in log_files if f.exists()]
+    try:
+        if not point.quant.enabled:
+            return _run_baseline_point(point, tracker, parent_id, extra + logs)
+        return _run_quantized_point(point, tracker, parent_id, device, h, extra, logs, Path(tmpdir.name))
+    finally:
+        tmpdir.cleanup()
 
-    if not point.quant.enabled:
-        try:
-            record, _ = ensure_baseline(point, tracker, parent_id, extra + [f for f in log_files if f.exists()])
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the failure is recorded in MLflow and the outcome
-            log.error("baseline of %s failed: %s", point.model.name, exc)
-            return PointOutcome(point.label, point.model.name, "FAILED", None, {}, f"{type(exc).__name__}: {exc}")
-        return PointOutcome(point.label, point.model.name, "FINISHED", record.run_id, record.metrics)
 
-    device = resolve_device(point.device)
-    run_id = tracker.create_run(f"{point.model.name} {point.label}", {**_common_tags(point, role), **_device_tags(device)}, parent_id)
+def _run_baseline_point(point: SweepPoint, tracker: Tracker, parent_id: str | None, artifacts: list[Path]) -> PointOutcome:
+    try:
+        if point.fail_point:
+            raise RuntimeError("fail_point=true: this point was made to fail on purpose (a testing aid)")
+        record, _ = ensure_baseline(point, tracker, parent_id, artifacts)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - recorded (ensure_baseline marks its run) and reported
+        log.error("baseline of %s failed: %s", point.model.name, exc)
+        return PointOutcome(point.label, point.model.name, "FAILED", None, {}, f"{type(exc).__name__}: {exc}")
+    return PointOutcome(point.label, point.model.name, "FINISHED", record.run_id, record.metrics)
+
+
+def _run_quantized_point(
+    point: SweepPoint, tracker: Tracker, parent_id: str | None, device: str, key: str,
+    extra: list[Path], logs: list[Path], tmp: Path,
+) -> PointOutcome:  # fmt: skip
+    run_id = tracker.create_run(
+        f"{point.model.name} {point.label}", {**_common_tags(point, ROLE_QUANTIZED, key), **_device_tags(device)}, parent_id
+    )
     log.info("point %s / %s -> run %s", point.model.name, point.label, run_id)
     try:
         tracker.log(run_id, params=flatten(point.to_dict()))
         if point.fail_point:
             raise RuntimeError("fail_point=true: this point was made to fail on purpose (a testing aid)")
+        from colq_sweep.model import resolve_checkpoint_dir
         from colq_sweep.quantize import quantize_point, resolve_backend, size_report
 
         # Before hours of quantization: can this machine serve the exported checkpoint at all?
         kernel = resolve_backend(point.quant.backend, device)
         tracker.log(run_id, tags={"colq.kernel_backend": kernel})
-        baseline, _ = ensure_baseline(point, tracker, parent_id)
 
         t0 = time.perf_counter()
         artifact = quantize_point(point, _dirs(point)["models"])
         tracker.log(run_id, tags={"colq.artifact_key": artifact.key, "colq.artifact_reused": str(artifact.reused).lower()})
         manifest = artifact.manifest
-        from colq_sweep.model import resolve_checkpoint_dir
-
-        metrics: dict[str, float] = dict(size_report(resolve_checkpoint_dir(point.model.source, point.model.revision), artifact.path))
+        base_dir = resolve_checkpoint_dir(point.model.source, point.model.revision)
+        metrics: dict[str, float] = dict(size_report(base_dir, artifact.path))
         for k in ("quant_seconds", "quant_peak_rss_mb", "quant_peak_cuda_mb", "samples_used"):
             if isinstance(manifest.get(k), (int, float)):
                 metrics[k] = float(manifest[k])
         metrics["quant_stage_seconds"] = time.perf_counter() - t0
 
-        result = _evaluate(point, _load_quantized(point, artifact.path, device), f"colq_sweep/{point.model.name}-w{point.quant.bits}", eval_revision(artifact.key, point), device,
-                           force=point.force)  # fmt: skip
+        name = f"colq_sweep/{point.model.name}-w{point.quant.bits}"
+        result = _evaluate(point, _load_quantized(point, artifact.path, device), name, eval_revision(artifact.key, point),
+                           device, force=point.force)  # fmt: skip
         metrics.update(summarise(result.entries))
-        metrics.update(compare(result.entries, baseline.entries))
         metrics.update(eval_metrics(result.timing))
+        # The baseline last: points of one model quantize side by side instead of waiting for its evaluation.
+        baseline, _ = ensure_baseline(point, tracker, parent_id)
+        metrics.update(compare(result.entries, baseline.entries))
         tracker.log(run_id, metrics=metrics, tags={"colq.eval_from_cache": str(result.from_cache).lower(), "colq.baseline_run_id": baseline.run_id})
         _log_results(tracker, run_id, result.entries, result.per_query)
-        mpath = Path(tmpdir.name) / "quantization_manifest.json"
+        mpath = tmp / "quantization_manifest.json"
         mpath.write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
-        for a in extra + [mpath] + [f for f in log_files if f.exists()]:
+        for a in extra + [mpath] + logs:
             tracker.log_artifact(run_id, a)
         tracker.finish(run_id)
         log.info("point %s / %s FINISHED: avg ndcg@5 %.5f (delta %+.5f)", point.model.name, point.label,
@@ -406,17 +450,14 @@ def run_point(
         _fail(tracker, run_id, exc, "KILLED")
         raise
     except BaseException as exc:  # noqa: BLE001 - isolate the failure: record it, let the other points run
-        for f in log_files:
-            if f.exists():
-                try:
-                    tracker.log_artifact(run_id, f)
-                except Exception:  # noqa: BLE001
-                    pass
+        for f in logs:
+            try:
+                tracker.log_artifact(run_id, f)
+            except Exception:  # noqa: BLE001 - the traceback below matters more than the log
+                pass
         err = _fail(tracker, run_id, exc)
         log.error("point %s / %s FAILED: %s", point.model.name, point.label, err)
         return PointOutcome(point.label, point.model.name, "FAILED", run_id, {}, err)
-    finally:
-        tmpdir.cleanup()
 
 
 def run_point_job(point: SweepPoint, cfg: Any) -> PointOutcome:

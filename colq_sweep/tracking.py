@@ -26,14 +26,17 @@ ROLE_QUANTIZED = "quantized"
 
 
 def resolve_tracking_uri(outputs_dir: str | os.PathLike, explicit: str | None = None) -> str:
-    """Explicit config value > MLFLOW_TRACKING_URI > sqlite:///<outputs_dir>/mlflow.db (absolute)."""
-    if explicit:
-        return explicit
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    db = Path(outputs_dir).resolve() / "mlflow.db"
-    db.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{db}"
+    """Explicit config value > MLFLOW_TRACKING_URI > sqlite:///<outputs_dir>/mlflow.db. A sqlite path is made
+    absolute (MLflow's relative form `sqlite:///rel.db` would otherwise mean a different file in every job's
+    working directory)."""
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        uri = f"sqlite:///{Path(outputs_dir).resolve() / 'mlflow.db'}"
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :]).resolve()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{db}"
+    return uri
 
 
 def artifact_root(tracking_uri: str) -> str | None:
@@ -55,14 +58,18 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def store_lock(tracking_uri: str):
+    """The cross-process lock of a sqlite store (a no-op context for a server): hold it around every write."""
+    if tracking_uri.startswith("sqlite:///"):
+        return file_lock(Path(tracking_uri[len("sqlite:///") :]).with_suffix(".lock"))
+    return contextlib.nullcontext()
+
+
 class Tracker:
     """A thin, process-safe wrapper over MlflowClient for one experiment."""
 
     def __init__(self, tracking_uri: str, experiment: str):
         self.uri = tracking_uri
-        self._lock_path = (
-            Path(tracking_uri[len("sqlite:///") :]).with_suffix(".lock") if tracking_uri.startswith("sqlite:///") else None
-        )
         with self.locked():
             self.client = MlflowClient(tracking_uri=tracking_uri)
             exp = self.client.get_experiment_by_name(experiment)
@@ -73,13 +80,8 @@ class Tracker:
         self.experiment_id = exp_id
         self.experiment = experiment
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        if self._lock_path is None:
-            yield
-        else:
-            with file_lock(self._lock_path):
-                yield
+    def locked(self):
+        return store_lock(self.uri)
 
     # ------------------------------------------------------------------ runs
     def create_run(self, name: str, tags: dict[str, str], parent_id: str | None = None) -> str:

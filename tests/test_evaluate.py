@@ -262,7 +262,7 @@ def test_changed_image_never_hits_a_stale_page_embedding(fixture_paths, tmp_path
     from PIL import Image, ImageDraw
 
     from colq_sweep.encoder import ColQwen3Encoder, PageStore
-    from colq_sweep.evaluate import _fixture_revision, fixture_task
+    from colq_sweep.evaluate import fixture_revision, fixture_task
     from colq_sweep.model import ColQwen3Processor, load_colqwen3
 
     task = fixture_task(fixture_paths.task)
@@ -313,9 +313,9 @@ def test_changed_image_never_hits_a_stale_page_embedding(fixture_paths, tmp_path
     # the fixture's dataset revision covers its image bytes, so mteb's result cache cannot go stale either
     copy = tmp_path / "fixture-copy"
     shutil.copytree(fixture_paths.task, copy)
-    assert _fixture_revision(copy) == _fixture_revision(fixture_paths.task)
+    assert fixture_revision(copy) == fixture_revision(fixture_paths.task)
     shutil.copy(changed_png, copy / "corpus" / f"{corpus[1]['id']}.png")
-    assert _fixture_revision(copy) != _fixture_revision(fixture_paths.task)
+    assert fixture_revision(copy) != fixture_revision(fixture_paths.task)
 
 
 @pytest.mark.slow

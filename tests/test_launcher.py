@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hydra_plugins.colq_sweep_launcher.pool_launcher import make_slots
+from hydra_plugins.colq_sweep_plugins.pool_launcher import make_slots
 
 # Hydra's plugin discovery may re-import the launcher module (new class objects), so errors are matched by
 # base class and message rather than by the class imported here.
@@ -96,16 +96,19 @@ def test_bad_pool_settings_are_one_line_errors():
         make_slots([0], 1, 0)
 
 
-def test_bad_value_in_a_later_job_launches_nothing(tmp_path, fixture_outputs_dir):
+@pytest.mark.parametrize("launcher", ["local", "basic"])  # the sweeper validates, whatever launches the jobs
+def test_bad_value_in_a_later_job_launches_nothing(tmp_path, fixture_outputs_dir, launcher):
     outputs = tmp_path / "out"
     proc = run_cli([
-        "-m", "experiment=demo", f"outputs_dir={outputs}", "model.path=" + str(fixture_outputs_dir / "fixtures/tiny-colqwen3"),
+        "-m", "experiment=demo", f"hydra/launcher={launcher}", f"outputs_dir={outputs}", "model.path=" + str(fixture_outputs_dir / "fixtures/tiny-colqwen3"),
         "calib.path=" + str(fixture_outputs_dir / "fixtures/calib.jsonl"), "eval.fixture_dir=" + str(fixture_outputs_dir / "fixtures/vidore-fixture"),
-        "hydra.launcher.task=colq_sweep.testing.probe_task", "seqlen=64", "batch_size=2,4,64",
-    ])  # fmt: skip
-    assert proc.returncode == 2
+        "seqlen=64", "batch_size=2,4,64",
+    ] + (["hydra.launcher.task=colq_sweep.testing.probe_task"] if launcher == "local" else []))  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
     assert "job #2" in proc.stderr and "config error: nsamples=8: must be >= batch_size (64)" in proc.stderr
     assert not (outputs / "probe").exists()
+    assert not list(outputs.glob("hydra/demo/multirun-*/0"))  # no job directory: nothing started
+    assert not (outputs / "mlflow.db").exists()  # not even a parent run
     assert "Traceback" not in proc.stderr
 
 

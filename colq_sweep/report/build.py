@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +44,6 @@ def build_report_from_points(points: list[PointResults], out_dir: str | Path, *,
     return write_outputs(out, md, analyses, points)
 
 
-def default_tracking_uri(outputs_dir: str | Path) -> str:
-    return f"sqlite:///{Path(outputs_dir).resolve() / 'mlflow.db'}"
-
-
-def resolve_tracking_uri(tracking_uri: str | None, outputs_dir: str | Path) -> str:
-    """Explicit URI, else MLFLOW_TRACKING_URI, else the project's sqlite store under outputs_dir."""
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(outputs_dir)
-
-
 def build_report(name: str, tracking_uri: str | None = None, outputs_dir: str | Path = "outputs",
                  out_dir: str | Path | None = None, log_to_mlflow: bool = True, n_boot: int = 2000,
                  seed: int = 0, plots: bool = True) -> Path:
@@ -64,8 +54,9 @@ def build_report(name: str, tracking_uri: str | None = None, outputs_dir: str | 
     experiment does not exist or holds no point runs.
     """
     from colq_sweep.report.load import load_experiment
+    from colq_sweep.tracking import resolve_tracking_uri
 
-    uri = resolve_tracking_uri(tracking_uri, outputs_dir)
+    uri = resolve_tracking_uri(outputs_dir, tracking_uri)
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
         if not db.is_file():
@@ -85,5 +76,8 @@ def build_report(name: str, tracking_uri: str | None = None, outputs_dir: str | 
         else:
             from mlflow import MlflowClient
 
-            MlflowClient(tracking_uri=uri).log_artifacts(loaded.parent_run_id, str(out), REPORT_ARTIFACT_PATH)
+            from colq_sweep.tracking import store_lock
+
+            with store_lock(uri):  # sweeps may be writing to the same sqlite store
+                MlflowClient(tracking_uri=uri).log_artifacts(loaded.parent_run_id, str(out), REPORT_ARTIFACT_PATH)
     return path

@@ -99,6 +99,32 @@ def _latest(runs: list) -> list:
     return sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True)
 
 
+def _split_by_original(client, model: str, refs: list[str], chosen: list, group_of: dict, notes: list) -> bool:
+    """One model's points were compared with different originals (e.g. another dtype or page-resolution cap):
+    each original and its points become their own group, named by the model settings that differ, so that
+    no point is ever compared with an original it was not made from. Returns False if an original is gone."""
+    originals = {}
+    for ref in refs:
+        try:
+            originals[ref] = client.get_run(ref)
+        except Exception:  # noqa: BLE001 - a deleted run: fall back to one group (noted by the caller's logic)
+            notes.append(f"{model}: original run {ref} referenced by its points no longer exists")
+            return False
+    keys = sorted({k for r in originals.values() for k in r.data.params if k.startswith(("model.", "eval."))})
+    differing = [k for k in keys if len({r.data.params.get(k) for r in originals.values()}) > 1] or ["run"]
+    for ref, base in originals.items():
+        label = ", ".join(f"{k}={base.data.params.get(k, ref[:8])}" for k in differing)
+        group = f"{model} [{label}]"
+        group_of[ref] = group
+        for r in chosen:
+            if r.data.tags.get(MODEL) == model and r.data.tags.get(BASELINE_REF) == ref:
+                group_of[r.info.run_id] = group
+        chosen.append(base)
+    notes.append(f"{model}: its points were compared with {len(refs)} different originals (differing in "
+                 f"{', '.join(differing)}); each is reported as its own group")  # fmt: skip
+    return True
+
+
 def load_experiment(name: str, tracking_uri: str) -> Loaded:
     from mlflow import MlflowClient
 
@@ -129,6 +155,12 @@ def load_experiment(name: str, tracking_uri: str) -> Loaded:
         notes.append(f"{n_dup} older finished run(s) of an already reported configuration were left out")
 
     models = sorted({r.data.tags.get(MODEL) for r in point_runs if r.data.tags.get(MODEL)})
+    group_of: dict[str, str] = {}  # run id -> comparison group, when one model has several originals
+    for model in list(models):
+        refs = sorted({r.data.tags.get(BASELINE_REF) for r in chosen
+                       if r.data.tags.get(MODEL) == model and r.data.tags.get(BASELINE_REF)})  # fmt: skip
+        if len(refs) > 1 and _split_by_original(client, model, refs, chosen, group_of, notes):
+            models.remove(model)
     for model in models:
         eval_hashes = Counter(r.data.tags.get(EVAL_HASH) for r in chosen if r.data.tags.get(MODEL) == model)
         cands = _latest([r for r in point_runs if r.data.tags.get(ROLE) == "baseline" and r.info.status == FINISHED
@@ -163,5 +195,7 @@ def load_experiment(name: str, tracking_uri: str) -> Loaded:
     unfinished = [r for r in point_runs if r.info.status != FINISHED]
     with tempfile.TemporaryDirectory(prefix="colq-report-") as tmp, _quiet_downloads():
         points = [_point(client, r, Path(tmp), notes) for r in chosen + unfinished]
+    for p in points:
+        p.model = group_of.get(p.run_id, p.model)
     points.sort(key=lambda p: (p.model, p.role != "baseline", p.start_time or 0))
     return Loaded(points=points, parent_run_id=parent, notes=notes)

@@ -3,8 +3,8 @@
 Why: submitit_local gives every job the same CUDA_VISIBLE_DEVICES and has no concurrency cap (hydra issues
 2757, 2602), and the in-process basic launcher lets one job's leaked CUDA context or crash poison the next.
 Here a slot is a set of `gpus_per_job` devices; at most one job holds a slot; each job is a new `spawn`ed
-process whose CUDA_VISIBLE_DEVICES is set before anything imports torch. Every job's config is composed and
-validated before the first job starts, so a bad value in job 5 costs no GPU time on jobs 1-4.
+process whose CUDA_VISIBLE_DEVICES is set before anything imports torch. (Validating every job before the
+first starts is the sweeper's job: hydra_plugins/colq_sweep_plugins/sweeper.py.)
 
 Configs: conf/hydra/launcher/local.yaml (CPU, one job at a time: the default) and gpu-pool.yaml.
 """
@@ -108,14 +108,12 @@ class PoolLauncher(Launcher):
         devices: Any = "cpu",
         gpus_per_job: int = 1,
         max_parallel: int | None = None,
-        validate: bool = True,
         task: str | None = None,
         poll_seconds: float = 0.2,
     ) -> None:
         self.devices = devices
         self.gpus_per_job = gpus_per_job
         self.max_parallel = max_parallel
-        self.validate = validate
         self.task = task
         self.poll_seconds = poll_seconds
         self.config: DictConfig | None = None
@@ -126,6 +124,7 @@ class PoolLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def _compose_all(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[DictConfig]:
+        """Every job's config, composed here so that each child gets a finished config (and one sweep dir)."""
         assert self.config is not None and self.hydra_context is not None
         sweep_dir = str(self.config.hydra.sweep.dir)  # resolved once here: children must not re-evaluate ${now:}
         configs = []
@@ -136,18 +135,6 @@ class PoolLauncher(Launcher):
                 cfg.hydra.job.id = idx
                 cfg.hydra.job.num = idx
                 cfg.hydra.sweep.dir = sweep_dir
-            if self.validate:
-                from colq_sweep.config import ConfigError, validate
-
-                try:
-                    validate(cfg)
-                except ConfigError as err:
-                    print(f"colq_sweep: job #{idx} ({' '.join(filter_overrides(overrides))}): {err}", file=sys.stderr)
-                    print("colq_sweep: nothing was launched", file=sys.stderr)
-                    from colq_sweep.callbacks import abort_sweep
-
-                    abort_sweep(self.config, str(err))
-                    sys.exit(2)
             configs.append(cfg)
         return configs
 

@@ -1,0 +1,96 @@
+"""The multirun around the sweep points: its MLflow parent run, the end-of-sweep summary and exit code.
+
+Called by the sweeper (hydra_plugins/colq_sweep_plugins/sweeper.py) in the process that launches the jobs, so
+it works the same for every launcher (the process pool, Slurm through submitit, Hydra's basic launcher). The
+summary is read from the status file each job writes into its own job directory; a job directory without one
+is a job that died without reporting (killed, out of host memory, a Slurm time-out) and counts as failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+log = logging.getLogger("colq_sweep")
+STATUS_FILE = "colq_status.json"
+
+
+def _tracker(config: DictConfig):
+    from colq_sweep.tracking import Tracker, resolve_tracking_uri
+
+    return Tracker(resolve_tracking_uri(config.outputs_dir, config.get("tracking_uri")), str(config.name))
+
+
+def open_sweep(config: DictConfig, n_jobs: int) -> str:
+    """Create (or find, on a re-launch of the same sweep directory) the multirun's parent run."""
+    from colq_sweep.tracking import ROLE_SWEEP, sweep_id_for
+
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    tracker = _tracker(config)
+    sid = sweep_id_for(sweep_dir)
+    run_id = tracker.find_parent(sid)
+    if run_id is None:
+        overrides = " ".join(config.hydra.overrides.task)
+        run_id = tracker.create_run(f"sweep {sweep_dir.name}", {
+            "colq.role": ROLE_SWEEP, "colq.sweep_id": sid, "colq.sweep_dir": str(sweep_dir.resolve()), "colq.overrides": overrides,
+        })  # fmt: skip
+    tracker.log(run_id, metrics={"points": n_jobs})
+    log.info("MLflow parent run %s (experiment %s, store %s)", run_id, config.name, tracker.uri)
+    return run_id
+
+
+def abort_sweep(config: DictConfig, reason: str) -> None:
+    """Mark the parent run FAILED when the sweep stops before its jobs ran (e.g. no GPU slot)."""
+    from colq_sweep.tracking import sweep_id_for
+
+    tracker = _tracker(config)
+    parent = tracker.find_parent(sweep_id_for(str(config.hydra.sweep.dir)))
+    if parent:
+        tracker.log(parent, tags={"colq.error": reason[:4000]})
+        tracker.finish(parent, "FAILED")
+
+
+def job_status(job_dir: Path, label: str) -> dict:
+    status_file = job_dir / STATUS_FILE
+    if status_file.exists():
+        return json.loads(status_file.read_text())
+    return {"label": label, "model": "?", "status": "CRASHED", "metrics": {}, "error": "no status written (process died?)"}
+
+
+def close_sweep(config: DictConfig, jobs: list[tuple[int, Path, str]]) -> int:
+    """Print the summary of exactly these jobs (number, directory, overrides), close the parent run with the
+    sweep's status, and return how many points failed."""
+    from colq_sweep.tracking import sweep_id_for
+
+    rows = [(str(num), job_status(job_dir, overrides)) for num, job_dir, overrides in jobs]
+    failed = [r for r in rows if r[1]["status"] not in ("FINISHED", "SKIPPED")]
+    print(format_summary(rows), file=sys.stderr)
+    tracker = _tracker(config)
+    parent = tracker.find_parent(sweep_id_for(str(config.hydra.sweep.dir)))
+    if parent:
+        tracker.log(parent, metrics={"points_failed": len(failed)})
+        tracker.finish(parent, "FAILED" if failed else "FINISHED")
+    if failed:
+        print(f"colq_sweep: {len(failed)} of {len(rows)} sweep points failed (see the table above)", file=sys.stderr)
+    return len(failed)
+
+
+def format_summary(rows: list[tuple[str, dict]]) -> str:
+    header = ("job", "model", "point", "status", "avg ndcg@5", "delta vs original")
+    lines = [header]
+    for job, s in rows:
+        m = s.get("metrics") or {}
+        avg = m.get("avg_ndcg_at_5_all")
+        delta = m.get("delta_ndcg_at_5_all")
+        status = s["status"] + (f" ({s['error']})" if s.get("error") else "")
+        lines.append((job, s.get("model", "?"), s.get("label", "?"), status[:80],
+                      f"{avg:.5f}" if avg is not None else "-", f"{delta:+.5f}" if delta is not None else "-"))  # fmt: skip
+    widths = [max(len(str(r[i])) for r in lines) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = ["", "colq_sweep summary", fmt.format(*lines[0]), "  ".join("-" * w for w in widths)]
+    out += [fmt.format(*r) for r in lines[1:]]
+    return "\n".join(out)

@@ -1,0 +1,84 @@
+"""Hydra's basic sweep (the cartesian product of the overrides), made safe for long GPU sweeps.
+
+Before any job runs, every job's config is composed and validated (one line naming the field, exit 2: a bad
+value in job 5 costs no GPU time on jobs 1-4). Then the MLflow parent run is opened, the jobs are launched by
+whichever launcher is configured, and a job that raised is recorded instead of aborting the sweep. At the end
+a summary of exactly these jobs is printed, the parent run is closed, and the exit code is 1 if any point failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import filter_overrides
+from omegaconf import OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+
+class ColqSweeper(BasicSweeper):
+    def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None, validate: bool = True):
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        self.validate = validate
+
+    def _jobs(self, all_overrides: list[list[str]]) -> list[tuple[int, Path, str]]:
+        """Compose (and validate) every job's config; return (number, job directory, overrides) per job."""
+        from colq_sweep.config import ConfigError, validate
+
+        assert self.config is not None and self.hydra_context is not None
+        jobs = []
+        for idx, overrides in enumerate(all_overrides):
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(cfg):
+                cfg.hydra.job.id = idx
+                cfg.hydra.job.num = idx
+            shown = " ".join(filter_overrides(overrides))
+            if self.validate:
+                try:
+                    validate(cfg)
+                except ConfigError as err:
+                    print(f"colq_sweep: job #{idx} ({shown}): {err}", file=sys.stderr)
+                    print("colq_sweep: nothing was launched", file=sys.stderr)
+                    sys.exit(2)
+            jobs.append((idx, Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir), shown))
+        return jobs
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from colq_sweep.multirun import abort_sweep, close_sweep, open_sweep
+
+        assert self.config is not None and self.launcher is not None and self.hydra_context is not None
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides(self._parse_config() + list(arguments))
+        self.overrides = self.split_arguments(overrides, self.max_batch_size)
+        # One literal sweep directory for every job, wherever it runs: `${now:...}` would re-evaluate in a
+        # job process (a Slurm node), scattering its outputs and losing its parent run.
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
+        with open_dict(self.config):
+            self.config.hydra.sweep.dir = str(sweep_dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+
+        jobs = self._jobs([job for batch in self.overrides for job in batch])
+        open_sweep(self.config, len(jobs))
+        returns = []
+        initial_job_idx = 0
+        try:
+            while not self.is_done():
+                batch = self.get_job_batch()
+                results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
+                for r in results:  # a job that raised is reported by the summary, not re-raised here
+                    if r.status.name == "FAILED":
+                        log.error("job failed: %s: %s", " ".join(r.overrides), r._return_value)
+                initial_job_idx += len(batch)
+                returns.append(results)
+        except BaseException as exc:  # the launcher itself gave up (bad pool settings, Ctrl-C, ...)
+            abort_sweep(self.config, f"{type(exc).__name__}: {exc}")
+            raise
+        if close_sweep(self.config, jobs):
+            sys.exit(1)
+        return returns
