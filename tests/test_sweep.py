@@ -82,6 +82,28 @@ def test_three_point_multirun_tracks_three_children_and_the_baseline(first_sweep
     assert {"config.yaml", "quantization_manifest.json", "results/entries.csv", "results/per_query.csv"} <= names
     assert any(n.endswith(".log") for n in names)
     assert "colq_sweep summary" in proc.stderr
+    assert points["metrics.eval_peak_rss_mb"].notna().all() and baseline["metrics.total_bytes"].notna().all()
+    assert set(points["tags.colq.eval_hash"]) == set(baseline["tags.colq.eval_hash"])
+
+
+def test_report_from_the_real_sweep(first_sweep):
+    """The report reads what the sweep logged: same runs, same numbers, logged back to the parent run."""
+    from colq_sweep.report import build_report
+
+    outputs, proc = first_sweep
+    assert proc.returncode == 0
+    path = build_report("demo", outputs_dir=outputs, n_boot=200)
+    text = path.read_text()
+    df = runs(outputs)
+    points = df[df["tags.colq.role"] == "quantized"]
+    for _, row in points.iterrows():
+        assert f"`{row['tags.colq.label']}`" in text or f"seqlen={row['params.seqlen']}" in text
+        assert f"{row['metrics.avg_ndcg_at_5_all']:.5f}" in text
+    base = df[df["tags.colq.role"] == "baseline"].iloc[0]
+    assert f"{base['metrics.avg_ndcg_at_5_all']:.5f}" in text
+    parent = df[df["tags.colq.role"] == "sweep"].iloc[0]["run_id"]
+    logged = {a.path for a in mlflow.tracking.MlflowClient(store(outputs)).list_artifacts(parent, "report")}
+    assert "report/report.md" in logged
 
 
 def test_rerun_quantizes_and_evaluates_nothing(first_sweep, fixture_paths):
@@ -115,3 +137,9 @@ def test_a_failing_point_is_failed_and_the_others_finish(first_sweep, fixture_pa
     # the job directories hold the status files the summary was built from
     statuses = [json.loads(p.read_text())["status"] for p in outputs.glob("hydra/demo/multirun-*/*/colq_status.json")]
     assert statuses.count("FAILED") == 1
+    # resume: the failed point runs again, the finished one is skipped
+    again = sweep(outputs, fixture_paths.root, "seqlen=40", "fail_point=true,false")
+    assert again.returncode == 1 and "SKIPPED" in again.stderr
+    df = runs(outputs)
+    mine = df[(df["tags.colq.role"] == "quantized") & (df["params.seqlen"] == "40")]
+    assert sorted(mine["status"]) == ["FAILED", "FAILED", "FINISHED"]

@@ -28,7 +28,6 @@ def _writer(uri: str, worker: int, n_runs: int, start, tmp: str) -> None:
 @pytest.mark.slow
 def test_four_concurrent_processes_lose_nothing(tmp_path):
     uri = resolve_tracking_uri(tmp_path / "out", f"sqlite:///{tmp_path}/out/mlflow.db")
-    (tmp_path / "out").mkdir()
     ctx = mp.get_context("spawn")
     start = ctx.Event()
     procs = [ctx.Process(target=_writer, args=(uri, w, 4, start, str(tmp_path))) for w in range(4)]
@@ -61,7 +60,7 @@ def test_tracking_uri_precedence(tmp_path, monkeypatch):
     assert resolve_tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     assert resolve_tracking_uri(tmp_path) == "http://127.0.0.1:5999"
-    assert resolve_tracking_uri(tmp_path, "sqlite:////x/y.db") == "sqlite:////x/y.db"
+    assert resolve_tracking_uri(tmp_path, f"sqlite:///{tmp_path}/x/y.db") == f"sqlite:///{tmp_path.resolve()}/x/y.db"
 
 
 def test_flatten():
