@@ -33,7 +33,6 @@ from colq_sweep.memory import PeakMemory
 from colq_sweep.tasks import CATALOGUE, FIXTURE_TASK, subset_language
 
 if TYPE_CHECKING:
-    import pandas as pd
     from mteb.abstasks import AbsTaskRetrieval
     from mteb.cache import ResultCache
     from mteb.models import ModelMeta
@@ -62,27 +61,6 @@ class EvalResult:
     timing: dict[str, float]
     from_cache: bool
     results_dir: str | None = field(default=None, compare=False)
-
-    def entries_frame(self) -> pd.DataFrame:
-        import pandas as pd
-
-        return pd.DataFrame(self.entries, columns=list(ENTRY_KEYS))
-
-    def per_query_frame(self) -> pd.DataFrame:
-        import pandas as pd
-
-        return pd.DataFrame(self.per_query, columns=list(PER_QUERY_KEYS))
-
-    def averages(self) -> dict[str, float]:
-        """Mean main score over all entries and per benchmark (`main_score`, `main_score/<benchmark>`)."""
-        out: dict[str, float] = {}
-        if not self.entries:
-            return out
-        out["main_score"] = sum(e["main_score"] for e in self.entries) / len(self.entries)
-        for bench in sorted({e["benchmark"] for e in self.entries}):
-            sel = [e["main_score"] for e in self.entries if e["benchmark"] == bench]
-            out[f"main_score/{bench}"] = sum(sel) / len(sel)
-        return out
 
 
 # -------------------------------------------------------------------------------------------- fixture task

@@ -1000,7 +1000,8 @@ def _load_dequantized(path: Path, device: str, dtype: str):
 # ------------------------------------------------------------------------------------------------ sizes
 
 
-def _bytes(d: Path, exclude: tuple[str, ...] = ()) -> tuple[int, int]:
+def checkpoint_bytes(d: Path, exclude: tuple[str, ...] = ()) -> tuple[int, int]:
+    """(weight-file bytes, total bytes) of the files in a checkpoint directory."""
     weights = total = 0
     for f in d.iterdir():
         if not f.is_file() or f.name in exclude:
@@ -1062,8 +1063,8 @@ def param_counts(ckpt: str | os.PathLike) -> dict[str, float]:
 def size_report(base_dir: str | os.PathLike, quant_dir: str | os.PathLike) -> dict[str, float]:
     """Flat numbers for MLflow: bytes on disk, parameters by precision, quantization time and peak memory."""
     base_dir, quant_dir = Path(base_dir), Path(quant_dir)
-    bw, bt = _bytes(base_dir)
-    qw, qt = _bytes(quant_dir, exclude=PROVENANCE_FILES)
+    bw, bt = checkpoint_bytes(base_dir)
+    qw, qt = checkpoint_bytes(quant_dir, exclude=PROVENANCE_FILES)
     r: dict[str, float] = {
         "base_weights_bytes": float(bw),
         "base_total_bytes": float(bt),

@@ -171,8 +171,6 @@ def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
         w.writerows(rows)
 
 
-ENTRY_COLUMNS = ["task", "subset", "language", "benchmark", "ndcg_at_5", "ndcg_at_10", "main_metric", "main_score", "recall_at_5", "n_queries"]
-QUERY_COLUMNS = ["task", "subset", "language", "query_id", "ndcg_at_5", "ndcg_at_10"]
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -186,8 +184,10 @@ def _read_csv(path: Path) -> list[dict]:
 def _log_results(tracker: Tracker, run_id: str, entries: list[dict], per_query: list[dict]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        _write_csv(d / "entries.csv", entries, ENTRY_COLUMNS)
-        _write_csv(d / "per_query.csv", per_query, QUERY_COLUMNS)
+        from colq_sweep.evaluate import ENTRY_KEYS, PER_QUERY_KEYS
+
+        _write_csv(d / "entries.csv", entries, list(ENTRY_KEYS))
+        _write_csv(d / "per_query.csv", per_query, list(PER_QUERY_KEYS))
         tracker.log_artifacts(run_id, d, "results")
 
 
@@ -336,11 +336,10 @@ def ensure_baseline(
 
 def _base_size(point: SweepPoint) -> dict[str, float]:
     from colq_sweep.model import resolve_checkpoint_dir
+    from colq_sweep.quantize import checkpoint_bytes
 
-    path = resolve_checkpoint_dir(point.model.source, point.model.revision)
-    files = [f for f in path.iterdir() if f.is_file()]
-    weights = sum(f.stat().st_size for f in files if f.suffix in (".safetensors", ".bin"))
-    return {"total_bytes": float(sum(f.stat().st_size for f in files)), "weights_bytes": float(weights)}
+    weights, total = checkpoint_bytes(resolve_checkpoint_dir(point.model.source, point.model.revision))
+    return {"total_bytes": float(total), "weights_bytes": float(weights)}
 
 
 def run_point(
