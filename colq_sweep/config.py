@@ -23,6 +23,9 @@ BITS = (2, 3, 4, 8)
 GROUP_SIZES = (-1, 32, 64, 128, 256)
 FORMATS = ("auto_awq", "auto_round")
 BACKENDS = ("auto", "ark", "gptqmodel", "dequant")
+# What the W4A16 matmuls compute in: `activation` = the model dtype (exact W4A16: same result on every CPU);
+# `auto` = auto-round-lib's own CPU choice (int8 activations on AMX/VNNI CPUs: W4A8-like, CPU-dependent).
+COMPUTE_MODES = ("activation", "auto")
 QUANT_METHODS = ("autoround", "none")
 CALIB_SOURCES = ("hub", "jsonl")
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -71,6 +74,7 @@ class QuantSpec:
     low_gpu_mem_usage: bool = True
     enable_torch_compile: bool = False
     backend: str = "auto"
+    compute: str = "activation"
     allow_fewer_samples: bool = False
 
     @property
@@ -136,7 +140,7 @@ class SweepPoint:
         if not self.quant.enabled:
             return {}
         q = asdict(self.quant)
-        for k in ("backend", "allow_fewer_samples"):  # load-time / policy only
+        for k in ("backend", "compute", "allow_fewer_samples"):  # load-time / policy only
             q.pop(k)
         return {
             "quant": q,
@@ -270,6 +274,11 @@ def _quant(d: dict) -> QuantSpec:
     _bool("quant.sym", spec.sym)
     _choice("quant.format", spec.format, FORMATS)
     _choice("quant.backend", spec.backend, BACKENDS)
+    _choice("quant.compute", spec.compute, COMPUTE_MODES)
+    if spec.compute == "auto" and spec.backend not in ("auto", "ark"):
+        raise ConfigError(
+            "quant.compute", spec.compute, f"only the ark CPU kernels have an auto compute mode (backend={spec.backend})"
+        )
     m = re.fullmatch(r"W(\d+)A(\d+)", str(spec.scheme))
     if not m:
         raise ConfigError("quant.scheme", spec.scheme, "expected W<bits>A<bits>, e.g. W4A16")

@@ -54,7 +54,7 @@ from colq_sweep.memory import PeakMemory
 
 log = logging.getLogger(__name__)
 
-ARTIFACT_SCHEMA = 1  # bump when the export post-processing changes what an artifact holds
+ARTIFACT_SCHEMA = 2  # bump when the export post-processing changes what an artifact holds
 QUANT_BLOCKS = "vlm.model.language_model.layers"
 KEPT_MODULES = ["vlm.model.visual", "vlm.lm_head", "embedding_proj_layer"]  # Tomoro names, stay 16-bit
 LAYER_CONFIG = {"embedding_proj_layer": {"bits": 16}}
@@ -352,6 +352,9 @@ def autoround_kwargs(point: SweepPoint, device: str, dataset: str) -> dict[str, 
         seed=point.seed,
         low_gpu_mem_usage=q.low_gpu_mem_usage,
         enable_torch_compile=q.enable_torch_compile,
+        # auto-round's default amp tunes in bf16 on a CPU with AVX512-BF16/AMX and in float32 on one without, so
+        # the same config gave different weights on different CPUs: on a CPU it always tunes in float32.
+        amp=not device.startswith("cpu"),
         # "cuda:N" as a string is parsed by auto-round as a per-layer map ("<regex>:<device>") and warns;
         # an int index is its own default form for one accelerator
         device_map=int(device.split(":")[1]) if device.startswith("cuda:") else device,
@@ -576,6 +579,8 @@ def _build_frozen(
             "calib_identity": point.calib.identity,
             "calib_revision": calib_rev,
             "device": device,
+            # the SIMD level torch dispatched to: float32 tuning can round single weights differently across levels
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "quant_load_dtype": load_dtype,
             "format": point.quant.format,
             "autoround_kwargs": {
@@ -837,16 +842,20 @@ def dequantize_linear(tensors: dict, packing: str, bits: int, group_size: int, o
     return w.to(out_dtype) if out_dtype is not None else w
 
 
-def dequantized_state_dict(path: str | os.PathLike, dtype=None) -> dict:
-    """The checkpoint's state dict with every packed layer replaced by its dequantized `.weight`."""
-    from safetensors.torch import load_file
+def dequantized_state_dict(path: str | os.PathLike, dtype=None, only: str | None = None) -> dict:
+    """The checkpoint's state dict with every packed layer replaced by its dequantized `.weight`
+    (`only`: just that layer's tensors)."""
+    from safetensors import safe_open
 
     path = Path(path)
     qc = quant_config(path)
     packing, bits, group_size = packing_of(qc), int(qc.get("bits", 4)), int(qc.get("group_size", 128))
     sd: dict = {}
     for f in _safetensors_files(path):
-        sd.update(load_file(str(f)))
+        with safe_open(str(f), framework="pt") as st:
+            for k in st.keys():
+                if only is None or k.rsplit(".", 1)[0] == only:
+                    sd[k] = st.get_tensor(k)
     prefixes = _quant_prefixes(sd)
     for p in sorted(prefixes):
         parts = {leaf: sd.pop(f"{p}.{leaf}", None) for leaf in QUANT_TENSOR_SUFFIXES}
@@ -903,27 +912,136 @@ def resolve_backend(backend: str, device: str) -> str:
     return backend
 
 
+# auto-round-lib's names for the dtypes its CPU kernels can compute in
+_ARK_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+# CPU features that make ark's `auto` compute mode quantize activations to int8 (the most capable first)
+_INT8_ISA_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
+
+
+def cpu_int8_isa() -> str:
+    """The CPU's strongest int8 matmul feature (`amx_int8`, `avx512_vnni`, `avx_vnni`) or `none`."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "unknown"
+    return next((f for f in _INT8_ISA_FLAGS if f in flags), "none")
+
+
+def kernel_compute_dtype(backend: str, dtype: str, compute: str = "activation") -> str:
+    """What the quantized matmuls effectively compute in, recorded with every run and part of the eval revision.
+
+    `activation`: the model dtype, whatever the backend (ark is pinned to it; dequant and the CUDA kernels run
+    in it), so the result does not depend on the CPU. ark's `auto` mode lets auto-round-lib choose per CPU (int8
+    activations where AMX/VNNI exist): recorded with the CPU feature that decides it, so runs on different CPUs
+    never count as the same evaluation."""
+    if compute == "auto":
+        if backend != "ark":
+            raise ValueError(f"compute=auto exists only for the ark CPU kernels, not backend={backend}")
+        return f"ark-auto-{cpu_int8_isa()}"
+    return dtype
+
+
 def load_quantized(
-    path: str | os.PathLike, backend: str = "auto", device: str = "cpu", dtype: str = "bfloat16"
+    path: str | os.PathLike,
+    backend: str = "auto",
+    device: str = "cpu",
+    dtype: str = "bfloat16",
+    compute: str = "activation",
 ):
-    """Load a quantized export strictly with real kernels (ark / gptqmodel) or dequantized (dequant)."""
+    """Load a quantized export strictly with real kernels (ark / gptqmodel) or dequantized (dequant).
+
+    `compute="activation"` (the default) makes the ark CPU kernels compute in `dtype`, like dequant does, and
+    checks it on one layer; `compute="auto"` keeps auto-round-lib's per-CPU choice (see kernel_compute_dtype).
+    """
     path = Path(path)
     device = str(device)
     which = resolve_backend(backend, device)
+    effective = kernel_compute_dtype(which, dtype, compute)
     qc = quant_config(path)
     packing = packing_of(qc)
     if which == "dequant":
         model = _load_dequantized(path, device, dtype)
+    elif which == "ark":
+        pin = contextlib.nullcontext() if compute == "auto" else _ark_compute_dtype(_ARK_DTYPES[dtype])
+        with pin:
+            model = _load_with_autoround_backend(path, "ark", device, dtype, "auto_round_kernel")
+        if compute != "auto":
+            check_ark_compute(model, path, dtype)
     else:
-        if which == "ark":
-            ar_backend, module_prefix = "ark", "auto_round_kernel"
-        else:
-            ar_backend = "gptqmodel:awq" if packing == "awq" else "gptqmodel"
-            module_prefix = "gptqmodel"
-        model = _load_with_autoround_backend(path, ar_backend, device, dtype, module_prefix)
+        ar_backend = "gptqmodel:awq" if packing == "awq" else "gptqmodel"
+        model = _load_with_autoround_backend(path, ar_backend, device, dtype, "gptqmodel")
     model.colq_backend = which
-    log.info("loaded %s with backend=%s on %s (%s)", path, which, device, dtype)
+    model.colq_compute_dtype = effective
+    log.info("loaded %s with backend=%s on %s (%s, computing in %s)", path, which, device, dtype, effective)
     return model
+
+
+class _RepackWithComputeDtype:
+    """Stands in for auto-round-lib's `ark` extension module during a layer's `post_init`: the same functions,
+    but `repack_quantized_weight` packs for `compute_dtype` instead of the `"auto"` that post_init passes."""
+
+    def __init__(self, ark, compute_dtype: str):
+        self._ark, self._cdt = ark, compute_dtype
+
+    def __getattr__(self, name: str):
+        return getattr(self._ark, name)
+
+    def repack_quantized_weight(self, intweight, scales, zeros, group_size, _compute_dtype, *rest):
+        return self._ark.repack_quantized_weight(intweight, scales, zeros, group_size, self._cdt, *rest)
+
+
+@contextlib.contextmanager
+def _ark_compute_dtype(cdt: str):
+    """Loads inside this context get ark layers that compute in `cdt` ("fp32", "bf16", "fp16").
+
+    auto-round-lib 0.16's `QuantLinear.post_init` hard-codes compute dtype "auto" (int8 activations on AMX/VNNI
+    CPUs) and takes no argument for it; its forward passes `self.cdt` to the GEMM. So post_init is wrapped to repack
+    for `cdt` and to leave `cdt` on the layer. check_ark_compute verifies the result numerically."""
+    import auto_round_kernel.qlinear as qlinear
+
+    original = qlinear.QuantLinear.post_init
+
+    def post_init(layer):
+        real = qlinear.ark
+        qlinear.ark = _RepackWithComputeDtype(real, cdt)
+        try:
+            original(layer)
+        finally:
+            qlinear.ark = real
+        layer.cdt = cdt
+
+    qlinear.QuantLinear.post_init = post_init
+    try:
+        yield
+    finally:
+        qlinear.QuantLinear.post_init = original
+
+
+def check_ark_compute(model, path: str | os.PathLike, dtype: str) -> None:
+    """The ark layers compute in `dtype`: every layer is packed for it, and the first one's output equals a
+    plain `dtype` matmul with the dequantized weights (to float round-off) on a random input."""
+    import torch
+
+    cdt = _ARK_DTYPES[dtype]
+    names = sorted(_quant_prefixes(set().union(*(read_safetensors_header(f) for f in _safetensors_files(Path(path))))))
+    wrong = [n for n in names if getattr(model.get_submodule(n), "cdt", None) != cdt]
+    if wrong:
+        raise BackendUnavailableError(
+            f"{len(wrong)} ark layers do not compute in {dtype} (e.g. {wrong[0]}); use quant.backend=dequant"
+        )
+    torch_dtype = getattr(torch, dtype)
+    weight = dequantized_state_dict(path, dtype=torch_dtype, only=names[0])[f"{names[0]}.weight"]
+    x = torch.randn(8, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(torch_dtype)
+    with torch.no_grad():
+        got = model.get_submodule(names[0])(x).float()
+    want = (x @ weight.t()).float()
+    rel = ((got - want).norm() / want.norm().clamp_min(1e-12)).item()
+    tol = 1e-5 if dtype == "float32" else 2e-3  # int8 activations are off by ~7e-3 on AMX CPUs
+    if not rel <= tol:
+        raise BackendUnavailableError(
+            f"the ark CPU kernels do not compute in {dtype} on this CPU ({names[0]}: relative error {rel:.1e} against "
+            f"the dequantized weights); use quant.backend=dequant"
+        )
 
 
 def _load_with_autoround_backend(path: Path, ar_backend: str, device: str, dtype: str, module_prefix: str):

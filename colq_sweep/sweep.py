@@ -97,6 +97,11 @@ def point_key(point: SweepPoint, device: str) -> str:
     if point.quant.enabled:
         from colq_sweep import calibration
 
+        if point.quant.compute == "auto":  # ark's own choice depends on the CPU: key it on the CPU's int8 ISA
+            from colq_sweep.quantize import cpu_int8_isa
+
+            ids["kernel_compute"] = f"ark-auto-{cpu_int8_isa()}"
+
         try:
             ids["calib"] = calibration.resolve_revision(point.calib)
         except calibration.CalibrationError as err:  # offline with an unpinned Hub ref: the spec stands in
@@ -109,12 +114,24 @@ def point_key(point: SweepPoint, device: str) -> str:
     return hashlib.sha256(json.dumps(ids, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def eval_revision(checkpoint_rev: str, point: SweepPoint) -> str:
+def kernel_compute(point: SweepPoint, device: str) -> tuple[str, str]:
+    """(kernel backend, effective compute dtype) that a quantized point's evaluation runs with on `device`."""
+    from colq_sweep.quantize import kernel_compute_dtype, resolve_backend
+
+    backend = resolve_backend(point.quant.backend, device)
+    return backend, kernel_compute_dtype(backend, point.model.dtype, point.quant.compute)
+
+
+def eval_revision(checkpoint_rev: str, point: SweepPoint, device: str = "cpu") -> str:
     """The mteb revision of an evaluation: the checkpoint plus every setting that changes its embeddings
-    (compute dtype, page resolution cap, load-back kernels), so two set-ups never share cached results."""
+    (model dtype, page resolution cap, load-back kernels and the dtype they compute in), so two set-ups never
+    share cached results."""
     parts = [checkpoint_rev[:16], point.model.dtype, f"v{point.model.max_num_visual_tokens}"]
     if point.quant.enabled:
+        backend, compute = kernel_compute(point, device)
         parts.append(point.quant.backend)
+        if compute != point.model.dtype:  # ark's CPU-dependent auto mode
+            parts.append(compute)
     return "-".join(parts)
 
 
@@ -271,7 +288,8 @@ def _load_quantized(point: SweepPoint, path: Path, device: str):
         from colq_sweep.model import ColQwen3Processor
         from colq_sweep.quantize import load_quantized
 
-        model = load_quantized(path, backend=point.quant.backend, device=device, dtype=point.model.dtype)
+        model = load_quantized(path, backend=point.quant.backend, device=device, dtype=point.model.dtype,
+                               compute=point.quant.compute)  # fmt: skip
         return model, ColQwen3Processor.from_checkpoint(path, point.model.max_num_visual_tokens)
 
     return load
@@ -410,11 +428,11 @@ def _run_quantized_point(
         if point.fail_point:
             raise RuntimeError("fail_point=true: this point was made to fail on purpose (a testing aid)")
         from colq_sweep.model import resolve_checkpoint_dir
-        from colq_sweep.quantize import quantize_point, resolve_backend, size_report
+        from colq_sweep.quantize import quantize_point, size_report
 
         # Before hours of quantization: can this machine serve the exported checkpoint at all?
-        kernel = resolve_backend(point.quant.backend, device)
-        tracker.log(run_id, tags={"colq.kernel_backend": kernel})
+        kernel, compute = kernel_compute(point, device)
+        tracker.log(run_id, tags={"colq.kernel_backend": kernel, "colq.kernel_compute_dtype": compute})
 
         t0 = time.perf_counter()
         artifact = quantize_point(point, _dirs(point)["models"])
@@ -428,7 +446,7 @@ def _run_quantized_point(
         metrics["quant_stage_seconds"] = time.perf_counter() - t0
 
         name = f"colq_sweep/{point.model.name}-w{point.quant.bits}"
-        result = _evaluate(point, _load_quantized(point, artifact.path, device), name, eval_revision(artifact.key, point),
+        result = _evaluate(point, _load_quantized(point, artifact.path, device), name, eval_revision(artifact.key, point, device),
                            device, force=point.force)  # fmt: skip
         metrics.update(summarise(result.entries))
         metrics.update(eval_metrics(result.timing))

@@ -115,6 +115,8 @@ BAD = [
     (["quant.scheme=W8A16", "quant.bits=8"], "quant.format"),  # AWQ holds 4-bit only
     (["quant.scheme=W4A8"], "quant.scheme"),
     (["quant.backend=cuda"], "quant.backend"),
+    (["quant.compute=int8"], "quant.compute"),
+    (["quant.backend=dequant", "quant.compute=auto"], "quant.compute"),  # only ark has an auto mode
     (["quant.sym=maybe"], "quant.sym"),
     (["eval.tasks=[VidoreNoSuchRetrieval]"], "eval.tasks"),
     (["eval.languages=[xx]"], "eval.languages"),
