@@ -10,7 +10,7 @@ import colq_sweep.config  # noqa: F401  (registers the colq_entries resolver bef
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from colq_sweep.app import run_job
+    from colq_sweep.pipeline.job import run_job
 
     run_job(cfg)
 

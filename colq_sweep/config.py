@@ -8,8 +8,6 @@ into exit code 2 without a traceback.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -57,7 +55,7 @@ class ModelSpec:
     @property
     def identity(self) -> str:
         """Hub id@revision, or `local` (a local checkpoint is identified by its content:
-        model.checkpoint_fingerprint)."""
+        keys.checkpoint_fingerprint)."""
         return f"{self.id}@{self.revision}" if self.id else "local"
 
 
@@ -93,7 +91,7 @@ class CalibSpec:
 
     @property
     def identity(self) -> str:
-        """What the calibration text is, less its content pin (calibration.resolve_revision adds the Hub
+        """What the calibration text is, less its content pin (keys.calib_revision adds the Hub
         commit or the local file's sha256): a moved or re-spelled .jsonl path is the same calibration set."""
         if self.source == "hub":
             return f"hub:{self.dataset}@{self.revision}:{self.split}:{self.text_field}"
@@ -134,42 +132,6 @@ class SweepPoint:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    def quant_knobs(self) -> dict[str, Any]:
-        """Everything that decides the quantized weights (the artifact key's inputs, less code versions)."""
-        if not self.quant.enabled:
-            return {}
-        q = asdict(self.quant)
-        for k in ("backend", "compute", "allow_fewer_samples"):  # load-time / policy only
-            q.pop(k)
-        return {
-            "quant": q,
-            "seqlen": self.seqlen,
-            "batch_size": self.batch_size,
-            "nsamples": self.nsamples,
-            "iters": self.iters,
-            "seed": self.seed,
-            "calib": self.calib.identity,
-        }
-
-    def config_hash(self) -> str:
-        """Hash of the settings that decide a point's results, as written in the config: not bookkeeping (name,
-        force, device, batch sizes of inference) and not paths. What paths point to (checkpoint, calibration
-        file, fixture task) and the device type enter the run key through their content (sweep.point_key)."""
-        d = self.to_dict()
-        for k in ("name", "outputs_dir", "force", "tracking_uri", "device"):
-            d.pop(k)
-        for k in ("notices", "query_batch_size", "page_batch_size", "corpus_cache", "fixture_dir"):
-            d["eval"].pop(k)
-        d["eval"]["tasks"] = sorted(d["eval"]["tasks"])
-        d["eval"]["languages"] = sorted(d["eval"]["languages"]) if d["eval"]["languages"] else None
-        d["model"].pop("path")
-        d["calib"].pop("path")
-        if not self.quant.enabled:  # knobs do not touch the baseline
-            for k in ("seqlen", "batch_size", "nsamples", "iters", "seed", "calib"):
-                d.pop(k)
-            d["quant"] = {"method": "none"}
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @property
     def label(self) -> str:
@@ -370,6 +332,18 @@ TOP_LEVEL = {
 }  # fmt: skip
 
 
+def check_full_batches(nsamples: int, batch_size: int, allow_fewer: bool) -> None:
+    """auto-round 0.16.1 cannot calibrate a partial last batch of Qwen3-VL (its rotary embeddings are cached per
+    batch): nsamples must fill whole batches unless the user accepts calibrating on fewer."""
+    if nsamples % batch_size and not allow_fewer:
+        full = nsamples - nsamples % batch_size
+        raise ConfigError(
+            "nsamples", nsamples,
+            f"must be a multiple of batch_size ({batch_size}): auto-round 0.16.1 fails on a partial last calibration "
+            f"batch; use {full} or {full + batch_size} (or quant.allow_fewer_samples=true to calibrate on {full})",
+        )  # fmt: skip
+
+
 def validate(cfg: Any) -> SweepPoint:
     """Turn a composed config (DictConfig or plain dict) into a validated `SweepPoint`."""
     from omegaconf import DictConfig, OmegaConf
@@ -407,14 +381,8 @@ def validate(cfg: Any) -> SweepPoint:
     quantized = not (isinstance(d["quant"], dict) and d["quant"].get("method") == "none")
     if quantized and nsamples < batch_size:
         raise ConfigError("nsamples", nsamples, f"must be >= batch_size ({batch_size}); raise nsamples or lower batch_size")
-    allow_fewer = isinstance(d["quant"], dict) and d["quant"].get("allow_fewer_samples") is True
-    if quantized and nsamples % batch_size and not allow_fewer:
-        full = nsamples - nsamples % batch_size
-        raise ConfigError(
-            "nsamples", nsamples,
-            f"must be a multiple of batch_size ({batch_size}): auto-round 0.16.1 fails on a partial last calibration "
-            f"batch; use {full} or {full + batch_size} (or quant.allow_fewer_samples=true to calibrate on {full})",
-        )  # fmt: skip
+    if quantized:
+        check_full_batches(nsamples, batch_size, isinstance(d["quant"], dict) and d["quant"].get("allow_fewer_samples") is True)
     device = str(d.get("device", "auto"))
     if not DEVICE_RE.match(device):
         raise ConfigError("device", device, "allowed: auto, cpu, cuda, cuda:N")

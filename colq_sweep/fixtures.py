@@ -12,13 +12,13 @@ import argparse
 import json
 import logging
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
+
+from colq_sweep.fsio import atomic_dir, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -66,19 +66,6 @@ class FixturePaths:
     @property
     def calibration(self) -> Path:
         return self.root / "calib.jsonl"
-
-
-def _atomic_dir(target: Path, build) -> None:
-    if target.exists():
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        build(tmp)
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _fixture_text(rng: random.Random, n_words: int) -> str:
@@ -227,17 +214,14 @@ def build_task(out: Path, seed: int = 0) -> None:
 
 def build_calibration(path: Path, n: int = 64, words: int = 400, seed: int = 0) -> None:
     rng = random.Random(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps({"text": _fixture_text(rng, words)}) + "\n" for _ in range(n)))
-    tmp.rename(path)
+    atomic_write_text(path, "".join(json.dumps({"text": _fixture_text(rng, words)}) + "\n" for _ in range(n)))
 
 
 def ensure_fixtures(root: str | Path) -> FixturePaths:
     """Build whichever fixture is missing under `root`; return their paths."""
     paths = FixturePaths(Path(root).resolve())
-    _atomic_dir(paths.checkpoint, build_checkpoint)
-    _atomic_dir(paths.task, build_task)
+    atomic_dir(paths.checkpoint, build_checkpoint)
+    atomic_dir(paths.task, build_task)
     if not paths.calibration.exists():
         build_calibration(paths.calibration)
     return paths

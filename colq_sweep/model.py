@@ -247,28 +247,3 @@ def resolve_checkpoint_dir(source: str, revision: str | None = None) -> Path:
     from huggingface_hub import snapshot_download
 
     return Path(snapshot_download(repo_id=source, revision=revision))
-
-
-_FINGERPRINTS: dict[tuple, str] = {}
-
-
-def checkpoint_fingerprint(model_id: str | None, revision: str | None, path: str | None) -> str:
-    """What identifies a checkpoint's weights in every cache key: `id@revision` for a Hub model, else the
-    sha256 of the local directory's files (names and bytes). Memoised per process on (path, file names, sizes,
-    mtimes), so a sweep hashes a local checkpoint once per job, and an edited file is never mistaken for the old one."""
-    if not path:
-        return f"{model_id}@{revision}"
-    root = Path(path).resolve()
-    files = sorted(f for f in root.rglob("*") if f.is_file())
-    stat_key = (str(root), tuple((str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
-    if stat_key not in _FINGERPRINTS:
-        import hashlib
-
-        h = hashlib.sha256()
-        for f in files:
-            h.update(str(f.relative_to(root)).encode() + b"\0")
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 22), b""):
-                    h.update(chunk)
-        _FINGERPRINTS[stat_key] = "local-sha256:" + h.hexdigest()[:32]
-    return _FINGERPRINTS[stat_key]

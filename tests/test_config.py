@@ -11,8 +11,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from colq_sweep.app import validate_or_exit
 from colq_sweep.config import ConfigError, validate
+from colq_sweep.pipeline.job import validate_or_exit
 from colq_sweep.tasks import CATALOGUE, FIXTURE_TASK
 
 ROOT = Path(__file__).resolve().parents[1]

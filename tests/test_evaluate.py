@@ -99,7 +99,7 @@ def base(fixture_paths, tmp_path_factory):
 def test_base_checkpoint_evaluates_offline_through_mteb(base, fixture_paths):
     from mteb.cache import ResultCache
 
-    from colq_sweep.evaluate import ENTRY_KEYS
+    from colq_sweep.track.records import ENTRY_COLUMNS as ENTRY_KEYS
 
     result, rec, root = base
     assert rec.loads == 1 and not result.from_cache
@@ -123,7 +123,7 @@ def test_base_checkpoint_evaluates_offline_through_mteb(base, fixture_paths):
     rev_dir = root / "results" / "results" / "local__tiny-colqwen3" / "base"
     assert (rev_dir / f"{FIXTURE_TASK}.json").is_file()
     assert (rev_dir / f"{FIXTURE_TASK}.per_query.jsonl").is_file()
-    from colq_sweep.encoder import colqwen3_model_meta
+    from colq_sweep.evaluate.encoder import colqwen3_model_meta
 
     cached = ResultCache(root / "results").load_task_result(
         FIXTURE_TASK, colqwen3_model_meta(MODEL_NAME, "base")
@@ -135,7 +135,7 @@ def test_base_checkpoint_evaluates_offline_through_mteb(base, fixture_paths):
 def test_per_query_scores_average_to_the_entries(base):
     from mteb.cache import ResultCache
 
-    from colq_sweep.encoder import colqwen3_model_meta
+    from colq_sweep.evaluate.encoder import colqwen3_model_meta
 
     result, _, root = base
     mteb_scores = {
@@ -261,8 +261,9 @@ def test_changed_image_never_hits_a_stale_page_embedding(fixture_paths, tmp_path
     from mteb.types import PromptType
     from PIL import Image, ImageDraw
 
-    from colq_sweep.encoder import ColQwen3Encoder, PageStore
-    from colq_sweep.evaluate import fixture_revision, fixture_task
+    from colq_sweep.evaluate import fixture_task
+    from colq_sweep.evaluate.encoder import ColQwen3Encoder, PageStore
+    from colq_sweep.keys import fixture_revision
     from colq_sweep.model import ColQwen3Processor, load_colqwen3
 
     task = fixture_task(fixture_paths.task)
@@ -385,7 +386,7 @@ def test_cached_result_without_per_query_scores_is_evaluated_again(base, fixture
 
 
 def test_page_key_changes_with_every_component():
-    from colq_sweep.encoder import page_key
+    from colq_sweep.evaluate.encoder import page_key
 
     base_args = ("org/model@rev", "Task", "dataset-rev", "ab" * 32)
     keys = {page_key(*base_args)}
@@ -398,7 +399,7 @@ def test_page_key_changes_with_every_component():
 
 
 def test_page_store_round_trip_and_damaged_entries(tmp_path):
-    from colq_sweep.encoder import PageStore
+    from colq_sweep.evaluate.encoder import PageStore
 
     store = PageStore(tmp_path)
     emb = torch.randn(7, 32).to(torch.bfloat16)
@@ -414,8 +415,8 @@ def test_page_store_round_trip_and_damaged_entries(tmp_path):
 def test_image_digests_hash_file_bytes_without_decoding(fixture_paths):
     import hashlib
 
-    from colq_sweep.encoder import image_digests
     from colq_sweep.evaluate import fixture_task
+    from colq_sweep.evaluate.encoder import image_digests
 
     task = fixture_task(fixture_paths.task)
     task.load_data()
@@ -429,7 +430,7 @@ def test_image_digests_hash_file_bytes_without_decoding(fixture_paths):
 
 
 def test_model_names_and_revisions_name_folders():
-    from colq_sweep.encoder import colqwen3_model_meta, mteb_model_name
+    from colq_sweep.evaluate.encoder import colqwen3_model_meta, mteb_model_name
 
     assert mteb_model_name("colqwen3-4b") == "colq_sweep/colqwen3-4b"
     assert mteb_model_name("TomoroAI/tomoro-colqwen3-embed-4b") == "TomoroAI/tomoro-colqwen3-embed-4b"

@@ -10,8 +10,7 @@ import shutil
 import pytest
 
 from colq_sweep.config import ConfigError
-from colq_sweep.quantize import artifact_key
-from colq_sweep.sweep import point_key
+from colq_sweep.keys import artifact_key, point_key
 from tests.helpers import make_point
 
 
@@ -75,7 +74,7 @@ def test_values_that_would_mislabel_results_are_refused(fixture_paths, tmp_path,
 
 
 def test_relative_sqlite_uri_is_made_absolute(tmp_path, monkeypatch):
-    from colq_sweep.tracking import resolve_tracking_uri
+    from colq_sweep.track.store import resolve_tracking_uri
 
     monkeypatch.chdir(tmp_path)
     assert resolve_tracking_uri("outputs", "sqlite:///rel/m.db") == f"sqlite:///{tmp_path.resolve()}/rel/m.db"

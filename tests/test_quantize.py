@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from colq_sweep import calibration
-from colq_sweep import quantize as Q
+from colq_sweep import keys, runtime
+from colq_sweep.quantize import artifacts, build, calibration, dequant, errors, load, sizes, stage
 from tests.helpers import make_point
 
 LM_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -38,7 +38,7 @@ def _lm_linear_names(tensors) -> set[str]:
     return {
         k[: -len(".weight")]
         for k in tensors
-        if k.startswith(Q.QUANT_BLOCKS + ".") and k.endswith(".weight") and k.split(".")[-2] in LM_LINEARS
+        if k.startswith(build.QUANT_BLOCKS + ".") and k.endswith(".weight") and k.split(".")[-2] in LM_LINEARS
     }
 
 
@@ -68,7 +68,7 @@ def _forbid_autoround(monkeypatch):
     def boom(*a, **k):
         raise _Forbidden("AutoRound was called")
 
-    monkeypatch.setattr(Q, "_autoround_entry", lambda: boom)
+    monkeypatch.setattr(build, "autoround_entry", lambda: boom)
     if "auto_round" in sys.modules:
         monkeypatch.setattr(sys.modules["auto_round"], "AutoRound", boom)
 
@@ -101,7 +101,7 @@ def point(fixture_paths, quant_root):
 @pytest.fixture(scope="session")
 def artifact(point, quant_root):
     """The fixture quantized once per session (AWQ export)."""
-    return Q.quantize_point(point, quant_root / "models")
+    return stage.quantize_point(point, quant_root / "models")
 
 
 @pytest.fixture(scope="session")
@@ -129,22 +129,22 @@ def test_make_point_overrides(fixture_paths, tmp_path):
 
 def test_artifact_key_covers_weight_inputs_only(fixture_paths, tmp_path):
     base = make_point(fixture_paths, tmp_path)
-    key = Q.artifact_key(base)
-    assert Q.KEY_RE.match(key) and key == Q.artifact_key(base)
+    key = keys.artifact_key(base)
+    assert keys.KEY_RE.match(key) and key == keys.artifact_key(base)
     # bookkeeping and load-time choices do not change the weights
     for same in ({"name": "other"}, {"quant.backend": "dequant"}, {"quant.allow_fewer_samples": True},
                  {"model.dtype": "bfloat16"}, {"eval.query_batch_size": 2}):  # fmt: skip
-        assert Q.artifact_key(make_point(fixture_paths, tmp_path, **same)) == key, same
+        assert keys.artifact_key(make_point(fixture_paths, tmp_path, **same)) == key, same
     # every knob that decides the weights does
     for diff in ({"seed": 1}, {"seqlen": 64}, {"nsamples": 8}, {"iters": 3}, {"batch_size": 4},
                  {"quant.format": "auto_round"}, {"quant.lr": 0.01}, {"quant.sym": False}):  # fmt: skip
-        assert Q.artifact_key(make_point(fixture_paths, tmp_path, **diff)) != key, diff
-    assert Q.artifact_key(base, "sha256:" + "0" * 64) != key  # calibration content is part of the key
+        assert keys.artifact_key(make_point(fixture_paths, tmp_path, **diff)) != key, diff
+    assert keys.artifact_key(base, "sha256:" + "0" * 64) != key  # calibration content is part of the key
     # a different file with the same content would have another identity (path), and edited content another key
     copy = _write_jsonl(tmp_path / "copy.jsonl", ["a b c"])
-    k1 = Q.artifact_key(make_point(fixture_paths, tmp_path, **{"calib.path": str(copy)}))
+    k1 = keys.artifact_key(make_point(fixture_paths, tmp_path, **{"calib.path": str(copy)}))
     _write_jsonl(copy, ["a b c d"])
-    assert Q.artifact_key(make_point(fixture_paths, tmp_path, **{"calib.path": str(copy)})) != k1
+    assert keys.artifact_key(make_point(fixture_paths, tmp_path, **{"calib.path": str(copy)})) != k1
 
 
 def test_calib_revision_resolution(monkeypatch, tmp_path):
@@ -152,7 +152,7 @@ def test_calib_revision_resolution(monkeypatch, tmp_path):
 
     sha = "a" * 40
     assert (
-        calibration.resolve_revision(CalibSpec(source="hub", dataset="NeelNanda/pile-10k", revision=sha))
+        keys.calib_revision(CalibSpec(source="hub", dataset="NeelNanda/pile-10k", revision=sha))
         == sha
     )
     import huggingface_hub
@@ -163,12 +163,12 @@ def test_calib_revision_resolution(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", offline)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     spec = CalibSpec(source="hub", dataset="NeelNanda/pile-10k", revision="main")
-    with pytest.raises(calibration.CalibrationError, match="commit sha"):
-        calibration.resolve_revision(spec)
+    with pytest.raises(keys.CalibrationError, match="commit sha"):
+        keys.calib_revision(spec)
     refs = tmp_path / "datasets--NeelNanda--pile-10k" / "refs"
     refs.mkdir(parents=True)
     (refs / "main").write_text("b" * 40)
-    assert calibration.resolve_revision(spec) == "b" * 40  # the locally cached ref, recorded as a sha
+    assert keys.calib_revision(spec) == "b" * 40  # the locally cached ref, recorded as a sha
 
 
 def test_selection_is_what_autoround_uses(fixture_paths, tmp_path, monkeypatch):
@@ -203,12 +203,12 @@ def test_insufficient_samples_is_a_clear_error(fixture_paths, tmp_path, monkeypa
     p = make_point(fixture_paths, tmp_path, nsamples=4, **{"calib.path": str(mixed)})
     models = tmp_path / "models"
     with pytest.raises(
-        calibration.CalibrationError, match=r"only 3 of the requested nsamples=4.*allow_fewer_samples"
+        keys.CalibrationError, match=r"only 3 of the requested nsamples=4.*allow_fewer_samples"
     ):
-        Q.quantize_point(p, models)
+        stage.quantize_point(p, models)
     assert [e.name for e in models.iterdir()] == [".locks"]  # no artifact, no temp dir left behind
-    with pytest.raises(calibration.CalibrationError, match="only 0 of"):  # zero is never allowed
-        Q.quantize_point(
+    with pytest.raises(keys.CalibrationError, match="only 0 of"):  # zero is never allowed
+        stage.quantize_point(
             make_point(fixture_paths, tmp_path, seqlen=4096, **{"quant.allow_fewer_samples": True}), models
         )
 
@@ -223,47 +223,47 @@ def test_clean_incomplete_removes_only_dead_leftovers(tmp_path):
     good = models / k3
     good.mkdir()
     (good / "config.json").write_text("{}")
-    (good / Q.MANIFEST).write_text(
-        json.dumps({"schema": Q.ARTIFACT_SCHEMA, "key": k3, "files": {"config.json": {"size": 2}}})
+    (good / artifacts.MANIFEST).write_text(
+        json.dumps({"schema": keys.ARTIFACT_SCHEMA, "key": k3, "files": {"config.json": {"size": 2}}})
     )
     (models / "not-ours").mkdir()
     building = models / f".{k4}.tmp-999-beef"
     building.mkdir()
-    with Q._key_lock(models, k4):  # another process is building k4 right now
-        removed = Q.clean_incomplete(models)
+    with artifacts.key_lock(models, k4):  # another process is building k4 right now
+        removed = artifacts.clean_incomplete(models)
     assert sorted(p.name for p in removed) == sorted([f".{k1}.tmp-123-abcd", k2])
     assert good.is_dir() and (models / "not-ours").is_dir() and building.is_dir()
-    assert Q.verify_artifact(good) == (True, "")
+    assert artifacts.verify_artifact(good) == (True, "")
     (good / "config.json").write_text("{ }")  # size changed -> no longer complete
-    assert not Q.verify_artifact(good)[0]
-    removed = Q.clean_incomplete(models)  # k4's lock is released now: its temp dir is a dead leftover too
+    assert not artifacts.verify_artifact(good)[0]
+    removed = artifacts.clean_incomplete(models)  # k4's lock is released now: its temp dir is a dead leftover too
     assert sorted(p.name for p in removed) == sorted([good.name, building.name])
     assert sorted(p.name for p in models.iterdir()) == [".locks", "not-ours"]
 
 
 def test_missing_backend_is_a_clear_error(monkeypatch):
-    if not Q._module_available("gptqmodel"):
-        with pytest.raises(Q.BackendUnavailableError, match="gptqmodel.*not installed"):
-            Q.resolve_backend("gptqmodel", "cuda")
-        with pytest.raises(Q.BackendUnavailableError, match="gptqmodel"):
-            Q.resolve_backend("auto", "cuda")
-    with pytest.raises(Q.BackendUnavailableError, match="CUDA"):
-        Q.resolve_backend("gptqmodel", "cpu")
-    with pytest.raises(Q.BackendUnavailableError, match="CPU only"):
-        Q.resolve_backend("ark", "cuda")
-    assert Q.resolve_backend("auto", "cpu") == "ark" and Q.resolve_backend("dequant", "cuda") == "dequant"
-    monkeypatch.setattr(Q, "_module_available", lambda name: False)
-    with pytest.raises(Q.BackendUnavailableError, match="auto-round-lib"):
-        Q.resolve_backend("ark", "cpu")
+    if not runtime.module_available("gptqmodel"):
+        with pytest.raises(errors.BackendUnavailableError, match="gptqmodel.*not installed"):
+            load.resolve_backend("gptqmodel", "cuda")
+        with pytest.raises(errors.BackendUnavailableError, match="gptqmodel"):
+            load.resolve_backend("auto", "cuda")
+    with pytest.raises(errors.BackendUnavailableError, match="CUDA"):
+        load.resolve_backend("gptqmodel", "cpu")
+    with pytest.raises(errors.BackendUnavailableError, match="CPU only"):
+        load.resolve_backend("ark", "cuda")
+    assert load.resolve_backend("auto", "cpu") == "ark" and load.resolve_backend("dequant", "cuda") == "dequant"
+    monkeypatch.setattr(load, "module_available", lambda name: False)
+    with pytest.raises(errors.BackendUnavailableError, match="auto-round-lib"):
+        load.resolve_backend("ark", "cpu")
     with pytest.raises(ValueError, match="unknown backend"):
-        Q.resolve_backend("marlin", "cpu")
+        load.resolve_backend("marlin", "cpu")
 
 
 def test_autoround_warnings_are_watched():
     """auto-round logs (does not raise) when a calibration forward fails and skips that batch: builds fail on it."""
     import logging
 
-    with Q._AutoRoundLogWatch() as watch:
+    with build.AutoRoundLogWatch() as watch:
         logging.getLogger("autoround").warning("Calibration forward pass failed: boom")
         logging.getLogger("autoround").warning("some layers are skipped quantization")
     logging.getLogger("autoround").warning("after the build: not recorded")
@@ -275,20 +275,20 @@ def test_learning_rates_reach_signround(fixture_paths, tmp_path):
     from colq_sweep.model import ColQwen3Processor, load_colqwen3
 
     p = make_point(fixture_paths, tmp_path, **{"quant.lr": 0.0123, "quant.minmax_lr": 0.0456, "iters": 3})
-    kwargs = Q.autoround_kwargs(p, "cpu", str(fixture_paths.calibration))
-    assert "lr" not in Q.autoround_kwargs(
+    kwargs = build.autoround_kwargs(p, "cpu", str(fixture_paths.calibration))
+    assert "lr" not in build.autoround_kwargs(
         make_point(fixture_paths, tmp_path), "cpu", "x.jsonl"
     )  # null = default
     model = load_colqwen3(fixture_paths.checkpoint, dtype="bfloat16")
     proc = ColQwen3Processor.from_checkpoint(fixture_paths.checkpoint, 64)
-    ar = Q._autoround_entry()(
+    ar = build.autoround_entry()(
         model, tokenizer=proc.tokenizer, processor=proc, image_processor=proc.image_processor, **kwargs
     )
     cfg = ar.quantize_config
     assert (cfg.lr, cfg.minmax_lr, cfg.iters) == (0.0123, 0.0456, 3)
     # on a CPU the tuning runs in float32 whether or not the CPU has bf16 (auto-round's amp would use it if so)
     assert ar.model_context.amp is False and ar.model_context.amp_dtype == torch.float32
-    assert Q.autoround_kwargs(p, "cuda:0", "x.jsonl")["amp"] is True
+    assert build.autoround_kwargs(p, "cuda:0", "x.jsonl")["amp"] is True
     assert (cfg.bits, cfg.group_size, cfg.sym) == (4, 128, True)
 
 
@@ -301,8 +301,8 @@ def test_awq_unpacking_roundtrip():
     # the AWQ GEMM packer: logical column j of each group of 8 goes to nibble [0,4,1,5,2,6,3,7][j]
     shifts = torch.tensor([0, 4, 1, 5, 2, 6, 3, 7], dtype=torch.int32) * 4
     packed = (vals.reshape(32, 4, 8) << shifts).sum(-1).to(torch.int32)
-    assert torch.equal(Q.unpack_awq(packed), vals)
-    assert torch.equal(Q.unpack_int32(pack_bitstream(vals, 4, dim=0), 4, dim=0), vals)
+    assert torch.equal(dequant.unpack_awq(packed), vals)
+    assert torch.equal(dequant.unpack_int32(pack_bitstream(vals, 4, dim=0), 4, dim=0), vals)
 
 
 # ------------------------------------------------------------------------------- on the quantized fixture
@@ -356,21 +356,21 @@ def test_export_layout_and_kept_modules(artifact, fixture_paths):
 @pytest.mark.slow
 def test_manifest_records_inputs_files_and_costs(artifact, point):
     m = artifact.manifest
-    assert not artifact.reused and artifact.path.name == artifact.key == m["key"] == Q.artifact_key(point)
-    assert Q.verify_artifact(artifact.path, check_hashes=True) == (True, "")
-    on_disk = {f.name for f in artifact.path.iterdir() if f.is_file()} - {Q.MANIFEST}
-    assert set(m["files"]) == on_disk and {"model.safetensors", "config.json", Q.CALIB_FILE} <= on_disk
+    assert not artifact.reused and artifact.path.name == artifact.key == m["key"] == keys.artifact_key(point)
+    assert artifacts.verify_artifact(artifact.path, check_hashes=True) == (True, "")
+    on_disk = {f.name for f in artifact.path.iterdir() if f.is_file()} - {artifacts.MANIFEST}
+    assert set(m["files"]) == on_disk and {"model.safetensors", "config.json", artifacts.CALIB_FILE} <= on_disk
     assert m["samples_used"] == m["samples_requested"] == 4
     assert m["calibration"]["rows_seen_by_model"] == 4 and m["calibration"]["samples_used"] == 4
-    assert m["inputs"]["quant_knobs"] == json.loads(json.dumps(point.quant_knobs()))
+    assert m["inputs"]["quant_knobs"] == json.loads(json.dumps(keys.quant_knobs(point)))
     assert m["inputs"]["calib_revision"].startswith("sha256:")
     ak = m["inputs"]["autoround_kwargs"]
     assert (ak["iters"], ak["nsamples"], ak["seqlen"], ak["batch_size"], ak["seed"]) == (2, 4, 32, 2, 0)
-    assert ak["to_quant_block_names"] == Q.QUANT_BLOCKS and ak["quant_nontext_module"] is False
+    assert ak["to_quant_block_names"] == build.QUANT_BLOCKS and ak["quant_nontext_module"] is False
     assert m["versions"]["auto_round"] == "0.16.1" and m["versions"]["torch"].count(".") == 1
     assert m["quant_seconds"] > 0 and m["memory"]["peak_rss_bytes"] > 50 * 2**20
     # the hand-off file holds exactly the samples used
-    assert len((artifact.path / Q.CALIB_FILE).read_text().splitlines()) == 4
+    assert len((artifact.path / artifacts.CALIB_FILE).read_text().splitlines()) == 4
 
 
 @pytest.mark.slow
@@ -378,11 +378,11 @@ def test_kernels_and_dequant_agree_and_differ_from_base(artifact, fixture_paths,
     from colq_sweep.model import ColQwen3Processor, load_colqwen3
 
     proc = ColQwen3Processor.from_checkpoint(artifact.path, 64)
-    ark = Q.load_quantized(artifact.path, backend="auto", device="cpu", dtype="float32")
+    ark = load.load_quantized(artifact.path, backend="auto", device="cpu", dtype="float32")
     assert ark.colq_backend == "ark"
     kernel_cls = type(ark.get_submodule("vlm.model.language_model.layers.0.mlp.down_proj"))
     assert kernel_cls.__module__.startswith("auto_round_kernel")  # real W4A16 CPU kernels
-    deq = Q.load_quantized(artifact.path, backend="dequant", device="cpu", dtype="float32")
+    deq = load.load_quantized(artifact.path, backend="dequant", device="cpu", dtype="float32")
     assert isinstance(deq.get_submodule("vlm.model.language_model.layers.0.mlp.down_proj"), torch.nn.Linear)
     base = load_colqwen3(fixture_paths.checkpoint, dtype="float32")
     eq_a, ep_a = _embed(ark, proc, QUERIES, page_image)
@@ -397,8 +397,8 @@ def test_kernels_and_dequant_agree_and_differ_from_base(artifact, fixture_paths,
         assert (a - b).abs().max() > 1e-3  # quantization changed something ...
         assert _cos(a, b).mean() > 0.9  # ... but not much
     # bfloat16 activations: the kernels compute in bfloat16 and equal a bfloat16 dequantized model
-    ark16 = Q.load_quantized(artifact.path, backend="ark", device="cpu", dtype="bfloat16")
-    deq16 = Q.load_quantized(artifact.path, backend="dequant", device="cpu", dtype="bfloat16")
+    ark16 = load.load_quantized(artifact.path, backend="ark", device="cpu", dtype="bfloat16")
+    deq16 = load.load_quantized(artifact.path, backend="dequant", device="cpu", dtype="bfloat16")
     assert ark16.colq_compute_dtype == "bfloat16"
     (eq16, ep16), (dq16, dp16) = _embed(ark16, proc, QUERIES, page_image), _embed(deq16, proc, QUERIES, page_image)
     torch.testing.assert_close(eq16.float(), dq16.float(), atol=1e-2, rtol=0)  # one bfloat16 step at most
@@ -410,22 +410,22 @@ def test_kernels_and_dequant_agree_and_differ_from_base(artifact, fixture_paths,
 def test_ark_auto_compute_is_opt_in_and_its_own_evaluation(artifact, fixture_paths, tmp_path, page_image):
     """ark's own `auto` compute mode (int8 activations on AMX/VNNI CPUs) stays selectable, is recorded with the CPU
     feature that decides it, and never counts as the same evaluation (or the same run) as the exact W4A16 path."""
+    from colq_sweep.keys import eval_revision, point_key
     from colq_sweep.model import ColQwen3Processor
-    from colq_sweep.sweep import eval_revision, point_key
 
-    isa = Q.cpu_int8_isa()
-    auto = Q.load_quantized(artifact.path, backend="ark", device="cpu", dtype="float32", compute="auto")
+    isa = runtime.cpu_int8_isa()
+    auto = load.load_quantized(artifact.path, backend="ark", device="cpu", dtype="float32", compute="auto")
     assert auto.colq_compute_dtype == f"ark-auto-{isa}"
     # the exact-compute check refuses a model whose layers kept ark's own choice, on every CPU
-    with pytest.raises(Q.BackendUnavailableError, match="do not compute in float32"):
-        Q.check_ark_compute(auto, artifact.path, "float32")
+    with pytest.raises(errors.BackendUnavailableError, match="do not compute in float32"):
+        load.check_ark_compute(auto, artifact.path, "float32")
     exact, chosen = make_point(fixture_paths, tmp_path), make_point(fixture_paths, tmp_path, **{"quant.compute": "auto"})
     assert eval_revision("k", exact) != eval_revision("k", chosen) and isa in eval_revision("k", chosen)
     assert point_key(exact, "cpu") != point_key(chosen, "cpu")
-    assert exact.quant_knobs() == chosen.quant_knobs()  # the same artifact serves both
+    assert keys.quant_knobs(exact) == keys.quant_knobs(chosen)  # the same artifact serves both
     if isa == "amx_int8":  # measured: int8 activations move the embeddings by ~1e-2 on AMX CPUs
         proc = ColQwen3Processor.from_checkpoint(artifact.path, 64)
-        deq = Q.load_quantized(artifact.path, backend="dequant", device="cpu", dtype="float32")
+        deq = load.load_quantized(artifact.path, backend="dequant", device="cpu", dtype="float32")
         qa, _ = _embed(auto, proc, QUERIES, page_image)
         qd, _ = _embed(deq, proc, QUERIES, page_image)
         assert (qa - qd).abs().max() > 1e-3
@@ -444,7 +444,7 @@ def test_dequant_equals_int4_times_scale_by_hand(artifact, fixture_paths):
         q[:, j::8] = (qweight.to(torch.int64) >> (4 * order[j])) & 0xF
     assert torch.equal(qzeros, torch.full_like(qzeros, INT32_EIGHTS))  # symmetric: every zero point is 8
     w_by_hand = ((q.float() - 8.0) * scales.float().repeat_interleave(128, dim=0)).t()  # (out, in)
-    deq = Q.load_quantized(artifact.path, backend="dequant", device="cpu", dtype="float32")
+    deq = load.load_quantized(artifact.path, backend="dequant", device="cpu", dtype="float32")
     assert torch.equal(deq.get_submodule(name).weight.detach(), w_by_hand)
     w_base = _base_tensors(fixture_paths.checkpoint)[f"{name}.weight"].float()
     rel = (w_by_hand - w_base).norm() / w_base.norm()
@@ -467,7 +467,7 @@ def test_export_equals_autoround_api(artifact, point, fixture_paths, tmp_path):
         quant_nontext_module=False, to_quant_block_names="vlm.model.language_model.layers",
         layer_config={"embedding_proj_layer": {"bits": 16}},
     )  # fmt: skip
-    assert Q.autoround_kwargs(point, "cpu", str(fixture_paths.calibration)) == kwargs
+    assert build.autoround_kwargs(point, "cpu", str(fixture_paths.calibration)) == kwargs
     gc.collect()
     gc.freeze()  # only speed: auto-round gc.collect()s after every layer
     try:
@@ -490,7 +490,7 @@ def test_export_equals_autoround_api(artifact, point, fixture_paths, tmp_path):
 @pytest.mark.slow
 def test_second_run_reuses_without_autoround(artifact, point, quant_root, monkeypatch):
     _forbid_autoround(monkeypatch)
-    again = Q.quantize_point(point, quant_root / "models")
+    again = stage.quantize_point(point, quant_root / "models")
     assert again.reused and again.path == artifact.path and again.key == artifact.key
     assert again.manifest == json.loads(json.dumps(artifact.manifest, default=str))
 
@@ -503,7 +503,7 @@ def test_force_rebuilds_the_artifact(artifact, point, tmp_path):
     models = tmp_path / "models"
     shutil.copytree(artifact.path, models / artifact.key)
     before = (models / artifact.key / "manifest.json").stat().st_mtime_ns
-    again = Q.quantize_point(dataclasses.replace(point, force=True), models)
+    again = stage.quantize_point(dataclasses.replace(point, force=True), models)
     assert again.key == artifact.key and not again.reused
     assert (again.path / "manifest.json").stat().st_mtime_ns != before
 
@@ -535,13 +535,13 @@ def test_incomplete_artifact_is_never_reused(artifact, point, tmp_path, monkeypa
     target = models / (artifact.key if damage != "tempdir" else f".{artifact.key}.tmp-4242-dead")
     shutil.copytree(artifact.path, target)
     if damage == "manifest":
-        (target / Q.MANIFEST).unlink()  # killed between the export and the manifest
+        (target / artifacts.MANIFEST).unlink()  # killed between the export and the manifest
     elif damage == "truncate":
         with open(target / "model.safetensors", "r+b") as f:
             f.truncate(1000)
     _forbid_autoround(monkeypatch)
     with pytest.raises(_Forbidden):  # it rebuilds (and fails here on purpose) instead of reusing
-        Q.quantize_point(point, models)
+        stage.quantize_point(point, models)
     assert sorted(e.name for e in models.iterdir()) == [".locks"]  # the damaged copy is gone, no temp left
 
 
@@ -550,20 +550,20 @@ def test_fake_backend_fallback_is_refused(artifact):
     from colq_sweep.model import StrictLoadError
 
     # auto-round's `auto_round:fake` leaves qweight unexpected and weight missing (= random weights)
-    with pytest.raises((StrictLoadError, Q.BackendUnavailableError)):
-        Q._load_with_autoround_backend(
+    with pytest.raises((StrictLoadError, errors.BackendUnavailableError)):
+        load.load_with_autoround_backend(
             artifact.path, "auto_round:fake", "cpu", "float32", "auto_round_kernel"
         )
-    ark = Q.load_quantized(artifact.path, backend="ark", device="cpu", dtype="float32")
-    with pytest.raises(Q.BackendUnavailableError, match="not served by gptqmodel"):
-        Q.check_kernel_modules(ark, artifact.path, "gptqmodel")
-    with pytest.raises(Q.BackendUnavailableError):
-        Q.load_quantized(artifact.path, backend="gptqmodel", device="cpu")
+    ark = load.load_quantized(artifact.path, backend="ark", device="cpu", dtype="float32")
+    with pytest.raises(errors.BackendUnavailableError, match="not served by gptqmodel"):
+        load.check_kernel_modules(ark, artifact.path, "gptqmodel")
+    with pytest.raises(errors.BackendUnavailableError):
+        load.load_quantized(artifact.path, backend="gptqmodel", device="cpu")
 
 
 @pytest.mark.slow
 def test_size_report(artifact, fixture_paths):
-    r = Q.size_report(fixture_paths.checkpoint, artifact.path)
+    r = sizes.size_report(fixture_paths.checkpoint, artifact.path)
     assert all(isinstance(v, float) for v in r.values())
     assert 0 < r["quant_weights_bytes"] < r["base_weights_bytes"] and r["size_reduction_pct"] > 20
     assert (
@@ -583,13 +583,13 @@ def test_allow_fewer_samples_proceeds_and_records_count(fixture_paths, tmp_path)
     p = make_point(
         fixture_paths, tmp_path, nsamples=4, **{"calib.path": str(mixed), "quant.allow_fewer_samples": True}
     )
-    art = Q.quantize_point(p, tmp_path / "models")
+    art = stage.quantize_point(p, tmp_path / "models")
     m = art.manifest
     assert m["samples_used"] == 2 and m["samples_requested"] == 4
     assert m["calibration"]["rows_seen_by_model"] == 2  # what reached the model during calibration
     assert m["calibration"]["dropped_partial_batch"] == 1 and m["calibration"]["dropped_short"] >= 1
-    assert len((art.path / Q.CALIB_FILE).read_text().splitlines()) == 2
-    assert Q.size_report(fixture_paths.checkpoint, art.path)["calib_samples_used"] == 2
+    assert len((art.path / artifacts.CALIB_FILE).read_text().splitlines()) == 2
+    assert sizes.size_report(fixture_paths.checkpoint, art.path)["calib_samples_used"] == 2
 
 
 def test_partial_calibration_batch_is_refused_up_front(fixture_paths, tmp_path, monkeypatch):
@@ -602,13 +602,11 @@ def test_partial_calibration_batch_is_refused_up_front(fixture_paths, tmp_path, 
         make_point(fixture_paths, tmp_path, nsamples=5, batch_size=2)
     # and the stage itself refuses a point that bypassed validation
     bypass = dataclasses.replace(make_point(fixture_paths, tmp_path, nsamples=4, batch_size=2), nsamples=5)
-    with pytest.raises(
-        Q.QuantizationError, match="multiple of batch_size.*nsamples=4 or 6.*allow_fewer_samples"
-    ):
-        Q.quantize_point(bypass, tmp_path / "models")
+    with pytest.raises(ConfigError, match=r"multiple of batch_size \(2\).*use 4 or 6.*allow_fewer_samples"):
+        stage.quantize_point(bypass, tmp_path / "models")
     # allowed: it gets as far as AutoRound (then trims to full batches, as the allow_fewer test shows)
     with pytest.raises(_Forbidden):
-        Q.quantize_point(
+        stage.quantize_point(
             make_point(
                 fixture_paths, tmp_path, nsamples=5, batch_size=2, **{"quant.allow_fewer_samples": True}
             ),

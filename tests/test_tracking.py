@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from colq_sweep.sweep import compare, summarise
-from colq_sweep.tracking import Tracker, flatten, resolve_tracking_uri
+from colq_sweep.track.records import compare, flatten, summarise
+from colq_sweep.track.store import Tracker, resolve_tracking_uri
 
 
 def _writer(uri: str, worker: int, n_runs: int, start, tmp: str) -> None:

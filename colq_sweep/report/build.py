@@ -54,7 +54,7 @@ def build_report(name: str, tracking_uri: str | None = None, outputs_dir: str | 
     experiment does not exist or holds no point runs.
     """
     from colq_sweep.report.load import load_experiment
-    from colq_sweep.tracking import resolve_tracking_uri
+    from colq_sweep.track.store import resolve_tracking_uri
 
     uri = resolve_tracking_uri(outputs_dir, tracking_uri)
     if uri.startswith("sqlite:///"):
@@ -76,7 +76,7 @@ def build_report(name: str, tracking_uri: str | None = None, outputs_dir: str | 
         else:
             from mlflow import MlflowClient
 
-            from colq_sweep.tracking import store_lock
+            from colq_sweep.track.store import store_lock
 
             with store_lock(uri):  # sweeps may be writing to the same sqlite store
                 MlflowClient(tracking_uri=uri).log_artifacts(loaded.parent_run_id, str(out), REPORT_ARTIFACT_PATH)

@@ -49,7 +49,7 @@ class ColqSweeper(BasicSweeper):
         return jobs
 
     def sweep(self, arguments: list[str]) -> Any:
-        from colq_sweep.multirun import abort_sweep, close_sweep, open_sweep
+        from colq_sweep.track.multirun import abort_sweep, close_sweep, open_sweep
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)

@@ -13,7 +13,7 @@ This module replays auto-round 0.16.1's own selection for a local .jsonl dataset
 
 The survivors are then written to a .jsonl *pre-permuted* so that auto-round's own `random.Random(seed)` shuffle
 of that file puts them back in exactly the order above: auto-round calibrates on the same samples, in the same
-order, as it would from the full source file, and the count we record is the count it uses (quantize.py also
+order, as it would from the full source file, and the count we record is the count it uses (the build also
 watches the model's input embedding during calibration and fails if the rows seen differ from this selection).
 
 Sources: the Hub (`CalibSpec.source == "hub"`, e.g. NeelNanda/pile-10k; a branch name like `main` is resolved
@@ -34,77 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from colq_sweep.config import CalibSpec
+from colq_sweep.fsio import atomic_write
+from colq_sweep.keys import CalibrationError, calib_revision
 
 log = logging.getLogger(__name__)
 
-SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 # auto-round strips spaces from a dataset string and splits it on "," and ":" (multi-dataset syntax), so the
 # .jsonl path handed to it must contain none of these.
 _UNSAFE_PATH_CHARS = re.compile(r"[\s,:]")
-
-
-class CalibrationError(RuntimeError):
-    """Calibration data cannot give what the config asks for (too few usable samples, missing field, ...)."""
-
-
-# ------------------------------------------------------------------------------------------------ revisions
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _cached_hub_ref(repo_id: str, revision: str, repo_type: str = "dataset") -> str | None:
-    """The commit sha a branch/tag pointed to when it was last downloaded (HF cache `refs/`), if any."""
-    try:
-        from huggingface_hub.constants import HF_HUB_CACHE
-    except Exception:  # pragma: no cover - very old huggingface_hub
-        return None
-    ref = Path(HF_HUB_CACHE) / f"{repo_type}s--{repo_id.replace('/', '--')}" / "refs" / revision
-    if ref.is_file():
-        sha = ref.read_text().strip()
-        return sha if SHA_RE.match(sha) else None
-    return None
-
-
-def resolve_revision(calib: CalibSpec) -> str:
-    """What pins the calibration text: a Hub commit sha, or `sha256:<hex>` of a local file's bytes.
-
-    A Hub branch/tag (e.g. `main`) is resolved through the Hub API; offline (HF_HUB_OFFLINE=1) it falls back to
-    the sha the local HF cache recorded for that ref, else it fails: an unpinned calibration set would make the
-    artifact key meaningless.
-    """
-    if calib.source == "jsonl":
-        return "sha256:" + file_sha256(str(calib.path))
-    rev = str(calib.revision or "main")
-    if SHA_RE.match(rev):
-        return rev
-    from huggingface_hub import HfApi
-
-    try:
-        sha = HfApi().dataset_info(str(calib.dataset), revision=rev).sha
-        if sha and SHA_RE.match(sha):
-            log.info("calibration %s@%s resolved to commit %s", calib.dataset, rev, sha)
-            return sha
-        raise CalibrationError(f"the Hub returned no commit sha for {calib.dataset}@{rev}")
-    except CalibrationError:
-        raise
-    except Exception as err:
-        cached = _cached_hub_ref(str(calib.dataset), rev)
-        if cached:
-            log.warning(
-                "could not reach the Hub (%s); using the locally cached ref %s@%s -> %s",
-                type(err).__name__, calib.dataset, rev, cached,
-            )  # fmt: skip
-            return cached
-        raise CalibrationError(
-            f"cannot resolve calibration revision {calib.dataset}@{rev} to a commit sha ({type(err).__name__}: "
-            f"{err}); go online once, or set calib.revision to a 40-hex commit sha"
-        ) from err
 
 
 # ------------------------------------------------------------------------------------------------- loading
@@ -131,7 +68,7 @@ def load_texts(calib: CalibSpec, revision: str | None = None) -> list[str]:
         return texts
     import datasets
 
-    rev = revision or resolve_revision(calib)
+    rev = revision or calib_revision(calib)
     ds = datasets.load_dataset(str(calib.dataset), revision=rev, split=calib.split or "train")
     if field_name not in ds.column_names:
         raise CalibrationError(f"{calib.dataset} has no column {field_name!r} (columns: {ds.column_names})")
@@ -298,18 +235,13 @@ def write_for_autoround(selection: Selection, path: str | os.PathLike) -> Path:
     rows: list[str | None] = [None] * n
     for i, text in enumerate(selection.texts):
         rows[perm[i]] = text
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for text in rows:
-            f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-    return path
+    lines = "".join(json.dumps({"text": text}, ensure_ascii=False) + "\n" for text in rows)
+    return atomic_write(path, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
 
 
 @dataclass
 class CalibrationData:
-    """What quantize.py needs: the file for auto-round, what it holds, and where it came from."""
+    """What the build needs: the file for auto-round, what it holds, and where it came from."""
 
     path: Path
     selection: Selection
@@ -333,7 +265,7 @@ def prepare(
     batch_size: int = 1,
 ) -> CalibrationData:
     """Load the source, select like auto-round, check the count, keep full batches, write the hand-off .jsonl."""
-    rev = revision or resolve_revision(calib)
+    rev = revision or calib_revision(calib)
     texts = load_texts(calib, rev)
     selection = select_samples(texts, tokenizer, seqlen=seqlen, nsamples=nsamples, seed=seed)
     check_enough(selection, allow_fewer)

@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -32,6 +31,8 @@ from mteb.models import ModelMeta
 from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ScoringFunction
 from mteb.types import PromptType
+
+from colq_sweep.fsio import atomic_write
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -124,17 +125,7 @@ class PageStore:
     def put(self, key: str, embedding: torch.Tensor) -> None:
         from safetensors.torch import save_file
 
-        p = self.path(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=p.parent)
-        os.close(fd)
-        try:
-            save_file({"embedding": embedding.contiguous()}, tmp)
-            os.replace(tmp, p)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic_write(self.path(key), lambda tmp: save_file({"embedding": embedding.contiguous()}, str(tmp)))
 
 
 def _image_pixel_digest(image: Any) -> str:

@@ -2,7 +2,7 @@
 
 Called by the sweeper (hydra_plugins/colq_sweep_plugins/sweeper.py) in the process that launches the jobs, so
 it works the same for every launcher (the process pool, Slurm through submitit, Hydra's basic launcher). The
-summary is read from the status file each job writes into its own job directory; a job directory without one
+summary is read from the status file (pipeline/job.py) each job writes into its own job directory; a job directory without one
 is a job that died without reporting (killed, out of host memory, a Slurm time-out) and counts as failed.
 """
 
@@ -15,19 +15,21 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from colq_sweep.track import records as R
+
 log = logging.getLogger("colq_sweep")
 STATUS_FILE = "colq_status.json"
 
 
 def _tracker(config: DictConfig):
-    from colq_sweep.tracking import Tracker, resolve_tracking_uri
+    from colq_sweep.track.store import Tracker, resolve_tracking_uri
 
     return Tracker(resolve_tracking_uri(config.outputs_dir, config.get("tracking_uri")), str(config.name))
 
 
 def open_sweep(config: DictConfig, n_jobs: int) -> str:
     """Create (or find, on a re-launch of the same sweep directory) the multirun's parent run."""
-    from colq_sweep.tracking import ROLE_SWEEP, sweep_id_for
+    from colq_sweep.track.store import sweep_id_for
 
     sweep_dir = Path(str(config.hydra.sweep.dir))
     tracker = _tracker(config)
@@ -36,7 +38,7 @@ def open_sweep(config: DictConfig, n_jobs: int) -> str:
     if run_id is None:
         overrides = " ".join(config.hydra.overrides.task)
         run_id = tracker.create_run(f"sweep {sweep_dir.name}", {
-            "colq.role": ROLE_SWEEP, "colq.sweep_id": sid, "colq.sweep_dir": str(sweep_dir.resolve()), "colq.overrides": overrides,
+            R.ROLE: R.ROLE_SWEEP, R.SWEEP_ID: sid, R.SWEEP_DIR: str(sweep_dir.resolve()), R.OVERRIDES: overrides,
         })  # fmt: skip
     tracker.log(run_id, metrics={"points": n_jobs})
     log.info("MLflow parent run %s (experiment %s, store %s)", run_id, config.name, tracker.uri)
@@ -45,12 +47,12 @@ def open_sweep(config: DictConfig, n_jobs: int) -> str:
 
 def abort_sweep(config: DictConfig, reason: str) -> None:
     """Mark the parent run FAILED when the sweep stops before its jobs ran (e.g. no GPU slot)."""
-    from colq_sweep.tracking import sweep_id_for
+    from colq_sweep.track.store import sweep_id_for
 
     tracker = _tracker(config)
     parent = tracker.find_parent(sweep_id_for(str(config.hydra.sweep.dir)))
     if parent:
-        tracker.log(parent, tags={"colq.error": reason[:4000]})
+        tracker.log(parent, tags={R.ERROR: reason[:4000]})
         tracker.finish(parent, "FAILED")
 
 
@@ -64,7 +66,7 @@ def job_status(job_dir: Path, label: str) -> dict:
 def close_sweep(config: DictConfig, jobs: list[tuple[int, Path, str]]) -> int:
     """Print the summary of exactly these jobs (number, directory, overrides), close the parent run with the
     sweep's status, and return how many points failed."""
-    from colq_sweep.tracking import sweep_id_for
+    from colq_sweep.track.store import sweep_id_for
 
     rows = [(str(num), job_status(job_dir, overrides)) for num, job_dir, overrides in jobs]
     failed = [r for r in rows if r[1]["status"] not in ("FINISHED", "SKIPPED")]

@@ -9,20 +9,17 @@ on a sqlite store is serialised by an advisory file lock next to the database; a
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
-ROLE_SWEEP = "sweep"
-ROLE_BASELINE = "baseline"
-ROLE_QUANTIZED = "quantized"
+from colq_sweep.fsio import file_lock
+from colq_sweep.track import records as R
 
 
 def resolve_tracking_uri(outputs_dir: str | os.PathLike, explicit: str | None = None) -> str:
@@ -44,18 +41,6 @@ def artifact_root(tracking_uri: str) -> str | None:
     if tracking_uri.startswith("sqlite:///"):
         return (Path(tracking_uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
     return None
-
-
-@contextlib.contextmanager
-def file_lock(path: str | os.PathLike) -> Iterator[None]:
-    """An exclusive advisory lock held across processes on this host (and on NFS with lockd)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def store_lock(tracking_uri: str):
@@ -86,10 +71,10 @@ class Tracker:
     # ------------------------------------------------------------------ runs
     def create_run(self, name: str, tags: dict[str, str], parent_id: str | None = None) -> str:
         tags = dict(tags)
-        tags.setdefault("colq.host", socket.gethostname())
-        tags.setdefault("colq.pid", str(os.getpid()))
+        tags.setdefault(R.HOST, socket.gethostname())
+        tags.setdefault(R.PID, str(os.getpid()))
         if parent_id:
-            tags["mlflow.parentRunId"] = parent_id
+            tags[R.PARENT] = parent_id
         with self.locked():
             run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         return run.info.run_id
@@ -143,16 +128,16 @@ class Tracker:
             )
 
     def find_parent(self, sweep_id: str) -> str | None:
-        runs = self.find(f"tags.`colq.sweep_id` = '{sweep_id}' and tags.`colq.role` = '{ROLE_SWEEP}'", status=None)
+        runs = self.find(f"tags.`{R.SWEEP_ID}` = '{sweep_id}' and tags.`{R.ROLE}` = '{R.ROLE_SWEEP}'", status=None)
         return runs[0].info.run_id if runs else None
 
     def mark_dead_runs_killed(self, config_hash: str) -> list[str]:
         """Runs of this config left RUNNING by a process that no longer exists on this host become KILLED."""
         killed = []
         host = socket.gethostname()
-        for run in self.find(f"tags.`colq.config_hash` = '{config_hash}'", status="RUNNING"):
+        for run in self.find(f"tags.`{R.RUN_KEY}` = '{config_hash}'", status="RUNNING"):
             tags = run.data.tags
-            if tags.get("colq.host") == host and not _pid_alive(int(tags.get("colq.pid", "0") or 0)):
+            if tags.get(R.HOST) == host and not _pid_alive(int(tags.get(R.PID, "0") or 0)):
                 self.finish(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
                 killed.append(run.info.run_id)
         return killed
@@ -182,19 +167,6 @@ def _is_number(v: Any) -> bool:
 def _param_str(v: Any) -> str:
     s = str(v)
     return s if len(s) <= 6000 else s[:5990] + "...(cut)"
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{key}."))
-        elif isinstance(v, (list, tuple)):
-            out[key] = ",".join(map(str, v))
-        else:
-            out[key] = v
-    return out
 
 
 def sweep_id_for(sweep_dir: str | os.PathLike) -> str:

@@ -1,0 +1,53 @@
+"""The Hydra job behind `python -m colq_sweep`: validate the composed config (one line, exit 2), run the point,
+and leave the status file that the end-of-sweep summary reads (track/multirun.py)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from colq_sweep.config import ConfigError, SweepPoint, validate
+from colq_sweep.fsio import atomic_write_text
+from colq_sweep.track.multirun import STATUS_FILE
+
+log = logging.getLogger("colq_sweep")
+
+
+def validate_or_exit(cfg: DictConfig) -> SweepPoint:
+    """One line on stderr and exit code 2 for a bad value: no traceback, nothing loaded."""
+    try:
+        return validate(cfg)
+    except ConfigError as err:
+        print(f"colq_sweep: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run_job(cfg: DictConfig):
+    """Validate, run the point, write its status file; a single (non-multirun) failed point exits 1."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    point = validate_or_exit(cfg)
+    from colq_sweep.pipeline.point import run_point  # after validation: a bad config costs no heavy import
+    for notice in point.eval.notices:
+        log.warning("notice: %s", notice)
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    job_dir = Path(hc.runtime.output_dir)
+    sweep_id = None
+    if multirun:
+        from colq_sweep.track.store import sweep_id_for
+
+        sweep_id = sweep_id_for(hc.sweep.dir)
+    config_yaml = OmegaConf.to_yaml({k: cfg[k] for k in cfg if k != "hydra"}, resolve=True)
+    outcome = run_point(point, sweep_id=sweep_id, config_yaml=config_yaml, log_files=sorted(job_dir.glob("*.log")))
+    atomic_write_text(job_dir / STATUS_FILE, outcome.to_json())
+    if not multirun and outcome.status == "FAILED":
+        print(f"colq_sweep: point FAILED: {outcome.error}", file=sys.stderr)
+        sys.exit(1)
+    return outcome
+

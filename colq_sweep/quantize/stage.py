@@ -1,0 +1,110 @@
+"""The quantize stage: reuse the complete artifact of the point's key, or calibrate then build it, under the
+key's lock. A plain function of a validated `SweepPoint` and a folder (tests call it without Hydra)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from colq_sweep.config import SweepPoint, check_full_batches
+from colq_sweep.fsio import fsync_dir, remove
+from colq_sweep.keys import artifact_key, calib_revision
+from colq_sweep.quantize import calibration
+from colq_sweep.quantize.artifacts import (
+    CALIB_FILE,
+    QuantArtifact,
+    clean_incomplete,
+    clean_key,
+    key_lock,
+    read_manifest,
+    verify_artifact,
+)
+from colq_sweep.quantize.build import build
+
+log = logging.getLogger(__name__)
+
+
+def quantize_point(point: SweepPoint, models_dir: str | os.PathLike) -> QuantArtifact:
+    """Build the point's W4A16 artifact, or reuse the complete one with the same key."""
+    from colq_sweep.model import resolve_checkpoint_dir
+
+    if not point.quant.enabled:
+        raise ValueError("quantize_point: quant.method=none has nothing to quantize")
+    check_full_batches(point.nsamples, point.batch_size, point.quant.allow_fewer_samples)
+    models_dir = Path(models_dir).resolve()
+    models_dir.mkdir(parents=True, exist_ok=True)
+    clean_incomplete(models_dir)  # leftovers of killed builds (live builds of other processes are locked)
+    base_dir = resolve_checkpoint_dir(point.model.source, point.model.revision)
+    calib_rev = calib_revision(point.calib)
+    key = artifact_key(point, calib_rev)
+    final = models_dir / key
+    with key_lock(models_dir, key):
+        clean_key(models_dir, key)
+        if final.exists() and point.force:
+            log.info("force=true: rebuilding artifact %s", final)
+            remove(final)
+        if final.exists():
+            ok, why = verify_artifact(final)
+            if ok:
+                log.info("reusing quantized artifact %s (%s)", final, point.label)
+                return QuantArtifact(key=key, path=final, manifest=read_manifest(final) or {}, reused=True)
+            log.warning("artifact %s is incomplete (%s): removing and rebuilding", final, why)
+            remove(final)
+        tmp = models_dir / f".{key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            manifest = _calibrate_and_build(point, base_dir, calib_rev, key, tmp)
+            os.rename(tmp, final)
+            fsync_dir(models_dir)
+        except BaseException:
+            remove(tmp)
+            raise
+    log.info("quantized artifact ready: %s (%.1f s)", final, manifest["quant_seconds"])
+    return QuantArtifact(key=key, path=final, manifest=manifest, reused=False)
+
+
+def _calibrate_and_build(point: SweepPoint, base_dir: Path, calib_rev: str, key: str, tmp: Path) -> dict:
+    """Calibration first (a shortfall fails in seconds, before any model is loaded), then one AutoRound run."""
+    from colq_sweep.model import ColQwen3Processor
+
+    started = time.perf_counter()
+    processor = ColQwen3Processor.from_checkpoint(base_dir, point.model.max_num_visual_tokens)
+    with _calibration_file(tmp) as calib_path:
+        calib = calibration.prepare(
+            point.calib,
+            processor.tokenizer,
+            seqlen=point.seqlen,
+            nsamples=point.nsamples,
+            seed=point.seed,
+            out_path=calib_path,
+            allow_fewer=point.quant.allow_fewer_samples,
+            revision=calib_rev,
+            batch_size=point.batch_size,
+        )
+        if calib.path != tmp / CALIB_FILE:  # the artifact keeps the exact file auto-round read
+            shutil.copyfile(calib.path, tmp / CALIB_FILE)
+        return build(point, base_dir, processor, calib, key, tmp, started=started)
+
+
+@contextlib.contextmanager
+def _calibration_file(tmp: Path) -> Iterator[Path]:
+    """Where auto-round reads the calibration .jsonl: inside the artifact, unless that path holds characters
+    auto-round's dataset argument cannot take (then a scratch folder, removed afterwards)."""
+    if calibration.safe_for_autoround(tmp / CALIB_FILE):
+        yield tmp / CALIB_FILE
+        return
+    scratch = Path(tempfile.mkdtemp(prefix="colq_calib_"))
+    try:
+        yield scratch / CALIB_FILE
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+

@@ -1,0 +1,57 @@
+"""The tags every point run carries besides its results: who it is (role, model, label, run key, entries asked
+for), which code made it (package versions, git commit), and where it ran (device)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from colq_sweep.config import SweepPoint
+from colq_sweep.keys import eval_hash
+from colq_sweep.track import records as R
+
+VERSIONED_PACKAGES = ("torch", "transformers", "auto-round", "mteb", "mlflow", "hydra-core")
+
+
+def point_tags(point: SweepPoint, role: str, run_key: str) -> dict[str, str]:
+    from colq_sweep import __version__
+
+    return {
+        R.ROLE: role,
+        R.MODEL: point.model.name,
+        R.LABEL: point.label,
+        R.RUN_KEY: run_key,
+        R.EVAL_HASH: eval_hash(point),
+        R.VERSION: __version__,
+        **environment_tags(),
+    }
+
+
+def environment_tags() -> dict[str, str]:
+    import importlib.metadata as md
+    import subprocess
+
+    tags = {}
+    for pkg in VERSIONED_PACKAGES:
+        try:
+            tags[f"version.{pkg}"] = md.version(pkg)
+        except md.PackageNotFoundError:
+            tags[f"version.{pkg}"] = "missing"
+    try:
+        root = Path(__file__).resolve().parents[2]
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=5)
+        if sha.returncode == 0:
+            tags[R.GIT_COMMIT] = sha.stdout.strip()
+            tags[R.GIT_DIRTY] = str(bool(dirty.stdout.strip())).lower()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return tags
+
+
+def device_tags(device: str) -> dict[str, str]:
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return {R.DEVICE: device, R.DEVICE_NAME: torch.cuda.get_device_name(), R.CUDA_VISIBLE: os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+    return {R.DEVICE: device, R.DEVICE_NAME: "cpu"}
