@@ -7,15 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from colq_sweep.report.analysis import analyze
+from colq_sweep.report.load import ReportError
 from colq_sweep.report.points import PointResults
 
 log = logging.getLogger("colq_sweep.report")
 REPORT_ARTIFACT_PATH = "report"
 OUTPUT_FILES = ("report.md", "entries.csv", "summary.csv")
-
-
-class ReportError(RuntimeError):
-    """A report cannot be built (no experiment, no store, no runs): `str(err)` is the one line to show."""
 
 
 def build_report_from_points(points: list[PointResults], out_dir: str | Path, *, title: str = "sweep",
@@ -38,7 +35,8 @@ def build_report_from_points(points: list[PointResults], out_dir: str | Path, *,
         from colq_sweep.report.plots import make_plots
 
         figs = make_plots(analyses, out)
-    from colq_sweep.report.render import render_markdown, write_outputs
+    from colq_sweep.report.frames import write_outputs
+    from colq_sweep.report.markdown import render_markdown
 
     md = render_markdown(analyses, points, figs, title=title, n_boot=n_boot, seed=seed, meta=meta, notes=notes)
     return write_outputs(out, md, analyses, points)

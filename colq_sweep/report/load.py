@@ -18,15 +18,24 @@ from pathlib import Path
 
 import pandas as pd
 
-from colq_sweep.report.points import FINISHED, PointResults
+from colq_sweep.report.points import PointResults
+from colq_sweep.track.records import (  # the contract the sweep writes
+    BASELINE_REF,
+    ENTRIES_ARTIFACT,
+    ERROR,
+    EVAL_HASH,
+    FINISHED,
+    LABEL,
+    MODEL,
+    PARENT,
+    PER_QUERY_ARTIFACT,
+    ROLE,
+)
+from colq_sweep.track.records import RUN_KEY as CONFIG_HASH
 
-ROLE, MODEL, LABEL = "colq.role", "colq.model", "colq.label"
-CONFIG_HASH, EVAL_HASH = "colq.config_hash", "colq.eval_hash"
-PARENT = "mlflow.parentRunId"
-ERROR = "colq.error"
-BASELINE_REF = "colq.baseline_run_id"  # optional: the original a quantized run was compared with
-ENTRIES_ARTIFACT = "results/entries.csv"
-PER_QUERY_ARTIFACT = "results/per_query.csv"
+
+class ReportError(RuntimeError):
+    """A report cannot be built (no experiment, no store, no runs): `str(err)` is the one line to show."""
 
 
 @dataclass
@@ -128,7 +137,6 @@ def _split_by_original(client, model: str, refs: list[str], chosen: list, group_
 def load_experiment(name: str, tracking_uri: str) -> Loaded:
     from mlflow import MlflowClient
 
-    from colq_sweep.report.build import ReportError
 
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(name)

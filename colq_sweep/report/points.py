@@ -14,15 +14,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-ENTRY_COLUMNS = [
-    "task", "subset", "language", "benchmark", "ndcg_at_5", "ndcg_at_10",
-    "main_metric", "main_score", "recall_at_5", "n_queries",
-]  # fmt: skip
-PER_QUERY_COLUMNS = ["task", "subset", "language", "query_id", "ndcg_at_5", "ndcg_at_10"]
-NUMERIC_ENTRY = ("ndcg_at_5", "ndcg_at_10", "main_score", "recall_at_5", "n_queries")
-NUMERIC_PER_QUERY = ("ndcg_at_5", "ndcg_at_10")
-ROLES = ("baseline", "quantized")
-FINISHED = "FINISHED"
+from colq_sweep.track.records import (  # the columns the sweep writes
+    ENTRY_COLUMNS,
+    FINISHED,
+    NUMERIC_ENTRY,
+    NUMERIC_PER_QUERY,
+    PER_QUERY_COLUMNS,
+    ROLE_BASELINE,
+    ROLE_QUANTIZED,
+)
+
+ROLES = (ROLE_BASELINE, ROLE_QUANTIZED)
 
 
 def empty_entries() -> pd.DataFrame:

@@ -25,7 +25,9 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from hydra_plugins.colq_sweep_plugins.compose import compose_job
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +132,7 @@ class PoolLauncher(Launcher):
         configs = []
         for i, overrides in enumerate(job_overrides):
             idx = initial_job_idx + i
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            with open_dict(cfg):
-                cfg.hydra.job.id = idx
-                cfg.hydra.job.num = idx
-                cfg.hydra.sweep.dir = sweep_dir
-            configs.append(cfg)
+            configs.append(compose_job(self.hydra_context, self.config, overrides, idx, sweep_dir))
         return configs
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:

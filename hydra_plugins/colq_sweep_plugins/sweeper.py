@@ -18,6 +18,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import filter_overrides
 from omegaconf import OmegaConf, open_dict
 
+from hydra_plugins.colq_sweep_plugins.compose import compose_job
+
 log = logging.getLogger(__name__)
 
 
@@ -33,10 +35,7 @@ class ColqSweeper(BasicSweeper):
         assert self.config is not None and self.hydra_context is not None
         jobs = []
         for idx, overrides in enumerate(all_overrides):
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            with open_dict(cfg):
-                cfg.hydra.job.id = idx
-                cfg.hydra.job.num = idx
+            cfg = compose_job(self.hydra_context, self.config, overrides, idx)
             shown = " ".join(filter_overrides(overrides))
             if self.validate:
                 try:
