@@ -16,4 +16,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from colq_sweep.cli import check_overrides_or_exit
+
+    check_overrides_or_exit()
     main()

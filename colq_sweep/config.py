@@ -154,10 +154,22 @@ def _entries_resolver(tasks: Any, languages: Any = None) -> str:
     return f"{len(known)} tasks, {len(entries)} entries: " + ", ".join(f"{t}/{s}" for t, s in entries)
 
 
+def run_stamp() -> str:
+    """`2026-12-02_00-32-31-9f3ab2`: the local time to the second plus 24 random bits, so two sweeps started in the
+    same second (on one host or several sharing outputs/) never share a folder, a sweep id or a parent run."""
+    import datetime as dt
+    import secrets
+
+    return f"{dt.datetime.now():%Y-%m-%d_%H-%M-%S}-{secrets.token_hex(3)}"
+
+
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     OmegaConf.register_new_resolver("colq_entries", _entries_resolver, replace=True)
+    # cached like ${now:}: Hydra copies the resolver cache into every job it re-composes (load_sweep_config), so
+    # all jobs of a sweep, on this host or a Slurm node, resolve the same folder
+    OmegaConf.register_new_resolver("colq_stamp", run_stamp, replace=True, use_cache=True)
 
 
 register_resolvers()

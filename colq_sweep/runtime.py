@@ -128,3 +128,26 @@ def cpu_int8_isa() -> str:
     except OSError:
         return "unknown"
     return next((f for f in _INT8_ISA_FLAGS if f in flags), "none")
+
+
+def process_start(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, from /proc), so a reused pid is not mistaken for the
+    process that owned a run; None when there is no such process (or no /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
+
+
+def process_alive(pid: int, started: str | None = None) -> bool:
+    """Is `pid` running here (and, if `started` is given, still the same process)?"""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return started is None or process_start(pid) in (None, started)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-PROBE_SECONDS = 1.5
+PROBE_SECONDS = float(os.environ.get("COLQ_PROBE_SECONDS", "1.5"))  # tests stretch it to kill a job mid-run
 
 
 def _visible_gpus() -> list[str]:

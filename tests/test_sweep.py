@@ -134,6 +134,10 @@ def test_a_failing_point_is_failed_and_the_others_finish(first_sweep, fixture_pa
     client = mlflow.tracking.MlflowClient(store(outputs))
     tb = client.download_artifacts(by_fail["True"]["run_id"], "traceback.txt")
     assert "RuntimeError" in Path(tb).read_text()
+    # a FAILED run carries the same config artifact as a FINISHED one
+    for row in by_fail.values():
+        cfg = Path(client.download_artifacts(row["run_id"], "config.yaml")).read_text()
+        assert "seqlen: 40" in cfg and f"fail_point: {row['params.fail_point'].lower()}" in cfg
     # the job directories hold the status files the summary was built from
     statuses = [json.loads(p.read_text())["status"] for p in outputs.glob("hydra/demo/multirun-*/*/colq_status.json")]
     assert statuses.count("FAILED") == 1
@@ -143,3 +147,26 @@ def test_a_failing_point_is_failed_and_the_others_finish(first_sweep, fixture_pa
     df = runs(outputs)
     mine = df[(df["tags.colq.role"] == "quantized") & (df["params.seqlen"] == "40")]
     assert sorted(mine["status"]) == ["FAILED", "FAILED", "FINISHED"]
+
+
+def test_a_corrupted_artifact_is_rebuilt_not_reused(first_sweep, fixture_paths):
+    """Bytes flipped in a finished artifact (same size): the next point with that artifact key (another load-back
+    backend, so another run) verifies the content, removes the artifact, rebuilds it, and gets the intact numbers
+    (ark and dequant agree exactly, so they must equal the first sweep's)."""
+    outputs, first = first_sweep
+    assert first.returncode == 0
+    df = runs(outputs)
+    ark = df[(df["tags.colq.role"] == "quantized") & (df["params.seqlen"] == "32") & (df["params.quant.backend"] == "auto")]
+    key = ark.iloc[0]["tags.colq.artifact_key"]
+    weights = outputs / "models" / key / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-100:-90] = bytes(b ^ 0xFF for b in data[-100:-90])
+    weights.write_bytes(bytes(data))
+    proc = sweep(outputs, fixture_paths.root, "seqlen=32", "quant.backend=dequant")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{key} failed verification (model.safetensors sha256 differs from the manifest)" in proc.stdout + proc.stderr
+    df = runs(outputs)
+    deq = df[(df["tags.colq.role"] == "quantized") & (df["params.quant.backend"] == "dequant")]
+    assert len(deq) == 1 and deq.iloc[0]["status"] == "FINISHED"
+    assert deq.iloc[0]["tags.colq.artifact_key"] == key and deq.iloc[0]["tags.colq.artifact_reused"] == "false"
+    assert deq.iloc[0]["metrics.avg_ndcg_at_5_all"] == ark.iloc[0]["metrics.avg_ndcg_at_5_all"]

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 # Bump when the stored embedding format or what goes into a page changes (e.g. the prompt): old entries then
 # simply stop matching.
-PAGE_CACHE_FORMAT = "colq_sweep-pages-v1"
+PAGE_CACHE_FORMAT = "colq_sweep-pages-v2"  # v2: every entry carries a sha256 of its tensor
 
 ModelLoader = Callable[[], "tuple[ColQwen3, ColQwen3Processor]"]
 BatchObserver = Callable[[str, Mapping[str, torch.Tensor]], None]
@@ -109,15 +109,22 @@ class PageStore:
         return self.path(key).is_file()
 
     def get(self, key: str) -> torch.Tensor | None:
-        from safetensors.torch import load_file
+        """The stored embedding, or None (a miss) when absent, unreadable or not matching its checksum: a damaged
+        entry is removed and re-encoded, never an error and never a wrong embedding."""
+        from safetensors import safe_open
 
         p = self.path(key)
         if not p.is_file():
             return None
         try:
-            return load_file(p)["embedding"]
-        except Exception as e:  # a damaged file is a miss, never an error or a wrong embedding
-            log.warning("page cache entry %s unreadable (%s); re-encoding it", p, e)
+            with safe_open(str(p), framework="pt") as f:
+                want = (f.metadata() or {}).get("sha256")
+                embedding = f.get_tensor("embedding")
+            if want != _tensor_sha256(embedding):
+                raise ValueError("checksum mismatch")
+            return embedding
+        except Exception as e:  # noqa: BLE001
+            log.warning("page cache entry %s is damaged (%s); re-encoding it", p, e)
             with contextlib.suppress(OSError):
                 p.unlink()
             return None
@@ -125,7 +132,16 @@ class PageStore:
     def put(self, key: str, embedding: torch.Tensor) -> None:
         from safetensors.torch import save_file
 
-        atomic_write(self.path(key), lambda tmp: save_file({"embedding": embedding.contiguous()}, str(tmp)))
+        embedding = embedding.contiguous()
+        meta = {"sha256": _tensor_sha256(embedding)}
+        atomic_write(self.path(key), lambda tmp: save_file({"embedding": embedding}, str(tmp), metadata=meta))
+
+
+def _tensor_sha256(t: torch.Tensor) -> str:
+    """Checksum of a tensor's dtype, shape and bytes."""
+    h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def _image_pixel_digest(image: Any) -> str:

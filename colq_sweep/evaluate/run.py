@@ -33,6 +33,7 @@ from colq_sweep.evaluate.scores import (
     read_jsonl,
     read_per_query,
     reconcile_caches,
+    write_checksums,
 )
 from colq_sweep.keys import fixture_revision
 from colq_sweep.runtime import PeakMemory, resolve_device
@@ -234,6 +235,7 @@ def evaluate_model(
                 )
                 if result.exceptions:
                     raise RuntimeError(f"{name}: {result.exceptions[0].exception}")
+                write_checksums(cache.get_task_result_path(name, meta), pq_path)
                 ran = encoder.stats["encode_calls"] > calls_before
                 log.info("%s: %s", name, "evaluated" if ran else "served from the result cache")
                 task_entries_, records = entries_for_task(

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from colq_sweep.fsio import atomic_write_text
+from colq_sweep.fsio import atomic_write_text, file_sha256
 from colq_sweep.tasks import CATALOGUE, subset_language
 from colq_sweep.track.records import PER_QUERY_COLUMNS
 
@@ -87,10 +87,19 @@ def reconcile_caches(task, cache: ResultCache, meta: ModelMeta) -> str:
     * a cached result of another dataset revision is stale: mteb's "only-missing" would still return it when
       no subset is missing, so the task runs with "always";
     * a cached subset without per-query scores (e.g. an interrupted run) is dropped from mteb's file so that
-      "only-missing" evaluates it again.
+      "only-missing" evaluates it again;
+    * a result whose files do not match the checksums written after its evaluation (edited, damaged, or left by
+      a run killed between the two writes) is deleted and evaluated again: never reused unverified.
     """
     path = cache.get_task_result_path(task.metadata.name, meta)
     if not path.is_file():
+        return "only-missing"
+    pq_path = per_query_path(cache, task.metadata.name, meta)
+    ok, why = verify_checksums(path, pq_path)
+    if not ok:
+        log.warning("%s: cached result not reused (%s); re-evaluating", task.metadata.name, why)
+        for f in (path, pq_path, checksum_path(path)):
+            f.unlink(missing_ok=True)
         return "only-missing"
     from mteb.results import TaskResult
 
@@ -163,3 +172,27 @@ def entries_for_task(task, task_result, per_query: dict[tuple[str, str], list[di
         )
         records.extend({k: r[k] for k in PER_QUERY_COLUMNS} for r in recs)
     return entries, records
+
+
+def checksum_path(result_path: Path) -> Path:
+    """`<Task>.checksums.json` beside mteb's `<Task>.json`."""
+    return result_path.with_name(result_path.name.removesuffix(".json") + ".checksums.json")
+
+
+def write_checksums(result_path: Path, per_query: Path) -> None:
+    """Record the sha256 of a task's result files once its evaluation has completed."""
+    sums = {f.name: file_sha256(f) for f in (result_path, per_query) if f.is_file()}
+    atomic_write_text(checksum_path(result_path), json.dumps(sums, indent=1, sort_keys=True))
+
+
+def verify_checksums(result_path: Path, per_query: Path) -> tuple[bool, str]:
+    try:
+        sums = json.loads(checksum_path(result_path).read_text())
+    except (OSError, ValueError):
+        return False, "no checksum record"
+    for f in (result_path, per_query):
+        if f.name not in sums or not f.is_file():
+            return False, f"{f.name} missing"
+        if file_sha256(f) != sums[f.name]:
+            return False, f"{f.name} differs from its checksum"
+    return True, ""

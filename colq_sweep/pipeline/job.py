@@ -25,6 +25,16 @@ def validate_or_exit(cfg: DictConfig) -> SweepPoint:
         sys.exit(2)
 
 
+def preflight_or_exit(point: SweepPoint) -> None:
+    from colq_sweep.preflight import preflight
+
+    try:
+        preflight(point)
+    except ConfigError as err:
+        print(f"colq_sweep: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
 def run_job(cfg: DictConfig):
     """Validate, run the point, write its status file; a single (non-multirun) failed point exits 1."""
     from hydra.core.hydra_config import HydraConfig
@@ -32,11 +42,14 @@ def run_job(cfg: DictConfig):
     from omegaconf import OmegaConf
 
     point = validate_or_exit(cfg)
-    from colq_sweep.pipeline.point import run_point  # after validation: a bad config costs no heavy import
-    for notice in point.eval.notices:
-        log.warning("notice: %s", notice)
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
+    if not multirun:  # a multirun's jobs were checked by the sweeper before any started
+        preflight_or_exit(point)
+    from colq_sweep.pipeline.point import run_point  # after validation: a bad config costs no heavy import
+
+    for notice in point.eval.notices:
+        log.warning("notice: %s", notice)
     job_dir = Path(hc.runtime.output_dir)
     sweep_id = None
     if multirun:

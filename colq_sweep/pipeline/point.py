@@ -100,7 +100,15 @@ def _load_quantized(point: SweepPoint, path: Path, device: str):
     return load
 
 
-def _fail(tracker: Tracker, run_id: str, exc: BaseException, status: str = "FAILED") -> str:
+def _fail(
+    tracker: Tracker, run_id: str, exc: BaseException, status: str = "FAILED", artifacts: list[Path] = ()
+) -> str:
+    """Close a run that did not finish: its config and logs (as a FINISHED run has them), the traceback, the error."""
+    for f in artifacts:
+        try:
+            tracker.log_artifact(run_id, f)
+        except Exception:  # noqa: BLE001 - the traceback below matters more than a log file
+            log.warning("could not log %s to the failed run %s", f, run_id)
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     with tempfile.TemporaryDirectory() as tmp:
         p = Path(tmp) / "traceback.txt"
@@ -149,7 +157,7 @@ def ensure_baseline(
                 tracker.log_artifact(run_id, a)
             tracker.finish(run_id)
         except BaseException as exc:
-            _fail(tracker, run_id, exc, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            _fail(tracker, run_id, exc, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", extra_artifacts)
             raise
         return EvalRecord(run_id, result.entries, result.per_query, metrics), True
 
@@ -267,14 +275,9 @@ def _run_quantized_point(
                  metrics["avg_ndcg_at_5_all"], metrics.get("delta_ndcg_at_5_all", float("nan")))  # fmt: skip
         return PointOutcome(point.label, point.model.name, "FINISHED", run_id, metrics)
     except KeyboardInterrupt as exc:
-        _fail(tracker, run_id, exc, "KILLED")
+        _fail(tracker, run_id, exc, "KILLED", extra + logs)
         raise
     except BaseException as exc:  # noqa: BLE001 - isolate the failure: record it, let the other points run
-        for f in logs:
-            try:
-                tracker.log_artifact(run_id, f)
-            except Exception:  # noqa: BLE001 - the traceback below matters more than the log
-                pass
-        err = _fail(tracker, run_id, exc)
+        err = _fail(tracker, run_id, exc, "FAILED", extra + logs)
         log.error("point %s / %s FAILED: %s", point.model.name, point.label, err)
         return PointOutcome(point.label, point.model.name, "FAILED", run_id, {}, err)

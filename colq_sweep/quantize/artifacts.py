@@ -65,9 +65,36 @@ def file_table(directory: Path) -> dict[str, dict]:
     }
 
 
+def stamp_path(path: Path) -> Path:
+    """`<models_dir>/.verified/<key>.json`: outside the artifact, so its files stay exactly the manifest's."""
+    return path.parent / ".verified" / f"{path.name}.json"
+
+
+def _stat(f: Path) -> list[int]:
+    st = f.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def write_stamp(path: Path) -> None:
+    """Record that the artifact's files (as they are now: size, mtime, inode) match its manifest's sha256s."""
+    manifest_file = path / MANIFEST
+    files = (read_manifest(path) or {}).get("files", {})
+    stamp = {"manifest_sha256": file_sha256(manifest_file), "files": {n: _stat(path / n) for n in files}}
+    atomic_write_text(stamp_path(path), json.dumps(stamp, sort_keys=True))
+
+
 def verify_artifact(path: str | os.PathLike, check_hashes: bool = False) -> tuple[bool, str]:
-    """(complete?, why not): a valid manifest whose every file exists with the recorded size (and hash)."""
+    """(complete?, why not): a valid manifest whose every file exists with the recorded size, and with
+    `check_hashes` the recorded sha256. A file is hashed only when it changed (size, mtime or inode) since the
+    last verification stamp, so a reused 8 GB artifact costs a few stats, not a re-read."""
     path = Path(path)
+    ok, why = _verify(path, check_hashes)
+    if check_hashes and ok:
+        write_stamp(path)
+    return ok, why
+
+
+def _verify(path: Path, check_hashes: bool) -> tuple[bool, str]:
     if not path.is_dir():
         return False, "not a directory"
     manifest = read_manifest(path)
@@ -80,13 +107,19 @@ def verify_artifact(path: str | os.PathLike, check_hashes: bool = False) -> tupl
     files = manifest.get("files")
     if not isinstance(files, dict) or "config.json" not in files:
         return False, "manifest lists no files"
+    stamp: dict = {}
+    if check_hashes:
+        with contextlib.suppress(OSError, ValueError):
+            stamp = json.loads(stamp_path(path).read_text())
+        if stamp.get("manifest_sha256") != file_sha256(path / MANIFEST):
+            stamp = {}  # the manifest itself changed: every file is hashed again
     for name, meta in files.items():
         f = path / name
         if not f.is_file():
             return False, f"{name} missing"
         if f.stat().st_size != meta.get("size"):
             return False, f"{name} has {f.stat().st_size} bytes, manifest says {meta.get('size')}"
-        if check_hashes and file_sha256(f) != meta.get("sha256"):
+        if check_hashes and stamp.get("files", {}).get(name) != _stat(f) and file_sha256(f) != meta.get("sha256"):
             return False, f"{name} sha256 differs from the manifest"
     return True, ""
 
@@ -120,6 +153,7 @@ def clean_incomplete(models_dir: str | os.PathLike) -> list[Path]:
             else:
                 log.warning("removing leftover temporary artifact %s", entry)
             remove(entry)
+            stamp_path(entry).unlink(missing_ok=True)
             removed.append(entry)
     return removed
 

@@ -24,7 +24,9 @@ from colq_sweep.quantize.artifacts import (
     clean_key,
     key_lock,
     read_manifest,
+    stamp_path,
     verify_artifact,
+    write_stamp,
 )
 from colq_sweep.quantize.build import build
 
@@ -51,18 +53,20 @@ def quantize_point(point: SweepPoint, models_dir: str | os.PathLike) -> QuantArt
             log.info("force=true: rebuilding artifact %s", final)
             remove(final)
         if final.exists():
-            ok, why = verify_artifact(final)
+            ok, why = verify_artifact(final, check_hashes=True)  # never reused unverified
             if ok:
-                log.info("reusing quantized artifact %s (%s)", final, point.label)
+                log.info("reusing quantized artifact %s (%s; content verified)", final, point.label)
                 return QuantArtifact(key=key, path=final, manifest=read_manifest(final) or {}, reused=True)
-            log.warning("artifact %s is incomplete (%s): removing and rebuilding", final, why)
+            log.warning("artifact %s failed verification (%s): removing and rebuilding", final, why)
             remove(final)
+            stamp_path(final).unlink(missing_ok=True)
         tmp = models_dir / f".{key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
             manifest = _calibrate_and_build(point, base_dir, calib_rev, key, tmp)
             os.rename(tmp, final)
             fsync_dir(models_dir)
+            write_stamp(final)  # the manifest's hashes were just computed from these very files
         except BaseException:
             remove(tmp)
             raise

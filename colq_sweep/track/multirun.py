@@ -33,6 +33,9 @@ def open_sweep(config: DictConfig, n_jobs: int) -> str:
 
     sweep_dir = Path(str(config.hydra.sweep.dir))
     tracker = _tracker(config)
+    killed = tracker.mark_dead_runs_killed(reason="its process ended without closing the run (found by a later sweep)")
+    if killed:
+        log.warning("marked %d run(s) left RUNNING by dead processes on this host as KILLED: %s", len(killed), ", ".join(killed))
     sid = sweep_id_for(sweep_dir)
     run_id = tracker.find_parent(sid)
     if run_id is None:
@@ -74,8 +77,16 @@ def close_sweep(config: DictConfig, jobs: list[tuple[int, Path, str]]) -> int:
     tracker = _tracker(config)
     parent = tracker.find_parent(sweep_id_for(str(config.hydra.sweep.dir)))
     if parent:
+        # every job has ended: a child run still RUNNING lost its process (the summary shows it as CRASHED)
+        for run in tracker.children(parent, status="RUNNING"):
+            tracker.log(run.info.run_id, tags={R.ERROR: "its job ended without closing the run (CRASHED)"})
+            tracker.finish(run.info.run_id, "KILLED")
         tracker.log(parent, metrics={"points_failed": len(failed)})
         tracker.finish(parent, "FAILED" if failed else "FINISHED")
+    foreign = tracker.foreign_running()
+    if foreign:
+        print(f"colq_sweep: {len(foreign)} run(s) are RUNNING on other hosts (owner unknown from here): "
+              + ", ".join(f"{r.info.run_id} ({r.data.tags.get(R.HOST, '?')})" for r in foreign[:10]), file=sys.stderr)
     if failed:
         print(f"colq_sweep: {len(failed)} of {len(rows)} sweep points failed (see the table above)", file=sys.stderr)
     return len(failed)

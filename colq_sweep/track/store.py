@@ -19,6 +19,7 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from colq_sweep.fsio import file_lock
+from colq_sweep.runtime import process_alive, process_start
 from colq_sweep.track import records as R
 
 
@@ -73,6 +74,7 @@ class Tracker:
         tags = dict(tags)
         tags.setdefault(R.HOST, socket.gethostname())
         tags.setdefault(R.PID, str(os.getpid()))
+        tags.setdefault(R.PID_START, process_start(os.getpid()) or "")
         if parent_id:
             tags[R.PARENT] = parent_id
         with self.locked():
@@ -115,9 +117,10 @@ class Tracker:
             return Path(self.client.download_artifacts(run_id, artifact, str(dst)))
 
     def find(self, filter_string: str, status: str | None = "FINISHED", all_experiments: bool = False) -> list:
-        """Runs matching `filter_string`, newest first."""
+        """Runs matching `filter_string` (and `status`, unless None), newest first."""
         if status:
-            filter_string = f"{filter_string} and attributes.status = '{status}'"
+            status_filter = f"attributes.status = '{status}'"
+            filter_string = f"{filter_string} and {status_filter}" if filter_string else status_filter
         with self.locked():
             if all_experiments:
                 exp_ids = [e.experiment_id for e in self.client.search_experiments()]
@@ -131,33 +134,36 @@ class Tracker:
         runs = self.find(f"tags.`{R.SWEEP_ID}` = '{sweep_id}' and tags.`{R.ROLE}` = '{R.ROLE_SWEEP}'", status=None)
         return runs[0].info.run_id if runs else None
 
-    def mark_dead_runs_killed(self, config_hash: str) -> list[str]:
-        """Runs of this config left RUNNING by a process that no longer exists on this host become KILLED."""
+    def mark_dead_runs_killed(self, run_key: str | None = None, reason: str = "") -> list[str]:
+        """Runs (of this run key, or any) left RUNNING by a process that no longer exists on this host become
+        KILLED. Runs owned by another host are left alone: `foreign_running` lists them."""
         killed = []
         host = socket.gethostname()
-        for run in self.find(f"tags.`{R.RUN_KEY}` = '{config_hash}'", status="RUNNING"):
+        filt = f"tags.`{R.RUN_KEY}` = '{run_key}'" if run_key else ""
+        for run in self.find(filt, status="RUNNING"):
             tags = run.data.tags
-            if tags.get(R.HOST) == host and not _pid_alive(int(tags.get(R.PID, "0") or 0)):
-                self.finish(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
-                killed.append(run.info.run_id)
+            if tags.get(R.HOST) != host:
+                continue
+            if process_alive(int(tags.get(R.PID, "0") or 0), tags.get(R.PID_START) or None):
+                continue
+            if reason:
+                self.log(run.info.run_id, tags={R.ERROR: reason})
+            self.finish(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            killed.append(run.info.run_id)
         return killed
+
+    def foreign_running(self) -> list:
+        """RUNNING runs owned by another host: whether their process lives cannot be told from here."""
+        host = socket.gethostname()
+        return [r for r in self.find("", status="RUNNING") if r.data.tags.get(R.HOST) != host]
+
+    def children(self, parent_id: str, status: str | None = None) -> list:
+        return self.find(f"tags.`{R.PARENT}` = '{parent_id}'", status=status)
 
 
 def _exp_artifacts(tracking_uri: str, experiment: str) -> str | None:
     root = artifact_root(tracking_uri)
     return f"{root}/{experiment}" if root else None
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _is_number(v: Any) -> bool:

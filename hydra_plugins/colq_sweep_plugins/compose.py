@@ -11,7 +11,7 @@ from omegaconf import DictConfig, open_dict
 def compose_job(
     hydra_context: HydraContext, config: DictConfig, overrides: Sequence[str], idx: int, sweep_dir: str | None = None
 ) -> DictConfig:
-    """The config of job `idx`; `sweep_dir` pins the sweep directory (a child must not re-evaluate `${now:}`)."""
+    """The config of job `idx`; `sweep_dir` pins the sweep directory (a child must not re-evaluate `${colq_stamp:}`)."""
     cfg = hydra_context.config_loader.load_sweep_config(config, list(overrides))
     with open_dict(cfg):
         cfg.hydra.job.id = idx

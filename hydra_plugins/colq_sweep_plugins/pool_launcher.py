@@ -128,7 +128,7 @@ class PoolLauncher(Launcher):
     def _compose_all(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[DictConfig]:
         """Every job's config, composed here so that each child gets a finished config (and one sweep dir)."""
         assert self.config is not None and self.hydra_context is not None
-        sweep_dir = str(self.config.hydra.sweep.dir)  # resolved once here: children must not re-evaluate ${now:}
+        sweep_dir = str(self.config.hydra.sweep.dir)  # resolved once here: children must not re-evaluate ${colq_stamp:}
         configs = []
         for i, overrides in enumerate(job_overrides):
             idx = initial_job_idx + i

@@ -31,21 +31,26 @@ class ColqSweeper(BasicSweeper):
     def _jobs(self, all_overrides: list[list[str]]) -> list[tuple[int, Path, str]]:
         """Compose (and validate) every job's config; return (number, job directory, overrides) per job."""
         from colq_sweep.config import ConfigError, validate
+        from colq_sweep.preflight import preflight
 
         assert self.config is not None and self.hydra_context is not None
         jobs = []
         for idx, overrides in enumerate(all_overrides):
-            cfg = compose_job(self.hydra_context, self.config, overrides, idx)
+            # Hydra re-composes each job from the primary config: pin the sweep directory resolved once in sweep()
+            cfg = compose_job(self.hydra_context, self.config, overrides, idx, str(self.config.hydra.sweep.dir))
             shown = " ".join(filter_overrides(overrides))
             if self.validate:
                 try:
-                    validate(cfg)
+                    preflight(validate(cfg), jobs_run_here=self._jobs_run_here())
                 except ConfigError as err:
-                    print(f"colq_sweep: job #{idx} ({shown}): {err}", file=sys.stderr)
-                    print("colq_sweep: nothing was launched", file=sys.stderr)
+                    print(f"colq_sweep: job #{idx} ({shown}): {err} [nothing was launched]", file=sys.stderr)
                     sys.exit(2)
             jobs.append((idx, Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir), shown))
         return jobs
+
+    def _jobs_run_here(self) -> bool:
+        """False when a scheduler runs the jobs on other machines (their device is checked there, not here)."""
+        return "submitit" not in str(self.config.hydra.launcher.get("_target_", ""))
 
     def sweep(self, arguments: list[str]) -> Any:
         from colq_sweep.track.multirun import abort_sweep, close_sweep, open_sweep
@@ -54,15 +59,14 @@ class ColqSweeper(BasicSweeper):
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides(self._parse_config() + list(arguments))
         self.overrides = self.split_arguments(overrides, self.max_batch_size)
-        # One literal sweep directory for every job, wherever it runs: `${now:...}` would re-evaluate in a
+        # One literal sweep directory for every job, wherever it runs: `${colq_stamp:}` would re-evaluate in a
         # job process (a Slurm node), scattering its outputs and losing its parent run.
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
         with open_dict(self.config):
             self.config.hydra.sweep.dir = str(sweep_dir)
+        jobs = self._jobs([job for batch in self.overrides for job in batch])  # exits 2 before anything is written
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-
-        jobs = self._jobs([job for batch in self.overrides for job in batch])
         open_sweep(self.config, len(jobs))
         returns = []
         initial_job_idx = 0

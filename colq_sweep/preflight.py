@@ -1,0 +1,91 @@
+"""What can be known before anything is launched beyond the config's own values: the machine and the inputs.
+
+`config.validate` checks values; `preflight` checks them against the world, still in seconds and before any job
+starts (the sweeper runs it for every job; a single run runs it before its point):
+- a CUDA device asked for where none is visible (only when the jobs run on this host: a Slurm sweep is
+  submitted from a login node, and its jobs check their own node);
+- a local calibration .jsonl with fewer usable texts than `nsamples` at that `seqlen` (counted the way auto-round
+  counts them, with the checkpoint's tokenizer), unless `quant.allow_fewer_samples=true`.
+Each problem is a `ConfigError`: one line naming the field and the fix, exit 2, nothing launched.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from colq_sweep.config import ConfigError, SweepPoint
+
+log = logging.getLogger(__name__)
+
+_CALIB_COUNTS: dict[tuple, tuple[int, str]] = {}
+
+
+def preflight(point: SweepPoint, jobs_run_here: bool = True) -> None:
+    if jobs_run_here:
+        check_device(point.device)
+    if point.quant.enabled and point.calib.source == "jsonl" and not point.quant.allow_fewer_samples:
+        check_calibration_count(point)
+
+
+def check_device(device: str) -> None:
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("device", device, "no CUDA device is visible on this machine; use device=cpu (or auto)")
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        raise ConfigError("device", device, f"only {torch.cuda.device_count()} CUDA device(s) are visible here")
+
+
+def _tokenizer_dir(point: SweepPoint) -> Path | None:
+    """The checkpoint folder whose tokenizer counts the samples, if it is here without a download."""
+    if point.model.path:
+        return Path(point.model.path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(point.model.id, revision=point.model.revision, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached yet: the run itself will fetch it (and count then)
+        return None
+
+
+def check_calibration_count(point: SweepPoint) -> None:
+    """Count the usable samples of a local calibration file exactly as the quantize stage will select them."""
+    from colq_sweep.fsio import file_sha256
+
+    tok_dir = _tokenizer_dir(point)
+    if tok_dir is None:
+        log.info("preflight: %s is not cached; calibration counted when the point runs", point.model.id)
+        return
+    key = (file_sha256(point.calib.path), str(tok_dir.resolve()), point.calib.text_field, point.seqlen,
+           point.nsamples, point.seed)  # fmt: skip
+    if key not in _CALIB_COUNTS:
+        from transformers import AutoTokenizer
+
+        from colq_sweep.keys import CalibrationError
+        from colq_sweep.quantize import calibration
+
+        quiet = logging.getLogger("transformers")
+        level, quiet.level = quiet.level, logging.ERROR  # its config-type notice is noise before a one-line error
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=False)
+        finally:
+            quiet.setLevel(level)
+        try:
+            texts = calibration.load_texts(point.calib)
+        except CalibrationError as err:
+            raise ConfigError("calib.path", point.calib.path, str(err)) from err
+        sel = calibration.select_samples(texts, tokenizer, seqlen=point.seqlen, nsamples=point.nsamples, seed=point.seed)
+        why = (f"{sel.dropped_short} of {sel.candidates_total} texts are shorter than seqlen={point.seqlen} tokens, "
+               f"{sel.dropped_repetitive} repetitive")  # fmt: skip
+        _CALIB_COUNTS[key] = (sel.used, why)
+    used, why = _CALIB_COUNTS[key]
+    if used < point.nsamples:
+        raise ConfigError(
+            "calib.path", point.calib.path,
+            f"only {used} usable calibration samples for nsamples={point.nsamples} ({why}); lower nsamples or "
+            "seqlen, give more or longer texts, or set quant.allow_fewer_samples=true",
+        )  # fmt: skip
