@@ -106,10 +106,12 @@ class EvalSpec:
     page_batch_size: int = 8
     corpus_cache: bool = True
     fixture_dir: str | None = None
+    only: tuple[tuple[str, str], ...] | None = None  # config `eval.entries`: evaluate only these (task, subset)
     notices: tuple[str, ...] = field(default=(), compare=False)
 
     def entries(self) -> list[tuple[str, str]]:
-        return select_entries(list(self.tasks), list(self.languages) if self.languages else None)
+        selected = select_entries(list(self.tasks), list(self.languages) if self.languages else None)
+        return selected if self.only is None else [e for e in selected if e in set(self.only)]
 
 
 @dataclass(frozen=True)
@@ -144,14 +146,18 @@ class SweepPoint:
         )
 
 
-def _entries_resolver(tasks: Any, languages: Any = None) -> str:
-    """`${colq_entries:${eval.tasks},${eval.languages}}`: the (task, subset) entries a config selects, as one
-    line (OmegaConf cannot resolve an interpolation into a list), so that `--cfg job --resolve` shows them.
-    Private and unknown tasks are skipped here; validation reports them."""
+def _entries_resolver(tasks: Any, languages: Any = None, only: Any = None) -> str:
+    """`${colq_entries:${eval.tasks},${eval.languages},${eval.entries}}`: the (task, subset) entries a config
+    selects, as one line (OmegaConf cannot resolve an interpolation into a list), so that `--cfg job --resolve`
+    shows them. Private and unknown tasks are skipped here; validation reports them."""
     langs = [str(x) for x in languages] if languages else None
     known = [str(t) for t in tasks if str(t) in CATALOGUE and CATALOGUE[str(t)].public]
     entries = select_entries(known, langs)
-    return f"{len(known)} tasks, {len(entries)} entries: " + ", ".join(f"{t}/{s}" for t, s in entries)
+    if only:
+        wanted = {str(x) for x in only}
+        entries = [(t, s) for t, s in entries if f"{t}/{s}" in wanted]
+    n_tasks = len({t for t, _ in entries})
+    return f"{n_tasks} tasks, {len(entries)} entries: " + ", ".join(f"{t}/{s}" for t, s in entries)
 
 
 def run_stamp() -> str:
@@ -292,8 +298,29 @@ def _calib(d: dict) -> CalibSpec:
     return spec
 
 
+def _entry_pairs(value: Any, tasks: list[str], langs: tuple[str, ...] | None) -> tuple[tuple[str, str], ...] | None:
+    """`eval.entries`: null, or `Task/subset` strings, each a public catalogue entry among tasks x languages."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else list(value)
+    if not items:
+        raise ConfigError("eval.entries", [], "list at least one Task/subset pair, or null for every entry")
+    selected = set(select_entries(tasks, list(langs) if langs else None))
+    pairs = []
+    for item in items:
+        task, sep, subset = str(item).partition("/")
+        info = CATALOGUE.get(task)
+        if not sep or info is None or subset not in info.subsets:
+            known = f"its subsets: {', '.join(info.subsets)}" if info else "unknown task (see conf/eval/vidore.yaml)"
+            raise ConfigError("eval.entries", str(item), f"not a Task/subset entry of the catalogue; {known}")
+        if (task, subset) not in selected:
+            raise ConfigError("eval.entries", str(item), "not among the entries of eval.tasks x eval.languages")
+        pairs.append((task, subset))
+    return tuple(dict.fromkeys(pairs))
+
+
 def _eval(d: dict) -> EvalSpec:
-    d = {k: v for k, v in d.items() if k != "entries"}  # derived by the colq_entries resolver, for display
+    d = {("only" if k == "entries" else k): v for k, v in d.items() if k != "selected"}  # `selected`: display only
     _known_keys("eval", d, EvalSpec)
     tasks = d.get("tasks") or []
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
@@ -331,6 +358,7 @@ def _eval(d: dict) -> EvalSpec:
         page_batch_size=_pos_int("eval.page_batch_size", d.get("page_batch_size", 8)),
         corpus_cache=_bool("eval.corpus_cache", d.get("corpus_cache", True)),
         fixture_dir=d.get("fixture_dir"),
+        only=_entry_pairs(d.get("only"), kept, langs),
         notices=tuple(notices),
     )
     if not spec.entries():

@@ -37,6 +37,14 @@ KEY_LEN = 20
 KEY_RE = re.compile(rf"^[0-9a-f]{{{KEY_LEN}}}$")
 
 
+# which auto-round loader's row selection a calibration source replays (quantize/calibration.py SEMANTICS): a
+# change of semantics changes the rows, so it is part of the artifact key
+CALIB_SELECTION = {
+    "hub": "auto-round hub loader: datasets Dataset.shuffle(seed), text unstripped",
+    "jsonl": "auto-round local-file loader: random.Random(seed).shuffle, text right-stripped",
+}
+
+
 class CalibrationError(RuntimeError):
     """Calibration data cannot give what the config asks for (too few usable samples, missing field, ...)."""
 
@@ -77,6 +85,10 @@ def config_hash(point: SweepPoint) -> str:
         d["eval"].pop(k)
     d["eval"]["tasks"] = sorted(d["eval"]["tasks"])
     d["eval"]["languages"] = sorted(d["eval"]["languages"]) if d["eval"]["languages"] else None
+    if d["eval"]["only"] is None:
+        d["eval"].pop("only")  # configs without an entry list keep the hash they had before it existed
+    else:
+        d["eval"]["only"] = sorted(map(list, d["eval"]["only"]))
     d["model"].pop("path")
     d["calib"].pop("path")
     if not point.quant.enabled:  # knobs do not touch the baseline
@@ -89,6 +101,8 @@ def config_hash(point: SweepPoint) -> str:
 def eval_hash(point: SweepPoint) -> str:
     """Same value <=> the same entries were asked for (tasks x languages)."""
     spec = {"tasks": list(point.eval.tasks), "languages": list(point.eval.languages or [])}
+    if point.eval.only is not None:
+        spec["entries"] = sorted(f"{t}/{s}" for t, s in point.eval.only)
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -208,6 +222,7 @@ def artifact_key(point: SweepPoint, calib_rev: str | None = None) -> str:
         "model": checkpoint_fingerprint(point.model.id, point.model.revision, point.model.path),
         "knobs": quant_knobs(point),
         "calib_revision": calib_rev if calib_rev is not None else calib_revision(point.calib),
+        "calib_selection": CALIB_SELECTION[point.calib.source],
         "device_type": resolve_device(point.device).split(":")[0],
         "versions": key_versions(),
     }

@@ -78,7 +78,8 @@ def check_calibration_count(point: SweepPoint) -> None:
             texts = calibration.load_texts(point.calib)
         except CalibrationError as err:
             raise ConfigError("calib.path", point.calib.path, str(err)) from err
-        sel = calibration.select_samples(texts, tokenizer, seqlen=point.seqlen, nsamples=point.nsamples, seed=point.seed)
+        sel = calibration.select_samples(texts, tokenizer, seqlen=point.seqlen, nsamples=point.nsamples, seed=point.seed,
+                                         source=point.calib.source)
         why = (f"{sel.dropped_short} of {sel.candidates_total} texts are shorter than seqlen={point.seqlen} tokens, "
                f"{sel.dropped_repetitive} repetitive")  # fmt: skip
         _CALIB_COUNTS[key] = (sel.used, why)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from omegaconf import OmegaConf
 
 from colq_sweep.config import ConfigError, validate
 from colq_sweep.pipeline.job import validate_or_exit
-from colq_sweep.tasks import CATALOGUE, FIXTURE_TASK
+from colq_sweep.tasks import FIXTURE_TASK
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -73,33 +74,41 @@ def test_demo_experiment(fixture_outputs_dir):
 
 
 def test_seed_report_matrix_matches_the_study(fixture_outputs_dir):
+    """Every study point composes with the study's own settings, as shipped in the reference data (which cites the
+    study's reports): nsamples / batch size per model and seqlen, iters, bits, group, sym, pile-10k, and the model
+    revision behind its published original numbers."""
+    from colq_sweep.report.published import settings
+
     cfg = composed(["experiment=seed-report"], fixture_outputs_dir)
     studies = str(cfg.hydra.sweeper.params["+study"]).split(",")
-    assert len(studies) == 6
-    expect = {  # the study's nsamples / batch_size where it gave them (STUDY.md)
-        "4b-256": (256, 300, 300), "4b-512": (512, 600, 200), "4b-1024": (1024, 560, 80),
-        "8b-512": (512, None, 150), "8b-1024": (1024, None, 50), "8b-256": (256, None, None),
-    }  # fmt: skip
+    ref = settings().set_index(["model", "seqlen"])
+    assert sorted(studies) == sorted(f"{m}-{sl}" for m, sl in ref.index)
+    assert ("8b", "512") in ref.index and ref.loc[("8b", "512"), ["nsamples", "batch_size"]].tolist() == ["300", "150"]
+    assert ref.loc[("8b", "1024"), ["nsamples", "batch_size"]].tolist() == ["500", "50"]
     for study in studies:
+        size, seqlen = study.split("-")
+        want = ref.loc[(size, seqlen)]
         point = validate(composed(["experiment=seed-report", f"+study={study}"], fixture_outputs_dir))
-        seqlen, nsamples, bs = expect[study]
-        assert point.model.name == f"colqwen3-{study.split('-')[0]}"
-        assert point.seqlen == seqlen and (nsamples is None or point.nsamples == nsamples)
-        assert bs is None or point.batch_size == bs
-        assert (point.iters, point.quant.bits, point.quant.group_size, point.quant.sym) == (1000, 4, 128, True)
-        assert point.calib.dataset == "NeelNanda/pile-10k" and len(point.eval.entries()) == 71
+        assert point.model.name == f"colqwen3-{size}" and point.model.id == want["model_id"]
+        assert point.model.revision == want["base_revision"]
+        assert (point.seqlen, point.nsamples, point.batch_size, point.iters) == (
+            int(seqlen), int(want["nsamples"]), int(want["batch_size"]), int(want["iters"]))
+        assert (point.quant.bits, point.quant.group_size, point.quant.sym) == (4, 128, True)
+        assert point.calib.dataset == want["calibration"] and len(point.eval.entries()) == 71
+    for f in (ROOT / "conf" / "study").glob("*.yaml"):  # every number carries its source
+        numbers = [ln for ln in f.read_text().splitlines() if re.match(r"^\s*(seqlen|nsamples|batch_size|revision):", ln)]
+        assert numbers and all("#" in ln or "revision" in ln for ln in numbers), f
 
 
-def test_catalogue_matches_mteb():
-    mteb = pytest.importorskip("mteb")
-    for bench in ("ViDoRe(v1)", "ViDoRe(v2)", "ViDoRe(v3)"):
-        for task in mteb.get_benchmark(bench).tasks:
-            info = CATALOGUE[task.metadata.name]
-            assert info.benchmark == bench
-            assert info.main_score == task.metadata.main_score
-            langs = task.metadata.eval_langs
-            assert info.subsets == (tuple(langs) if isinstance(langs, dict) else ("default",))
-            assert info.public == task.metadata.is_public
+def test_study_4b_preset_is_exactly_the_reports_41_entries(fixture_outputs_dir):
+    from colq_sweep.report.published import published
+
+    point = validate(composed(["eval=study-4b"], fixture_outputs_dir))
+    assert sorted(point.eval.entries()) == sorted(zip(published("4b")["task"], published("4b")["subset"], strict=True))
+    assert len(point.eval.entries()) == 41
+    assert len(published("8b")) == 71 and sorted(
+        zip(published("8b")["task"], published("8b")["subset"], strict=True)
+    ) == sorted(validate(composed(["eval=vidore"], fixture_outputs_dir)).eval.entries())
 
 
 BAD = [
@@ -129,6 +138,9 @@ BAD = [
     (["device=gpu7"], "device"),
     (["+quant.bitz=4"], "quant.bitz"),
     (["model.dtype=int8"], "model.dtype"),
+    (["eval=vidore", "eval.entries=[VidoreArxivQARetrieval/english]"], "eval.entries"),  # v1 tasks have `default`
+    (["eval=vidore", "eval.entries=[NoSuchTask/default]"], "eval.entries"),
+    (["eval=vidore-v1", "eval.entries=[Vidore3HrRetrieval/english]"], "eval.entries"),  # not among eval.tasks
 ]
 
 
@@ -168,10 +180,10 @@ def test_cli_prints_composed_config():
     assert proc.returncode == 0, proc.stderr
     cfg = OmegaConf.create(proc.stdout)
     assert cfg.name == "seed-report" and cfg.iters == 1000 and len(cfg.eval.tasks) == 22
-    assert cfg.eval.entries.startswith("22 tasks, 71 entries: VidoreArxivQARetrieval/default,")
-    assert cfg.eval.entries.count("/") == 71
+    assert cfg.eval.selected.startswith("22 tasks, 71 entries: VidoreArxivQARetrieval/default,")
+    assert cfg.eval.selected.count("/") == 71 and cfg.eval.entries is None
 
 
 def test_entries_follow_the_language_filter(fixture_outputs_dir):
     cfg = composed(["eval=vidore-v3", "eval.languages=[en,fr]"], fixture_outputs_dir)
-    assert cfg.eval.entries.startswith("8 tasks, 16 entries: ")  # the 2 private v3 tasks are not counted
+    assert cfg.eval.selected.startswith("8 tasks, 16 entries: ")  # the 2 private v3 tasks are not counted

@@ -197,6 +197,56 @@ def test_selection_is_what_autoround_uses(fixture_paths, tmp_path, monkeypatch):
     assert sel.candidates_examined == sel.used + sel.dropped_short + sel.dropped_repetitive
 
 
+def _pile_rows(n: int = 300) -> list[str]:
+    """A pile-like mix: long texts, short ones (dropped at seqlen 32), repetitive ones, and trailing whitespace."""
+    import random as _random
+
+    rng = _random.Random(5)
+    words = "revenue growth safety energy budget network tax climate hiring engineer site quarter annual".split()
+    rows = []
+    for i in range(n):
+        kind = i % 5
+        if kind == 0:
+            rows.append(f"short text {i}")
+        elif kind == 1:
+            rows.append("tax " * 60)  # repetitive: dropped by auto-round's filter
+        else:
+            rows.append(" ".join(rng.choice(words) for _ in range(rng.randint(20, 90))) + ("  \n" if kind == 4 else ""))
+    return rows
+
+
+@pytest.mark.slow
+def test_hub_selection_is_autorounds_own_hub_loader_row_for_row(fixture_paths, tmp_path, monkeypatch):
+    """`dataset="NeelNanda/pile-10k"` (what the study passed to auto-round): our selection equals auto-round's own
+    Hub loader (datasets shuffle, unstripped text, short/repetitive filter), offline, from a cache in the Hub's
+    layout; and the hand-off file makes auto-round's local loader yield those very rows."""
+    import datasets
+    from auto_round.calib_dataset import _get_dataset_impl, get_dataloader
+
+    from colq_sweep.config import CalibSpec
+    from colq_sweep.hubcache import publish_dataset
+    from colq_sweep.model import ColQwen3Processor
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")
+    monkeypatch.setenv("AR_DISABLE_DATASET_SUBPROCESS", "1")
+    rows = _pile_rows()
+    publish_dataset("NeelNanda/pile-10k", {"train": lambda: ({"text": t} for t in rows)}, "c" * 40)
+    spec = CalibSpec(source="hub", dataset="NeelNanda/pile-10k", revision="c" * 40, split="train")
+    texts = calibration.load_texts(spec)
+    assert texts == rows  # the cache holds the rows unchanged, in order
+    tok = ColQwen3Processor.from_checkpoint(fixture_paths.checkpoint, 64).tokenizer
+    for seqlen, nsamples, seed in ((32, 8, 42), (48, 20, 7)):
+        sel = calibration.select_samples(texts, tok, seqlen=seqlen, nsamples=nsamples, seed=seed, source="hub")
+        theirs = _get_dataset_impl(tok, seqlen, "NeelNanda/pile-10k", seed=seed, nsamples=nsamples)
+        assert [r.tolist() for r in theirs["input_ids"]] == sel.token_ids and sel.used == nsamples
+        assert sel.semantics == keys.CALIB_SELECTION["hub"] and sel.dropped_short and sel.dropped_repetitive
+        local = calibration.select_samples(texts, tok, seqlen=seqlen, nsamples=nsamples, seed=seed, source="jsonl")
+        assert local.source_indices != sel.source_indices  # the local-file semantics pick other rows
+        handoff = calibration.write_for_autoround(sel, tmp_path / f"handoff-{seed}.jsonl")
+        dl = get_dataloader(tok, seqlen, str(handoff), seed=seed, bs=2, nsamples=nsamples)
+        assert [r for b in dl if b is not None for r in b["input_ids"].tolist()] == sel.token_ids
+
+
 def test_insufficient_samples_is_a_clear_error(fixture_paths, tmp_path, monkeypatch):
     _forbid_autoround(monkeypatch)
     mixed = _mixed_calibration(tmp_path)  # 3 usable at seqlen 32
@@ -362,6 +412,7 @@ def test_manifest_records_inputs_files_and_costs(artifact, point):
     assert set(m["files"]) == on_disk and {"model.safetensors", "config.json", artifacts.CALIB_FILE} <= on_disk
     assert m["samples_used"] == m["samples_requested"] == 4
     assert m["calibration"]["rows_seen_by_model"] == 4 and m["calibration"]["samples_used"] == 4
+    assert m["calibration"]["semantics"] == keys.CALIB_SELECTION["jsonl"]  # which loader's selection was replayed
     assert m["inputs"]["quant_knobs"] == json.loads(json.dumps(keys.quant_knobs(point)))
     assert m["inputs"]["calib_revision"].startswith("sha256:")
     ak = m["inputs"]["autoround_kwargs"]

@@ -483,3 +483,48 @@ def test_queries_paired_by_id(tmp_path):
     lo, hi = np.percentile(reps.mean(axis=0), [2.5, 97.5])
     plo, phi = nums({r["Configuration"]: r for r in table_after(md, "### Performance — m")}["q"]["95% CI (abs.)"])
     assert close(plo, lo) and close(phi, hi)
+
+
+# ------------------------------------------------------------------------------------- the published study
+
+
+def test_section_against_the_published_study(tmp_path):
+    """A synthetic run whose numbers are the study's own (8B, seqlen 1024 with the study's nsamples/batch size):
+    the section sets them side by side, differences 0, every study number inside our interval; a point with other
+    settings is named as not compared, with the reason."""
+    from colq_sweep.report.published import published
+
+    ref = published("8b").set_index(["task", "subset"])
+    study_params = {"model.id": "TomoroAI/tomoro-colqwen3-embed-8b", "seqlen": "1024", "nsamples": "500",
+                    "batch_size": "50", "iters": "1000", "quant.bits": "4", "quant.group_size": "128",
+                    "quant.sym": "True", "calib.dataset": "NeelNanda/pile-10k"}  # fmt: skip
+    wiggle = np.tile([0.05, -0.05], 15)  # 30 queries whose mean is exactly the published entry score
+
+    def like_study(column):
+        return {(t, s): ref.loc[(t, s), column] + wiggle for t, s, _, _ in ENTRIES}
+
+    points = [
+        make_point("colqwen3-8b", "original", "baseline", like_study("original"), {"model.id": study_params["model.id"]}),
+        make_point("colqwen3-8b", "w4 seqlen=1024", "quantized", like_study("seqlen_1024"), study_params),
+        make_point("colqwen3-8b", "w4 seqlen=1024 n=512", "quantized", like_study("seqlen_1024"), {**study_params, "nsamples": "512"}),
+    ]
+    text = build_report_from_points(points, tmp_path, n_boot=N_BOOT, seed=SEED, plots=False).read_text()
+    section = text.split("## Against the published study", 1)[1]
+    assert "### `colqwen3-8b` `w4 seqlen=1024` vs the study's 8B seqlen=1024" in section
+    assert "### `colqwen3-8b` `original` vs the study's 8B original" in section
+    assert section.count(f"{len(ENTRIES)} entries in common of the study's 71; the study's number lies inside our "
+                         f"interval on {len(ENTRIES)} of {len(ENTRIES)}") == 2
+    hr = ref.loc[("Vidore3HrRetrieval", "german"), "seqlen_1024"]
+    assert re.search(rf"\| Vidore3HrRetrieval / german \| {hr:.5f} \| {hr:.5f} \| [+-]0\.00000 \| \[[0-9.]+, [0-9.]+\] \| yes \|", section)
+    assert "nsamples=512 where the study used 500: `colqwen3-8b` `w4 seqlen=1024 n=512`" in section
+
+
+def test_demo_like_report_says_nothing_matches_the_study(tmp_path):
+    rng = np.random.default_rng(SEED)
+    base = base_scores(rng)
+    points = [make_point("tiny", "original", "baseline", base),
+              make_point("tiny", "w4 seqlen=32", "quantized", shifted(base, -0.01, rng), {"seqlen": "32"})]
+    text = build_report_from_points(points, tmp_path, n_boot=N_BOOT, seed=SEED, plots=False).read_text()
+    section = text.split("## Against the published study", 1)[1]
+    assert "No configuration of this report matches one of the study's" in section
+    assert "is not one of the study's (TomoroAI ColQwen3-Embed 4B/8B)" in section

@@ -2,23 +2,26 @@
 
 AutoRound drops calibration samples that tokenize to fewer than `seqlen` tokens (and samples whose truncated
 token list repeats its last token more than seqlen/2 times), so "nsamples=512" can silently mean far fewer.
-This module replays auto-round 0.16.1's own selection for a local .jsonl dataset
-(`auto_round.calib_dataset.get_local_dataset` + `_get_dataset_impl` + `get_dataloader`):
+This module replays auto-round 0.16.1's own selection, with the semantics of the loader auto-round would use for
+the same source (`SEMANTICS`):
 
-1. texts are right-stripped and shuffled with `random.Random(seed)`;
-2. each is tokenized with the checkpoint's tokenizer (`truncation=True, max_length=seqlen`);
-3. samples shorter than `seqlen`, or dominated by their last token, are dropped;
-4. the first `nsamples` survivors are used (with `allow_fewer`, trimmed to whole batches: see
-   `trim_to_full_batches`).
+- a Hub dataset (`dataset="NeelNanda/pile-10k"`, as the study passed it; `calib_dataset.get_pile_dataset`): the
+  rows in dataset order, shuffled with `datasets`' `Dataset.shuffle(seed=seed)` (a numpy PCG64 permutation), the
+  text as it is;
+- a local .jsonl (`calib_dataset.get_local_dataset`): texts right-stripped, shuffled with `random.Random(seed)`;
 
-The survivors are then written to a .jsonl *pre-permuted* so that auto-round's own `random.Random(seed)` shuffle
-of that file puts them back in exactly the order above: auto-round calibrates on the same samples, in the same
-order, as it would from the full source file, and the count we record is the count it uses (the build also
+then, for both (`_get_dataset_impl` + `get_dataloader`): each text tokenized with the checkpoint's tokenizer
+(`truncation=True, max_length=seqlen`); samples shorter than `seqlen`, or dominated by their last token, dropped;
+the first `nsamples` survivors used (with `allow_fewer`, trimmed to whole batches: see `trim_to_full_batches`).
+
+The survivors are then written to a .jsonl *pre-permuted* so that auto-round's own local-file shuffle of that file
+puts them back in exactly the order above: auto-round calibrates on the same samples, in the same order, as its own
+loader would pick from the source (offline too), and the count we record is the count it uses (the build also
 watches the model's input embedding during calibration and fails if the rows seen differ from this selection).
 
-Sources: the Hub (`CalibSpec.source == "hub"`, e.g. NeelNanda/pile-10k; a branch name like `main` is resolved
-to its commit sha and recorded) or a local .jsonl of `{"text": ...}` lines (the fixture's calibration text is
-one). A local file's "revision" is the sha256 of its bytes, so editing it changes the artifact key.
+Sources: the Hub (`CalibSpec.source == "hub"`; a branch name like `main` is resolved to its commit sha and
+recorded) or a local .jsonl of `{"text": ...}` lines (the fixture's calibration text is one). A local file's
+"revision" is the sha256 of its bytes, so editing it changes the artifact key.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import Any
 
 from colq_sweep.config import CalibSpec
 from colq_sweep.fsio import atomic_write
+from colq_sweep.keys import CALIB_SELECTION as SEMANTICS  # which loader a source replays (manifest, key)
 from colq_sweep.keys import CalibrationError, calib_revision
 
 log = logging.getLogger(__name__)
@@ -72,7 +76,11 @@ def load_texts(calib: CalibSpec, revision: str | None = None) -> list[str]:
     ds = datasets.load_dataset(str(calib.dataset), revision=rev, split=calib.split or "train")
     if field_name not in ds.column_names:
         raise CalibrationError(f"{calib.dataset} has no column {field_name!r} (columns: {ds.column_names})")
-    return [t for t in ds[field_name] if isinstance(t, str)]
+    texts = ds[field_name]
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:  # auto-round's shuffle permutes every row: dropping one would shift the selection
+        raise CalibrationError(f"{calib.dataset} row {bad}: {field_name!r} is not a string")
+    return texts
 
 
 # ----------------------------------------------------------------------------------------------- selection
@@ -82,6 +90,7 @@ def load_texts(calib: CalibSpec, revision: str | None = None) -> list[str]:
 class Selection:
     """The calibration samples AutoRound will use, in the order it will use them."""
 
+    semantics: str  # which auto-round loader's selection this replays (SEMANTICS)
     texts: list[str]
     token_ids: list[list[int]]  # each exactly `seqlen` long: what reaches the model
     nsamples_requested: int
@@ -112,6 +121,10 @@ def _normalise(text: str) -> str:
     return text.rstrip().rstrip("\n")
 
 
+def _truncated_ids(tokenizer, text: str, seqlen: int) -> list[int]:
+    return list(tokenizer([text], truncation=True, max_length=seqlen)["input_ids"][0][:seqlen])
+
+
 def _usable(ids: list[int], seqlen: int) -> tuple[bool, str]:
     if len(ids) < seqlen:
         return False, "short"
@@ -123,6 +136,17 @@ def _usable(ids: list[int], seqlen: int) -> tuple[bool, str]:
     return True, ""
 
 
+def shuffled_order(n: int, seed: int, source: str) -> list[int]:
+    """The row order auto-round's loader for `source` (hub | jsonl) gives `n` rows."""
+    if source == "hub":
+        import numpy as np
+
+        return np.random.default_rng(seed).permutation(n).tolist()  # datasets' Dataset.shuffle(seed=seed)
+    order = list(range(n))
+    random.Random(seed).shuffle(order)  # auto-round's local loader shuffles its list of samples
+    return order
+
+
 def select_samples(
     texts: list[str],
     tokenizer,
@@ -130,16 +154,18 @@ def select_samples(
     seqlen: int,
     nsamples: int,
     seed: int,
+    source: str = "jsonl",
     chunk: int = 64,
 ) -> Selection:
-    """Replay auto-round's selection: seeded shuffle, tokenize (truncate to seqlen), drop unusable, take nsamples."""
-    order = list(range(len(texts)))
-    random.Random(seed).shuffle(order)  # same permutation auto-round applies to the list of samples
+    """Replay auto-round's selection for `source`'s loader: seeded shuffle, tokenize (truncate to seqlen), drop
+    unusable, take nsamples."""
+    order = shuffled_order(len(texts), seed, source)
+    prepare = _normalise if source == "jsonl" else (lambda t: t)
     kept_texts, kept_ids, kept_idx = [], [], []
     short = repetitive = examined = 0
     for start in range(0, len(order), chunk):
         idx = order[start : start + chunk]
-        batch = [_normalise(texts[i]) for i in idx]
+        batch = [prepare(texts[i]) for i in idx]
         enc = tokenizer(batch, truncation=True, max_length=seqlen)["input_ids"]
         for i, text, ids in zip(idx, batch, enc, strict=True):
             examined += 1
@@ -148,6 +174,11 @@ def select_samples(
                 short += why == "short"
                 repetitive += why == "repetitive"
                 continue
+            if text != _normalise(text) and _truncated_ids(tokenizer, _normalise(text), seqlen) != list(ids[:seqlen]):
+                raise CalibrationError(  # the hand-off file goes through auto-round's (right-stripping) local loader
+                    f"calibration row {i}: its trailing whitespace changes its first {seqlen} tokens, so auto-round "
+                    "could not be handed this selection exactly; use another seed or seqlen"
+                )
             kept_texts.append(text)
             kept_ids.append(list(ids[:seqlen]))
             kept_idx.append(i)
@@ -156,6 +187,7 @@ def select_samples(
         if len(kept_texts) == nsamples:
             break
     return Selection(
+        semantics=SEMANTICS[source],
         texts=kept_texts,
         token_ids=kept_ids,
         nsamples_requested=nsamples,
@@ -267,7 +299,7 @@ def prepare(
     """Load the source, select like auto-round, check the count, keep full batches, write the hand-off .jsonl."""
     rev = revision or calib_revision(calib)
     texts = load_texts(calib, rev)
-    selection = select_samples(texts, tokenizer, seqlen=seqlen, nsamples=nsamples, seed=seed)
+    selection = select_samples(texts, tokenizer, seqlen=seqlen, nsamples=nsamples, seed=seed, source=calib.source)
     check_enough(selection, allow_fewer)
     trim_to_full_batches(selection, batch_size)
     path = write_for_autoround(selection, out_path)

@@ -11,6 +11,7 @@ from colq_sweep.report import tables as T
 from colq_sweep.report.analysis import ModelAnalysis
 from colq_sweep.report.cells import PCT, SPEED, ci_text, sig_of, sig_words, size_text, speed_metric
 from colq_sweep.report.points import PointResults
+from colq_sweep.report.published import section as published_section
 from colq_sweep.report.sections import (
     section_best,
     section_configs,
@@ -193,6 +194,7 @@ def render_markdown(analyses: list[ModelAnalysis], points: list[PointResults], p
                       f"![{ma.model}: change vs original per entry]({pm['diff'].name})", ""]
         lines += section_per_entry(ma)
     lines += section_sizes(analyses) + section_speed(analyses)
+    lines += published_section(points, n_boot=n_boot, seed=seed)
     if plots and plots.get("avg"):
         lines += ["## Overall comparison", "", f"![Average NDCG@5 per model and configuration]({plots['avg'].name})", "",
                   "Error bars: 95% bootstrap interval of each average by itself (query sampling). Changes vs the "
