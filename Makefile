@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed-$(EXTRAS)
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MLFLOW_ENABLE_ASYNC_LOGGING=false
 
 .DEFAULT_GOAL := help
-.PHONY: help install fixtures test test-fast demo sweep report ui lint clean
+.PHONY: help install fixtures test test-fast demo sweep prefetch report ui lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ demo: fixtures ## offline demo: 3-point seqlen sweep of the tiny model -> MLflow
 
 sweep: $(STAMP) ## a real sweep (GPU + Hub), e.g. make sweep ARGS="experiment=seed-report"
 	$(PY) -m colq_sweep -m outputs_dir=$(OUT) $(ARGS)
+
+prefetch: $(STAMP) ## fetch (or with ARGS="--check ..." verify) the Hub inputs of a sweep, e.g. make prefetch ARGS="experiment=seed-report"
+	$(PY) -m colq_sweep.prefetch $(ARGS)
 
 report: $(STAMP) ## build outputs/reports/$(NAME)/ from the MLflow runs of experiment NAME
 	$(PY) -m colq_sweep.report --name $(NAME) --outputs-dir $(OUT)

@@ -107,6 +107,7 @@ class EvalSpec:
     corpus_cache: bool = True
     fixture_dir: str | None = None
     only: tuple[tuple[str, str], ...] | None = None  # config `eval.entries`: evaluate only these (task, subset)
+    allow_revision_mismatch: bool = False  # offline: use a cached dataset of another revision (recorded)
     notices: tuple[str, ...] = field(default=(), compare=False)
 
     def entries(self) -> list[tuple[str, str]]:
@@ -359,6 +360,7 @@ def _eval(d: dict) -> EvalSpec:
         corpus_cache=_bool("eval.corpus_cache", d.get("corpus_cache", True)),
         fixture_dir=d.get("fixture_dir"),
         only=_entry_pairs(d.get("only"), kept, langs),
+        allow_revision_mismatch=_bool("eval.allow_revision_mismatch", d.get("allow_revision_mismatch", False)),
         notices=tuple(notices),
     )
     if not spec.entries():

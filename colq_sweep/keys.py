@@ -83,6 +83,8 @@ def config_hash(point: SweepPoint) -> str:
         d.pop(k)
     for k in ("notices", "query_batch_size", "page_batch_size", "corpus_cache", "fixture_dir"):
         d["eval"].pop(k)
+    if not d["eval"]["allow_revision_mismatch"]:
+        d["eval"].pop("allow_revision_mismatch")  # the default leaves the hash as it was before the option
     d["eval"]["tasks"] = sorted(d["eval"]["tasks"])
     d["eval"]["languages"] = sorted(d["eval"]["languages"]) if d["eval"]["languages"] else None
     if d["eval"]["only"] is None:

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from colq_sweep.config import ConfigError, validate
 from colq_sweep.pipeline.job import validate_or_exit
-from colq_sweep.tasks import FIXTURE_TASK
+from colq_sweep.tasks import CATALOGUE, DATASETS, FIXTURE_TASK
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -109,6 +109,19 @@ def test_study_4b_preset_is_exactly_the_reports_41_entries(fixture_outputs_dir):
     assert len(published("8b")) == 71 and sorted(
         zip(published("8b")["task"], published("8b")["subset"], strict=True)
     ) == sorted(validate(composed(["eval=vidore"], fixture_outputs_dir)).eval.entries())
+
+
+def test_catalogue_matches_mteb():
+    mteb = pytest.importorskip("mteb")
+    for bench in ("ViDoRe(v1)", "ViDoRe(v2)", "ViDoRe(v3)"):
+        for task in mteb.get_benchmark(bench).tasks:
+            info = CATALOGUE[task.metadata.name]
+            assert info.benchmark == bench
+            assert info.main_score == task.metadata.main_score
+            langs = task.metadata.eval_langs
+            assert info.subsets == (tuple(langs) if isinstance(langs, dict) else ("default",))
+            assert info.public == task.metadata.is_public
+            assert DATASETS[task.metadata.name] == (task.metadata.dataset["path"], task.metadata.dataset["revision"])
 
 
 BAD = [

@@ -35,9 +35,10 @@ from colq_sweep.evaluate.scores import (
     reconcile_caches,
     write_checksums,
 )
+from colq_sweep.hubdata import loaded_revision
 from colq_sweep.keys import fixture_revision
 from colq_sweep.runtime import PeakMemory, resolve_device
-from colq_sweep.tasks import CATALOGUE, FIXTURE_TASK
+from colq_sweep.tasks import CATALOGUE, DATASETS, FIXTURE_TASK
 
 if TYPE_CHECKING:
     from mteb.abstasks import AbsTaskRetrieval
@@ -56,6 +57,7 @@ class EvalResult:
     timing: dict[str, float]
     from_cache: bool
     results_dir: str | None = field(default=None, compare=False)
+    dataset_revisions: dict[str, str] = field(default_factory=dict)  # task -> revision of the data evaluated
 
 
 def fixture_task(fixture_dir: str | os.PathLike, hf_subsets: Iterable[str] | None = None) -> AbsTaskRetrieval:
@@ -215,11 +217,15 @@ def evaluate_model(
     meta = encoder.mteb_model_meta
     entries: list[dict] = []
     per_query: list[dict] = []
+    revisions: dict[str, str] = {}  # task -> the dataset revision really evaluated
     with mem:  # this stage's peak memory, not the process's (which includes quantization)
         try:
             for task in build_tasks(eval_spec):
                 name = task.metadata.name
                 pq_path = per_query_path(cache, name, meta)
+                revisions[name] = loaded_revision(task, eval_spec.allow_revision_mismatch)
+                if revisions[name] != DATASETS.get(name, (None, revisions[name]))[1]:
+                    log.warning("%s: evaluating cached dataset revision %s, not mteb's pin (allowed)", name, revisions[name])
                 strategy = "always" if force else reconcile_caches(task, cache, meta)
                 install_per_query_hook(task, pq_path)
                 calls_before = encoder.stats["encode_calls"]
@@ -275,5 +281,6 @@ def evaluate_model(
         per_query=per_query,
         timing=timing,
         from_cache=from_cache,
+        dataset_revisions=revisions,
         results_dir=str(Path(cache.cache_path) / "results"),
     )

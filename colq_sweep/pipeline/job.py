@@ -25,13 +25,19 @@ def validate_or_exit(cfg: DictConfig) -> SweepPoint:
         sys.exit(2)
 
 
-def preflight_or_exit(point: SweepPoint) -> None:
+def preflight_or_exit(point: SweepPoint, overrides: list[str]) -> None:
+    """The checks of the world a single run makes before its point (a sweep's were made by its sweeper)."""
+    from colq_sweep.prefetch import check_lines
     from colq_sweep.preflight import preflight
 
     try:
         preflight(point)
     except ConfigError as err:
         print(f"colq_sweep: {err}", file=sys.stderr)
+        sys.exit(2)
+    lines = check_lines([point], overrides)
+    if lines:
+        print("\n".join(lines), file=sys.stderr)
         sys.exit(2)
 
 
@@ -45,7 +51,7 @@ def run_job(cfg: DictConfig):
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     if not multirun:  # a multirun's jobs were checked by the sweeper before any started
-        preflight_or_exit(point)
+        preflight_or_exit(point, list(hc.overrides.task))
     from colq_sweep.pipeline.point import run_point  # after validation: a bad config costs no heavy import
 
     for notice in point.eval.notices:

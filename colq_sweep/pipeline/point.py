@@ -151,7 +151,7 @@ def ensure_baseline(
             result = _evaluate(base, _load_base(base, device), name, eval_revision(revision, base), device, force=forced)
             metrics = {**R.summarise(result.entries), **R.eval_metrics(result.timing)}
             metrics.update(_base_size(base))
-            tracker.log(run_id, metrics=metrics, tags={R.EVAL_FROM_CACHE: str(result.from_cache).lower()})
+            tracker.log(run_id, metrics=metrics, tags={R.EVAL_FROM_CACHE: str(result.from_cache).lower(), R.DATASET_REVISIONS: json.dumps(result.dataset_revisions, sort_keys=True)})
             _log_results(tracker, run_id, result.entries, result.per_query)
             for a in extra_artifacts:
                 tracker.log_artifact(run_id, a)
@@ -264,7 +264,7 @@ def _run_quantized_point(
         # The baseline last: points of one model quantize side by side instead of waiting for its evaluation.
         baseline, _ = ensure_baseline(point, tracker, parent_id)
         metrics.update(R.compare(result.entries, baseline.entries))
-        tracker.log(run_id, metrics=metrics, tags={R.EVAL_FROM_CACHE: str(result.from_cache).lower(), R.BASELINE_REF: baseline.run_id})
+        tracker.log(run_id, metrics=metrics, tags={R.EVAL_FROM_CACHE: str(result.from_cache).lower(), R.DATASET_REVISIONS: json.dumps(result.dataset_revisions, sort_keys=True), R.BASELINE_REF: baseline.run_id})
         _log_results(tracker, run_id, result.entries, result.per_query)
         mpath = tmp / "quantization_manifest.json"
         mpath.write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))

@@ -25,6 +25,7 @@ ARTIFACT_REUSED = "colq.artifact_reused"
 KERNEL_BACKEND = "colq.kernel_backend"
 KERNEL_COMPUTE = "colq.kernel_compute_dtype"
 EVAL_FROM_CACHE = "colq.eval_from_cache"
+DATASET_REVISIONS = "colq.dataset_revisions"  # JSON {task: dataset revision really evaluated}
 BASELINE_REF = "colq.baseline_run_id"  # the original a quantized run was compared with
 ERROR = "colq.error"
 VERSION = "colq.version"

@@ -29,24 +29,42 @@ class ColqSweeper(BasicSweeper):
         self.validate = validate
 
     def _jobs(self, all_overrides: list[list[str]]) -> list[tuple[int, Path, str]]:
-        """Compose (and validate) every job's config; return (number, job directory, overrides) per job."""
+        """Compose (and validate) every job's config; return (number, job directory, overrides) per job. The
+        validated points are kept in `self.points` for the checks that look at all of them at once."""
         from colq_sweep.config import ConfigError, validate
         from colq_sweep.preflight import preflight
 
         assert self.config is not None and self.hydra_context is not None
         jobs = []
+        self.points = []
         for idx, overrides in enumerate(all_overrides):
             # Hydra re-composes each job from the primary config: pin the sweep directory resolved once in sweep()
             cfg = compose_job(self.hydra_context, self.config, overrides, idx, str(self.config.hydra.sweep.dir))
             shown = " ".join(filter_overrides(overrides))
             if self.validate:
                 try:
-                    preflight(validate(cfg), jobs_run_here=self._jobs_run_here())
+                    point = validate(cfg)
+                    preflight(point, jobs_run_here=self._jobs_run_here())
+                    self.points.append(point)
                 except ConfigError as err:
                     print(f"colq_sweep: job #{idx} ({shown}): {err} [nothing was launched]", file=sys.stderr)
                     sys.exit(2)
             jobs.append((idx, Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir), shown))
         return jobs
+
+    def _check_hub_inputs(self, arguments: list[str]) -> None:
+        """Every checkpoint, calibration set and dataset the jobs read from the Hub is cached (offline) or
+        reachable (online, within seconds): else one line per missing item and exit 2, nothing launched."""
+        if not self.validate:
+            return
+        from colq_sweep.prefetch import check_lines
+
+        lines = check_lines(self.points, arguments)
+        if lines:
+            for line in lines:
+                print(line, file=sys.stderr)
+            print(f"colq_sweep: {len(lines)} input(s) missing [nothing was launched]", file=sys.stderr)
+            sys.exit(2)
 
     def _jobs_run_here(self) -> bool:
         """False when a scheduler runs the jobs on other machines (their device is checked there, not here)."""
@@ -65,6 +83,7 @@ class ColqSweeper(BasicSweeper):
         with open_dict(self.config):
             self.config.hydra.sweep.dir = str(sweep_dir)
         jobs = self._jobs([job for batch in self.overrides for job in batch])  # exits 2 before anything is written
+        self._check_hub_inputs(list(arguments))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         open_sweep(self.config, len(jobs))
