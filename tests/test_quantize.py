@@ -295,8 +295,20 @@ def test_missing_backend_is_a_clear_error(monkeypatch):
     if not runtime.module_available("gptqmodel"):
         with pytest.raises(errors.BackendUnavailableError, match="gptqmodel.*not installed"):
             load.resolve_backend("gptqmodel", "cuda")
-        with pytest.raises(errors.BackendUnavailableError, match="gptqmodel"):
-            load.resolve_backend("auto", "cuda")
+    if not runtime.module_available("humming"):
+        with pytest.raises(errors.BackendUnavailableError, match="humming-kernels, which is not installed"):
+            load.resolve_backend("humming", "cuda")
+    with pytest.raises(errors.BackendUnavailableError, match="needs a CUDA device"):
+        load.resolve_backend("humming", "cpu")
+    # auto on CUDA: the first kernel package installed, humming before gptqmodel; none -> a clear error
+    monkeypatch.setattr(load, "module_available", lambda name: name in ("humming", "gptqmodel"))
+    assert load.resolve_backend("auto", "cuda:0") == "humming"
+    monkeypatch.setattr(load, "module_available", lambda name: name == "gptqmodel")
+    assert load.resolve_backend("auto", "cuda") == "gptqmodel"
+    monkeypatch.setattr(load, "module_available", lambda name: False)
+    with pytest.raises(errors.BackendUnavailableError, match="none is installed.*humming-kernels"):
+        load.resolve_backend("auto", "cuda")
+    monkeypatch.undo()
     with pytest.raises(errors.BackendUnavailableError, match="CUDA"):
         load.resolve_backend("gptqmodel", "cpu")
     with pytest.raises(errors.BackendUnavailableError, match="CPU only"):
@@ -663,3 +675,33 @@ def test_partial_calibration_batch_is_refused_up_front(fixture_paths, tmp_path, 
             ),
             tmp_path / "models",
         )
+
+
+@pytest.mark.slow
+def test_tensors_auto_round_writes_beside_the_weights_are_merged(artifact, tmp_path, page_image):
+    """Seen on CUDA: auto-round saved `embedding_proj_layer` into an extra `model_extra_tensors.safetensors` that
+    nothing referenced, so the export loaded with a MISSING (randomly initialised) projection. The export fix-up
+    merges it into the single weight file, and the checkpoint then loads whole and unchanged."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from colq_sweep.model import ColQwen3Processor, StrictLoadError
+    from colq_sweep.quantize.export import fix_index_total_size
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(artifact.path, ckpt)
+    main = load_file(str(ckpt / "model.safetensors"))
+    extra = {k: main.pop(k) for k in [k for k in main if k.startswith("embedding_proj_layer.")]}
+    assert sorted(extra) == ["embedding_proj_layer.bias", "embedding_proj_layer.weight"]
+    save_file(main, str(ckpt / "model.safetensors"), metadata={"format": "pt"})
+    save_file(extra, str(ckpt / "model_extra_tensors.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(StrictLoadError, match="embedding_proj_layer"):  # transformers' loader (the kernels' path)
+        load.load_quantized(ckpt, backend="ark", dtype="float32")
+    fix_index_total_size(ckpt)
+    assert not (ckpt / "model_extra_tensors.safetensors").exists()
+    assert sorted(load_file(str(ckpt / "model.safetensors"))) == sorted([*main, *extra])
+    proc = ColQwen3Processor.from_checkpoint(ckpt, 64)
+    got = _embed(load.load_quantized(ckpt, backend="ark", dtype="float32"), proc, QUERIES, page_image)
+    want = _embed(load.load_quantized(artifact.path, backend="ark", dtype="float32"), proc, QUERIES, page_image)
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))

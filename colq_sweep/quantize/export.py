@@ -150,13 +150,44 @@ def postprocess_export(out: Path, base_dir: Path, expected: list[str]) -> dict:
 
 
 def fix_index_total_size(ckpt: Path) -> None:
+    """Make the checkpoint's index name every tensor of every weight file, with the right total size.
+
+    auto-round writes tensors its shard writer did not save (seen on CUDA: `embedding_proj_layer`) into an extra
+    `model_extra_tensors.safetensors` that no index references; transformers would then load a single-file or
+    indexed checkpoint without them (MISSING: newly initialised). Beside a `model.safetensors` (which transformers
+    reads alone, index or not) they are merged into it; a sharded checkpoint gets every tensor of every weight
+    file entered in its index."""
     idx = ckpt / "model.safetensors.index.json"
+    files = safetensors_files(ckpt)
+    main = ckpt / "model.safetensors"
+    if main in files:
+        if len(files) > 1:  # transformers reads model.safetensors alone (index or not): merge the rest into it
+            from safetensors import safe_open
+            from safetensors.torch import load_file, save_file
+
+            with safe_open(str(main), "pt") as sf:
+                metadata = sf.metadata() or {"format": "pt"}
+            tensors = load_file(str(main))
+            for f in files:
+                if f != main:
+                    tensors.update(load_file(str(f)))
+            part = main.with_name(main.name + ".part")
+            save_file(tensors, str(part), metadata=metadata)
+            part.replace(main)
+            for f in files:
+                if f != main:
+                    f.unlink()
+            idx.unlink(missing_ok=True)
+        return
     if not idx.is_file():
         return
     d = json.loads(idx.read_text())
+    weight_map = d.setdefault("weight_map", {})
     total = 0
-    for f in safetensors_files(ckpt):
-        for meta in read_safetensors_header(f).values():
+    for f in files:
+        for name, meta in read_safetensors_header(f).items():
             total += meta["data_offsets"][1] - meta["data_offsets"][0]
+            if weight_map.get(name) not in {p.name for p in files}:
+                weight_map[name] = f.name
     d.setdefault("metadata", {})["total_size"] = total
     idx.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")

@@ -2,10 +2,12 @@
 
 - `ark`: auto-round-lib's CPU W4A16 kernels (transformers + `AutoRoundConfig(backend="ark")`), pinned to compute in
   the model dtype (see `kernel_compute_dtype`);
-- `gptqmodel`: gptqmodel's CUDA kernels (AWQ: exllamav2 AWQ kernels, auto_round format: Marlin), needs the
-  `gpu` extra (`pip install 'colq_sweep[gpu]'`);
+- `humming`: auto-round's `auto_round:humming(_awq)` CUDA kernels (package humming-kernels, JIT-compiled at
+  load: nothing compiles at install), the `gpu` extra; `auto` takes it first on CUDA;
+- `gptqmodel`: gptqmodel's CUDA kernels (AWQ: exllamav2 AWQ kernels, auto_round format: Marlin), the `gptqmodel`
+  extra (source-only: its CUDA extensions compile at install);
 - `dequant`: our own unpacking into plain 16-bit `nn.Linear` weights (quantize/dequant.py); any device;
-- `auto`: gptqmodel on CUDA if importable, ark on CPU.
+- `auto`: humming, else gptqmodel on CUDA; ark on CPU.
 A backend that cannot serve raises `BackendUnavailableError`; a load that leaves any tensor missing/unexpected,
 any decoder Linear unquantized, or lands on auto-round's `auto_round:fake` fallback raises: auto-round would
 otherwise happily run random weights.
@@ -36,19 +38,33 @@ log = logging.getLogger(__name__)
 _ARK_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
+# CUDA W4A16 kernels in the order `auto` tries them (fastest first, as measured on an H200: docs/PERFORMANCE.md)
+CUDA_BACKENDS = ("humming", "gptqmodel")
+
+
 def resolve_backend(backend: str, device: str) -> str:
-    """`auto` -> gptqmodel on CUDA if importable, else ark on CPU; checks the named backend can serve here."""
+    """`auto` -> the first CUDA kernel package installed (humming, then gptqmodel) on CUDA, ark on CPU; checks the
+    named backend can serve here."""
     dev = str(device)
     if backend == "auto":
         if dev.startswith("cuda"):
-            if module_available("gptqmodel"):
-                return "gptqmodel"
+            for candidate in CUDA_BACKENDS:
+                if module_available(candidate):
+                    return candidate
             raise BackendUnavailableError(
-                "backend=auto on CUDA needs gptqmodel for real W4A16 kernels and it is not installed "
-                "(pip install 'colq_sweep[gpu]'); or use quant.backend=dequant (16-bit weights, accuracy only)"
+                "backend=auto on CUDA needs real W4A16 kernels and none is installed: pip install 'colq_sweep[gpu]' "
+                "(humming-kernels); or use quant.backend=dequant (16-bit weights, accuracy only)"
             )
         backend = "ark"
-    if backend == "ark":
+    if backend == "humming":
+        if not dev.startswith("cuda"):
+            raise BackendUnavailableError(f"backend=humming needs a CUDA device (device={dev}); use ark on CPU")
+        if not module_available("humming"):
+            raise BackendUnavailableError(
+                "backend=humming needs humming-kernels, which is not installed: pip install 'colq_sweep[gpu]'; or use "
+                "quant.backend=dequant"
+            )
+    elif backend == "ark":
         if not dev.startswith("cpu"):
             raise BackendUnavailableError(
                 f"backend=ark runs on CPU only (device={dev}); use gptqmodel or dequant"
@@ -113,6 +129,9 @@ def load_quantized(
             model = load_with_autoround_backend(path, "ark", device, dtype, "auto_round_kernel")
         if compute != "auto":
             check_ark_compute(model, path, dtype)
+    elif which == "humming":
+        ar_backend = "auto_round:humming_awq" if packing == "awq" else "auto_round:humming"
+        model = load_with_autoround_backend(path, ar_backend, device, dtype, "auto_round_extension.humming")
     else:
         ar_backend = "gptqmodel:awq" if packing == "awq" else "gptqmodel"
         model = load_with_autoround_backend(path, ar_backend, device, dtype, "gptqmodel")

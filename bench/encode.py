@@ -1,0 +1,143 @@
+"""Page and query encoding throughput through colq_sweep's evaluation encoder, bf16 and W4A16, on one GPU.
+
+    python bench/encode.py --checkpoint /tmp/rs/4b [--quantized outputs/models/<key>] --pages 64 --batch 8 \
+        --json out.json
+
+Pages are synthetic 1024x1280 images (1280 visual tokens, Tomoro's cap), queries short sentences. For each
+variant: pages/s and queries/s through `ColQwen3Encoder` (preprocessing included, as in an evaluation), the same
+batches through a bare `model(**batch)` (preprocessed beforehand: the "plain transformers" figure), peak GPU memory,
+weight memory on the GPU, and the linear-layer floor (2 x Linear parameters x tokens at --tflops). For W4A16 the
+embeddings are compared with the bf16 ones (cosine), which a correct kernel keeps near 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+from colq_sweep.evaluate.encoder import ColQwen3Encoder
+from colq_sweep.model import ColQwen3Processor, load_colqwen3
+
+
+def pages(n: int, seed: int = 0) -> list[Image.Image]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        img = Image.new("RGB", (1024, 1280), tuple(rng.randint(200, 255) for _ in range(3)))
+        draw = ImageDraw.Draw(img)
+        for y in range(20, 1260, 24):
+            draw.text((20, y), " ".join(f"w{rng.randint(0, 999)}" for _ in range(12)) + f" p{i}", fill=(0, 0, 0))
+        out.append(img)
+    return out
+
+
+def linear_params(model) -> tuple[int, int]:
+    """(text decoder + projection, vision tower) parameters held in Linear-like layers (packed ones counted)."""
+    text = vision = 0
+    for name, mod in model.named_modules():
+        w = getattr(mod, "weight", None)
+        if hasattr(mod, "qweight"):
+            n = mod.qweight.numel() * 8  # int32 holding 8 int4 values
+        elif isinstance(mod, torch.nn.Linear) and w is not None:
+            n = w.numel()
+        else:
+            continue
+        if ".visual." in f".{name}.":
+            vision += n
+        elif "lm_head" not in name:
+            text += n
+    return text, vision
+
+
+def weight_bytes(model) -> int:
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()) if t.is_cuda)
+
+
+def timed(fn, sync=True) -> float:
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def run_variant(name, model, processor, images, queries, args) -> dict:
+    enc = ColQwen3Encoder(model, processor, model_name=f"bench/{name}", model_revision="bench", device="cuda",
+                          page_batch_size=args.batch, query_batch_size=args.qbatch, corpus_cache=False)  # fmt: skip
+    enc.encode_pages(images[: args.batch])  # warm-up (kernel JIT, allocator)
+    enc.encode_queries(queries[: args.qbatch])
+    torch.cuda.reset_peak_memory_stats()
+    page_embs: list = []
+    t_pages = timed(lambda: page_embs.extend(enc.encode_pages(images)))
+    t_queries = timed(lambda: enc.encode_queries(queries))
+    batches = [processor.process_images(images[i : i + args.batch]) for i in range(0, len(images), args.batch)]
+    batches = [{k: v.to("cuda") for k, v in b.items()} for b in batches]
+
+    def plain():
+        with torch.inference_mode():
+            for b in batches:
+                model(**b)
+
+    t_plain = timed(plain)
+    tokens = int(batches[0]["attention_mask"][0].sum())
+    text_p, vis_p = linear_params(model)
+    vis_tokens = tokens * 4  # patches before the 2x2 merge
+    floor_s = 2 * (text_p * tokens + vis_p * vis_tokens) / (args.tflops * 1e12)
+    r = {
+        "variant": name, "pages": len(images), "batch": args.batch, "tokens_per_page": tokens,
+        "pages_per_s": len(images) / t_pages, "plain_pages_per_s": len(images) / t_plain,
+        "queries_per_s": len(queries) / t_queries, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "weight_gib": weight_bytes(model) / 2**30, "floor_pages_per_s": 1 / floor_s,
+        "kernel": type(model.get_submodule("vlm.model.language_model.layers.0.mlp.down_proj")).__name__,
+    }  # fmt: skip
+    r["pct_of_floor"] = 100 * r["pages_per_s"] / r["floor_pages_per_s"]
+    return r, page_embs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--quantized", default=None)
+    ap.add_argument("--pages", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--queries", type=int, default=512)
+    ap.add_argument("--qbatch", type=int, default=64)
+    ap.add_argument("--tflops", type=float, default=790.0, help="measured bf16 matmul rate of the card")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    processor = ColQwen3Processor.from_checkpoint(args.checkpoint, 1280)
+    images = pages(args.pages)
+    queries = [f"What does section {i} report about revenue growth in {2000 + i % 25}?" for i in range(args.queries)]
+    results = []
+    model = load_colqwen3(args.checkpoint, dtype="bfloat16", device="cuda")
+    r, base = run_variant("bf16", model, processor, images, queries, args)
+    results.append(r)
+    del model
+    torch.cuda.empty_cache()
+    if args.quantized:
+        from colq_sweep.quantize.load import load_quantized
+
+        model = load_quantized(args.quantized, backend="auto", device="cuda", dtype="bfloat16")
+        r, q = run_variant(f"w4a16-{model.colq_backend}", model, processor, images, queries, args)
+        cos = [torch.nn.functional.cosine_similarity(a, b, dim=-1).mean().item() for a, b in zip(base, q, strict=True)]
+        r["cosine_to_bf16"] = sum(cos) / len(cos)
+        r["throughput_vs_bf16"] = r["pages_per_s"] / results[0]["pages_per_s"]
+        r["weights_vs_bf16"] = r["weight_gib"] / results[0]["weight_gib"]
+        results.append(r)
+    cols = ["variant", "kernel", "pages_per_s", "plain_pages_per_s", "floor_pages_per_s", "pct_of_floor", "queries_per_s",
+            "peak_gib", "weight_gib"]  # fmt: skip
+    print(" | ".join(cols))
+    for r in results:
+        print(" | ".join(f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
