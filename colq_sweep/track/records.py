@@ -31,6 +31,7 @@ ERROR = "colq.error"
 VERSION = "colq.version"
 GIT_DIRTY = "colq.git_dirty"
 DEVICE, DEVICE_NAME, CUDA_VISIBLE = "colq.device", "colq.device_name", "colq.cuda_visible_devices"
+GPU_UUID = "colq.gpu_uuid"  # the physical GPU a job ran on (what the dispatch benchmark checks for overlaps)
 HOST, PID, PID_START = "colq.host", "colq.pid", "colq.pid_start"  # the process that owns a RUNNING run
 SWEEP_ID, SWEEP_DIR, OVERRIDES = "colq.sweep_id", "colq.sweep_dir", "colq.overrides"
 PARENT = "mlflow.parentRunId"

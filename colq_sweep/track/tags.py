@@ -52,6 +52,8 @@ def environment_tags() -> dict[str, str]:
 def device_tags(device: str) -> dict[str, str]:
     import torch
 
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     if device.startswith("cuda") and torch.cuda.is_available():
-        return {R.DEVICE: device, R.DEVICE_NAME: torch.cuda.get_device_name(), R.CUDA_VISIBLE: os.environ.get("CUDA_VISIBLE_DEVICES", "")}
-    return {R.DEVICE: device, R.DEVICE_NAME: "cpu"}
+        uuid = str(torch.cuda.get_device_properties(torch.device(device)).uuid)
+        return {R.DEVICE: device, R.DEVICE_NAME: torch.cuda.get_device_name(), R.CUDA_VISIBLE: visible, R.GPU_UUID: uuid}
+    return {R.DEVICE: device, R.DEVICE_NAME: "cpu", R.CUDA_VISIBLE: visible}
