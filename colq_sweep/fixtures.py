@@ -1,7 +1,17 @@
-"""Offline fixtures, built deterministically in seconds: a tiny ColQwen3 checkpoint in the exact Tomoro layout,
-a tiny ViDoRe-format retrieval task, and calibration text.
+"""Offline fixtures, built deterministically in seconds: a tiny ColQwen3 checkpoint in the exact Tomoro layout that
+really retrieves, a held-out ViDoRe-format retrieval task, and calibration text.
 
 `python -m colq_sweep.fixtures --out outputs/fixtures` builds what is missing; tests and `make demo` call it.
+
+* The checkpoint is the committed `colq_sweep/fixture_data/tiny-colqwen3/` (bf16 safetensors, config, tokenizer
+  and image processor), trained by `python -m colq_sweep.fixture_train` on the synthetic page-retrieval task of
+  `colq_sweep.synthetic`; it is copied, not retrained, so every machine evaluates the same weights.
+* The task `VidoreFixtureRetrieval` is a held-out split of that synthetic task (pages and queries drawn from a
+  stream the training never reads): one corpus of page images, English and French queries as two subsets,
+  graded qrels (2 = the page shows both concepts the query names, 1 = one of them).
+* The calibration text is generic: the fixture's words of both languages in random order (as the study
+  calibrated on pile-10k, generic English, not on ViDoRe queries).
+
 Each fixture is written into a temporary sibling directory and renamed into place when complete, so a killed
 build never leaves a half fixture that looks finished.
 """
@@ -11,13 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from PIL import Image, ImageDraw
-
+from colq_sweep import synthetic
 from colq_sweep.fsio import atomic_dir, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -31,24 +39,16 @@ QWEN_SPECIAL_TOKENS = [
     "<|image_pad|>",
     "<|video_pad|>",
 ]
-
-# A small vocabulary of themes; pages and queries are built from it so that retrieval is learnable in principle
-# (the tiny model has random weights, so scores only need to be deterministic, not good).
-TOPICS = {
-    "revenue": ("Quarterly revenue grew", "Quelle a ete la croissance du chiffre d'affaires"),
-    "safety": ("Reactor safety inspection", "Quels sont les resultats de l'inspection de surete"),
-    "hiring": ("Hiring plan for engineers", "Quel est le plan de recrutement des ingenieurs"),
-    "energy": ("Energy consumption per site", "Quelle est la consommation d'energie par site"),
-    "tax": ("Corporate tax rate changes", "Comment le taux d'impot des societes change"),
-    "climate": ("Emissions reduction targets", "Quels sont les objectifs de reduction des emissions"),
-    "budget": ("Research budget allocation", "Comment le budget de recherche est reparti"),
-    "network": ("Telecom network outages", "Combien de pannes du reseau telecom"),
-}
-WORDS = (
-    "the of and to in for on with as by from at this that model page report data table figure revenue growth "
-    "safety energy budget network tax climate hiring engineer site quarter annual result analysis value market "
-    "cost risk plan target share total rate change policy system process design review summary section"
-).split()
+# The committed, trained fixture checkpoint (rebuilt by `python -m colq_sweep.fixture_train`).
+FIXTURE_DATA = Path(__file__).resolve().parent / "fixture_data"
+TRAINED_CHECKPOINT = FIXTURE_DATA / "tiny-colqwen3"
+TRAINING_RECORD = FIXTURE_DATA / "training.json"
+# The held-out evaluation task: its own stream of the synthetic task (training reads "train/<step>" streams).
+TASK_SEED = 0
+TASK_STREAM = "heldout"
+TASK_PAGES = 64
+TASK_QUERIES = 40  # per language (the report warns below 20 queries per entry)
+MAX_NUM_VISUAL_TOKENS = 64  # conf/model/tiny.yaml; the largest fixture page has 48 visual tokens
 
 
 @dataclass(frozen=True)
@@ -68,26 +68,24 @@ class FixturePaths:
         return self.root / "calib.jsonl"
 
 
-def _fixture_text(rng: random.Random, n_words: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(n_words))
-
-
 def build_tokenizer(out: Path):
     """Byte-level BPE trained on the fixture vocabulary, with Qwen's special tokens; saved as a HF tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    corpus = [" ".join(WORDS)] + [t for pair in TOPICS.values() for t in pair]
+    from colq_sweep.synthetic import tokenizer_corpus
+
+    corpus = tokenizer_corpus()
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400,
+        vocab_size=512,
         special_tokens=QWEN_SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(corpus * 4, trainer=trainer)
+    tok.train_from_iterator(corpus, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -148,19 +146,9 @@ def tiny_config(tokenizer) -> dict:
     }
 
 
-def build_checkpoint(out: Path, seed: int = 0) -> None:
+def build_image_processor(out: Path | None = None):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from colq_sweep.model import ColQwen3, ColQwen3Config
-
-    tokenizer = build_tokenizer(out)
-    config = ColQwen3Config(**tiny_config(tokenizer))
-    torch.manual_seed(seed)
-    model = ColQwen3(config).to(torch.bfloat16)  # Tomoro ships bf16 weights
-    # Random init of a tiny model is near-degenerate; spread the projection so embeddings differ per token.
-    with torch.no_grad():
-        model.embedding_proj_layer.weight.normal_(0.0, 0.2)
-    model.save_pretrained(out, safe_serialization=True)
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=16,
         merge_size=2,
@@ -169,52 +157,53 @@ def build_checkpoint(out: Path, seed: int = 0) -> None:
         image_std=[0.5, 0.5, 0.5],
         size={"shortest_edge": 32 * 32 * 4, "longest_edge": 32 * 32 * 64},
     )
-    image_processor.save_pretrained(out)
+    if out is not None:
+        image_processor.save_pretrained(out)
+    return image_processor
 
 
-def render_page(title: str, body: str, seed: int) -> Image.Image:
-    rng = random.Random(seed)
-    bg = tuple(rng.randint(200, 255) for _ in range(3))
-    img = Image.new("RGB", (192, 256), bg)
-    draw = ImageDraw.Draw(img)
-    draw.rectangle([0, 0, 191, 28], fill=tuple(rng.randint(0, 120) for _ in range(3)))
-    draw.text((6, 8), title[:28], fill=(255, 255, 255))
-    y = 36
-    for i in range(0, len(body), 30):
-        draw.text((6, y), body[i : i + 30], fill=(20, 20, 20))
-        y += 12
-        if y > 240:
-            break
-    return img
+def build_checkpoint(out: Path) -> None:
+    """Copy the committed trained checkpoint (config, weights, tokenizer, image processor) into `out`."""
+    if not (TRAINED_CHECKPOINT / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"{TRAINED_CHECKPOINT} is missing; rebuild it with `python -m colq_sweep.fixture_train`"
+        )
+    for f in sorted(TRAINED_CHECKPOINT.iterdir()):
+        if f.is_file():
+            shutil.copyfile(f, out / f.name)
 
 
-def build_task(out: Path, seed: int = 0) -> None:
-    """A ViDoRe-shaped task: one corpus of page images, queries in English and French as separate subsets."""
-    rng = random.Random(seed)
+def heldout_split() -> synthetic.Split:
+    return synthetic.build_split(TASK_SEED, TASK_STREAM, TASK_PAGES, TASK_QUERIES)
+
+
+def build_task(out: Path) -> None:
+    """The held-out split as a ViDoRe-shaped task: one corpus of page images, a query subset per language,
+    graded qrels."""
+    split = heldout_split()
     (out / "corpus").mkdir(parents=True)
-    corpus, queries, qrels = [], {"en": [], "fr": []}, {"en": {}, "fr": {}}
-    for t_idx, (topic, (en_q, fr_q)) in enumerate(TOPICS.items()):
-        for p in range(2):
-            doc_id = f"{topic}-p{p}"
-            page = render_page(f"{en_q} ({p + 1})", _fixture_text(rng, 60), seed * 1000 + t_idx * 10 + p)
-            page.save(out / "corpus" / f"{doc_id}.png")
-            corpus.append({"id": doc_id, "image": f"corpus/{doc_id}.png"})
-        for lang, text in (("en", en_q), ("fr", fr_q)):
-            qid = f"{lang}-{topic}"
-            queries[lang].append({"id": qid, "text": f"{text}?"})
-            qrels[lang][qid] = {f"{topic}-p0": 1, f"{topic}-p1": 1}
+    corpus = []
+    for i, page in enumerate(split.pages):
+        doc_id = f"page-{i:03d}"
+        page.image.save(out / "corpus" / f"{doc_id}.png")
+        corpus.append({"id": doc_id, "image": f"corpus/{doc_id}.png"})
     (out / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in corpus))
-    for lang in queries:
-        (out / f"queries-{lang}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in queries[lang]))
-        (out / f"qrels-{lang}.json").write_text(json.dumps(qrels[lang], indent=1, sort_keys=True))
+    for lang in synthetic.LANGUAGES:
+        queries, qrels = [], {}
+        for n, ((query, _), graded) in enumerate(zip(split.queries[lang], split.qrels(lang), strict=True)):
+            qid = f"{lang}-{n:03d}"
+            queries.append({"id": qid, "text": query.text})
+            qrels[qid] = {corpus[i]["id"]: g for i, g in sorted(graded.items())}
+        (out / f"queries-{lang}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in queries))
+        (out / f"qrels-{lang}.json").write_text(json.dumps(qrels, indent=1, sort_keys=True))
     (out / "task.json").write_text(
         json.dumps({"name": "VidoreFixtureRetrieval", "languages": {"en": "eng-Latn", "fr": "fra-Latn"}}, indent=1)
     )
 
 
-def build_calibration(path: Path, n: int = 64, words: int = 400, seed: int = 0) -> None:
-    rng = random.Random(seed)
-    atomic_write_text(path, "".join(json.dumps({"text": _fixture_text(rng, words)}) + "\n" for _ in range(n)))
+def build_calibration(path: Path, n: int = 64, words: int = 300, seed: int = 0) -> None:
+    texts = synthetic.calibration_texts(seed, n, words)
+    atomic_write_text(path, "".join(json.dumps({"text": t}) + "\n" for t in texts))
 
 
 def ensure_fixtures(root: str | Path) -> FixturePaths:

@@ -108,10 +108,10 @@ def artifact(point, quant_root):
 def page_image(fixture_paths):
     from PIL import Image
 
-    return Image.open(fixture_paths.task / "corpus" / "revenue-p0.png").convert("RGB")
+    return Image.open(fixture_paths.task / "corpus" / "page-000.png").convert("RGB")
 
 
-QUERIES = ["Quarterly revenue grew?", "Quels sont les resultats de l'inspection de surete?"]
+QUERIES = ["Which page covers water cost and staff risk?", "Que dit le rapport sur budget du carbone et audit du bureau ?"]
 
 
 # ------------------------------------------------------------------------------------------ fast units
@@ -209,7 +209,7 @@ def _pile_rows(n: int = 300) -> list[str]:
         if kind == 0:
             rows.append(f"short text {i}")
         elif kind == 1:
-            rows.append("tax " * 60)  # repetitive: dropped by auto-round's filter
+            rows.append("cost " * 60)  # repetitive (one token of the fixture vocabulary): dropped by auto-round's filter
         else:
             rows.append(" ".join(rng.choice(words) for _ in range(rng.randint(20, 90))) + ("  \n" if kind == 4 else ""))
     return rows
@@ -458,7 +458,9 @@ def test_kernels_and_dequant_agree_and_differ_from_base(artifact, fixture_paths,
         # float32 round-off (measured: max |diff| 0.0 here, 1.07e-2 when ark chose int8 on an AMX CPU).
         torch.testing.assert_close(a, d, atol=1e-6, rtol=1e-6)
         assert (a - b).abs().max() > 1e-3  # quantization changed something ...
-        assert _cos(a, b).mean() > 0.9  # ... but not much
+        # ... but kept most of each vector: iters=2 is close to round-to-nearest, which the fixture's activation
+        # outliers make lossy on purpose (colq_sweep/fixture_train.py; measured mean cosine ~0.7-0.8)
+        assert _cos(a, b).mean() > 0.5
     # bfloat16 activations: the kernels compute in bfloat16 and equal a bfloat16 dequantized model
     ark16 = load.load_quantized(artifact.path, backend="ark", device="cpu", dtype="bfloat16")
     deq16 = load.load_quantized(artifact.path, backend="dequant", device="cpu", dtype="bfloat16")
