@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import shutil
 import tempfile
 import time
@@ -22,12 +21,11 @@ from pathlib import Path
 import torch
 
 from colq_sweep.config import validate
-from colq_sweep.fixtures import _fixture_text
+from colq_sweep.synthetic import calibration_texts
 
 
 def calibration(path: Path, n: int, words: int = 3000) -> Path:
-    rng = random.Random(0)
-    path.write_text("".join(json.dumps({"text": _fixture_text(rng, words)}) + "\n" for _ in range(n)))
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in calibration_texts(0, n, words)))
     return path
 
 

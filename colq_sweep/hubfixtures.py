@@ -21,8 +21,9 @@ import random
 import shutil
 from pathlib import Path
 
-from colq_sweep.fixtures import FixturePaths, _fixture_text
+from colq_sweep.fixtures import FixturePaths
 from colq_sweep.hubcache import publish_dataset
+from colq_sweep.synthetic import calibration_texts
 from colq_sweep.tasks import DATASETS
 
 MODEL_IDS = ("TomoroAI/tomoro-colqwen3-embed-4b", "TomoroAI/tomoro-colqwen3-embed-8b")
@@ -138,8 +139,8 @@ def publish_vidore_tasks(fixtures: FixturePaths, cache_dir: Path | None = None) 
 
 
 def publish_pile(cache_dir: Path | None = None, n: int = 300, seed: int = 0) -> None:
-    rng = random.Random(seed)
-    rows = [_fixture_text(rng, rng.randint(20, 400)) for _ in range(n)]
+    rng = random.Random(seed)  # pile-like: texts of varied length, some too short for the calibration seqlen
+    rows = [t[: rng.randint(60, len(t))] for t in calibration_texts(seed, n, 400)]
     publish_dataset("NeelNanda/pile-10k", {"train": lambda: ({"text": t, "meta": json.dumps({"i": i})} for i, t in enumerate(rows))},
                     PILE_REVISION, cache_dir=cache_dir)  # fmt: skip
 

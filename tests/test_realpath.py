@@ -150,7 +150,7 @@ def _recompute(model, processor, hub_home: Path) -> dict[tuple[str, str, str], f
 
 
 @pytest.mark.slow
-def test_real_presets_offline_end_to_end(hub_home, tmp_path):
+def test_real_presets_offline_end_to_end(hub_home, tmp_path, fixture_paths):
     """`model=colqwen3-4b calib=pile10k eval=vidore` through the CLI, MLflow and mteb's own loaders: the quantized
     point and its baseline FINISH with exactly the expected entries, each corpus encoded once, and every
     per-query NDCG@5 equal to an independent recomputation from the models' embeddings."""
@@ -167,7 +167,10 @@ def test_real_presets_offline_end_to_end(hub_home, tmp_path):
     base_dir = hub_home / "hub/models--TomoroAI--tomoro-colqwen3-embed-4b/snapshots/6a32fb68598730bf5620fbf18d832c784235c59c"
     artifact = outputs / "models" / runs["quantized"].data.tags["colq.artifact_key"]
     assert json.loads(runs["baseline"].data.tags["colq.dataset_revisions"]) == {t: DATASETS[t][1] for t in HUB_TASKS}
-    assert runs["baseline"].data.metrics["pages_encoded"] == 48  # 3 corpora of 16 pages, each encoded once
+    n_pages = sum(1 for line in (fixture_paths.task / "corpus.jsonl").read_text().splitlines() if line.strip())
+    n_queries = {lang: sum(1 for line in (fixture_paths.task / f"queries-{lang}.jsonl").read_text().splitlines() if line.strip())
+                 for lang in ("en", "fr")}  # fmt: skip
+    assert runs["baseline"].data.metrics["pages_encoded"] == 3 * n_pages  # 3 corpora, each encoded once
     processor = ColQwen3Processor.from_checkpoint(base_dir, 1280)
     models = {"baseline": load_colqwen3(base_dir, dtype="float32"),
               "quantized": load_quantized(artifact, backend="dequant", dtype="float32")}  # fmt: skip
@@ -180,7 +183,7 @@ def test_real_presets_offline_end_to_end(hub_home, tmp_path):
         # mteb prefixes v1/v2 ids itself (`query-test-<id>`); v3 ids are the dataset's own
         mine = {(t, s, q if t.startswith("Vidore3") else f"query-test-{q}"): v
                 for (t, s, q), v in _recompute(model, processor, hub_home).items()}  # fmt: skip
-        assert len(mine) == 40 and set(logged) == set(mine)
+        assert len(mine) == n_queries["en"] * 3 + n_queries["fr"] * 2 and set(logged) == set(mine)
         for key, value in mine.items():
             assert logged[key] == pytest.approx(value, abs=1e-6), (role, key)
         for r in ent.itertuples():  # each entry is the mean of its queries
