@@ -151,3 +151,22 @@ def test_runs_of_slurm_jobs_are_judged_by_the_scheduler_on_any_host(tmp_path, mo
     assert t.client.get_run(running).info.status == "RUNNING"
     slurm.local_cluster.cache_clear()
 
+
+def test_system_metrics_are_logged_to_a_run_while_it_works(tmp_path, monkeypatch):
+    import time
+
+    from colq_sweep.track import sysmetrics
+
+    switch = [("auto", "cuda:0"), ("auto", "cpu"), ("true", "cpu"), ("false", "cuda")]
+    assert [sysmetrics.wanted(s, d) for s, d in switch] == [True, False, True, False]
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    t = Tracker(resolve_tracking_uri(tmp_path / "out"), "sysmetrics")
+    run, quiet = t.create_run("works", {}), t.create_run("auto on a CPU", {})
+    monitors = [sysmetrics.start("true", "cpu", t, run), sysmetrics.start("auto", "cpu", t, quiet)]
+    time.sleep(1.5)
+    for m in monitors:
+        m.finish()
+    history = t.client.get_metric_history(run, "system/cpu_utilization_percentage")
+    assert len(history) >= 3 and [m.step for m in history] == list(range(len(history)))
+    assert t.client.get_run(run).data.metrics["system/system_memory_usage_megabytes"] > 0
+    assert not any(k.startswith("system/") for k in t.client.get_run(quiet).data.metrics)

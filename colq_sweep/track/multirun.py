@@ -22,8 +22,10 @@ STATUS_FILE = "colq_status.json"
 
 
 def _tracker(config: DictConfig):
+    from colq_sweep.console import adopt_library_loggers
     from colq_sweep.track.store import Tracker, resolve_tracking_uri
 
+    adopt_library_loggers()  # MLflow's own lines (e.g. creating its database) only with -v
     return Tracker(resolve_tracking_uri(config.outputs_dir, config.get("tracking_uri")), str(config.name))
 
 
