@@ -13,9 +13,13 @@ NAME ?= demo
 PORT ?= 5000
 STAMP := $(VENV)/.installed-$(EXTRAS)
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MLFLOW_ENABLE_ASYNC_LOGGING=false
+# The tests' one-node Slurm cluster (scripts/slurm-up.sh); an exported SLURM_CONF (a real cluster) wins.
+TEST_SLURM_CONF := $(or $(SLURM_CONF),$(CURDIR)/outputs/slurm/slurm.conf)
+# CPU-only one-node cluster: no GPUs asked for, one core and a little memory per job
+SLURM_CPU := hydra/launcher=slurm hydra.launcher.gpus_per_node=null hydra.launcher.cpus_per_task=1 hydra.launcher.mem_gb=4 hydra.launcher.timeout_min=30
 
 .DEFAULT_GOAL := help
-.PHONY: help install fixtures test test-fast demo sweep prefetch report ui lint clean
+.PHONY: help install fixtures test test-fast demo demo-slurm sweep prefetch report ui lint clean slurm-up slurm-down
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
@@ -32,8 +36,8 @@ install: $(STAMP) ## create .venv and install colq_sweep with its pinned stack (
 fixtures: $(STAMP) ## build the offline fixtures (tiny checkpoint, ViDoRe-format task, calibration text)
 	$(OFFLINE) $(PY) -m colq_sweep.fixtures --out $(OUT)/fixtures
 
-test: $(STAMP) ## run the whole test suite offline on the fixtures (a few minutes on 2 CPU cores)
-	$(OFFLINE) $(PY) -m pytest -q
+test: $(STAMP) ## run the whole test suite offline on the fixtures (a few minutes on 2 CPU cores; Slurm tests need root)
+	$(OFFLINE) SLURM_CONF=$(TEST_SLURM_CONF) $(PY) -m pytest -q
 
 test-fast: $(STAMP) ## unit tests only (skips end-to-end quantize/evaluate tests)
 	$(OFFLINE) $(PY) -m pytest -q -m "not slow"
@@ -41,6 +45,9 @@ test-fast: $(STAMP) ## unit tests only (skips end-to-end quantize/evaluate tests
 demo: fixtures ## offline demo: 3-point seqlen sweep of the tiny model -> MLflow -> report in outputs/reports/demo/
 	$(OFFLINE) $(PY) -m colq_sweep -m experiment=demo outputs_dir=$(OUT) $(ARGS)
 	$(OFFLINE) $(PY) -m colq_sweep.report --name demo --outputs-dir $(OUT)
+
+demo-slurm: fixtures ## the demo sweep through slurm-up's cluster: every point an sbatch job (e.g. OUT=outputs/slurm-demo)
+	$(OFFLINE) SLURM_CONF=$(TEST_SLURM_CONF) $(PY) -m colq_sweep -m experiment=demo outputs_dir=$(OUT) $(SLURM_CPU) $(ARGS)
 
 sweep: $(STAMP) ## a real sweep (GPU + Hub), e.g. make sweep ARGS="experiment=seed-report"
 	$(PY) -m colq_sweep -m outputs_dir=$(OUT) $(ARGS)
@@ -51,12 +58,20 @@ prefetch: $(STAMP) ## fetch (or with ARGS="--check ..." verify) the Hub inputs o
 report: $(STAMP) ## build outputs/reports/$(NAME)/ from the MLflow runs of experiment NAME
 	$(PY) -m colq_sweep.report --name $(NAME) --outputs-dir $(OUT)
 
+slurm-up: ## as root: install slurm-wlm + munge if missing, start a one-node Slurm cluster (outputs/slurm/)
+	scripts/slurm-up.sh
+	@echo 'now: export SLURM_CONF=$(CURDIR)/outputs/slurm/slurm.conf'
+
+slurm-down: ## stop the one-node Slurm cluster of slurm-up
+	scripts/slurm-down.sh
+
 ui: $(STAMP) ## serve the MLflow UI for the embedded store on http://127.0.0.1:$(PORT)
 	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(abspath $(OUT))/mlflow.db --host 127.0.0.1 --port $(PORT)
 
 lint: $(STAMP) ## ruff check
 	$(PY) -m ruff check colq_sweep hydra_plugins tests
 
-clean: ## remove outputs/ (models, results, MLflow store, reports); keeps .venv
+clean: ## remove outputs/ (models, results, MLflow store, reports; stops slurm-up's cluster first); keeps .venv
+	@if [ -s $(OUT)/slurm/slurmctld.pid ]; then scripts/slurm-down.sh; fi
 	rm -rf $(OUT)/* .pytest_cache
 	@touch $(OUT)/.gitkeep

@@ -16,7 +16,11 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from colq_sweep.cli import check_overrides_or_exit
+    import sys
 
+    from colq_sweep.cli import check_overrides_or_exit
+    from colq_sweep.console import take_verbose_flag
+
+    sys.argv = take_verbose_flag(sys.argv)  # -v: third-party logs and loading bars on the console too
     check_overrides_or_exit()
     main()

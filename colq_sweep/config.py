@@ -132,6 +132,7 @@ class SweepPoint:
     force: bool = False
     fail_point: bool = False
     tracking_uri: str | None = None
+    system_metrics: str = "auto"  # auto (on for CUDA) | true | false: MLflow system metrics on each point's run
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -370,7 +371,7 @@ def _eval(d: dict) -> EvalSpec:
 
 TOP_LEVEL = {
     "model", "quant", "calib", "eval", "seqlen", "batch_size", "nsamples", "iters", "seed", "name",
-    "outputs_dir", "device", "force", "fail_point", "tracking_uri", "hydra",
+    "outputs_dir", "device", "force", "fail_point", "tracking_uri", "system_metrics", "hydra",
 }  # fmt: skip
 
 
@@ -431,6 +432,9 @@ def validate(cfg: Any) -> SweepPoint:
     tracking_uri = d.get("tracking_uri")
     if tracking_uri is not None and (not isinstance(tracking_uri, str) or "://" not in tracking_uri):
         raise ConfigError("tracking_uri", tracking_uri, "null, or an MLflow URI such as sqlite:///abs/path.db or http://host:5000")
+    system_metrics = d.get("system_metrics", "auto")
+    if system_metrics not in ("auto", True, False):
+        raise ConfigError("system_metrics", system_metrics, "allowed: auto (on for CUDA runs), true, false")
     name = d.get("name")
     if not name or not re.fullmatch(r"[A-Za-z0-9._-]+", str(name)):
         raise ConfigError("name", name, "use letters, digits, '.', '_' or '-' (it names a folder and an experiment)")
@@ -454,6 +458,7 @@ def validate(cfg: Any) -> SweepPoint:
         force=_bool("force", d.get("force", False)),
         fail_point=_bool("fail_point", d.get("fail_point", False)),
         tracking_uri=tracking_uri,
+        system_metrics=str(system_metrics).lower(),
     )
 
 

@@ -221,6 +221,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="outputs/fixtures", help="directory for the fixtures")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from colq_sweep.console import quiet_library_bars
+
+    quiet_library_bars()  # no "Writing model shards" bar for a 1.5 MB fixture
     paths = ensure_fixtures(args.out)
     log.info("fixtures ready: %s", paths.root)
 

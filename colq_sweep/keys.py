@@ -79,7 +79,7 @@ def config_hash(point: SweepPoint) -> str:
     force, device, batch sizes of inference) and not paths. What paths point to (checkpoint, calibration
     file, fixture task) and the device type enter the run key through their content (point_key)."""
     d = point.to_dict()
-    for k in ("name", "outputs_dir", "force", "tracking_uri", "device"):
+    for k in ("name", "outputs_dir", "force", "tracking_uri", "device", "system_metrics"):
         d.pop(k)
     for k in ("notices", "query_batch_size", "page_batch_size", "corpus_cache", "fixture_dir"):
         d["eval"].pop(k)

@@ -16,6 +16,15 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 PROBE_SECONDS = float(os.environ.get("COLQ_PROBE_SECONDS", "1.5"))  # tests stretch it to kill a job mid-run
+HOLD_ENV = "COLQ_HOLD_POINT_SECONDS"
+
+
+def hold_point() -> None:
+    """Testing aid: a quantized point whose run exists waits this long before quantizing when COLQ_HOLD_POINT_SECONDS
+    is set (tests cancel or kill its job there, mid-run). Unset: returns at once."""
+    seconds = float(os.environ.get(HOLD_ENV) or 0)
+    if seconds > 0:
+        time.sleep(seconds)
 
 
 def _visible_gpus() -> list[str]:

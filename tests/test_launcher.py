@@ -118,3 +118,39 @@ def test_slurm_launcher_config_composes():
     assert proc.returncode == 0, proc.stderr
     assert "gpus_per_node: 1" in proc.stdout and "partition: gpu" in proc.stdout
     assert "SlurmLauncher" in proc.stdout
+
+
+def test_the_slurm_launcher_reports_jobs_slurm_ended_without_a_result(tmp_path, monkeypatch):
+    """A job Slurm cancelled (or timed out, ...) is a FAILED return naming its state, not an exception that
+    ends the sweep; a job with a result returns it; a job still running is waited for."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra.core.utils import JobReturn, JobStatus
+    from submitit.core.utils import cloudpickle_dump
+
+    from colq_sweep import slurm
+    from hydra_plugins.colq_sweep_plugins import slurm_launcher as sl
+
+    class Job:
+        def __init__(self, job_id):
+            self.job_id = job_id
+            self.paths = type("P", (), {"result_pickle": tmp_path / f"{job_id}_result.pkl", "stderr": tmp_path / "x.err"})
+
+    done = JobReturn(overrides=["seqlen=32"])
+    done.status = JobStatus.COMPLETED
+    cloudpickle_dump(("success", done), tmp_path / "7_0_result.pkl")
+    polls = []
+
+    def states(ids, timeout=10.0):  # 7_2 runs for two polls, then reports its result
+        polls.append(sorted(ids))
+        if len(polls) == 3:
+            cloudpickle_dump(("success", done), tmp_path / "7_2_result.pkl")
+        return {"7_1": slurm.JobState("CANCELLED", "squeue"), "7_2": slurm.JobState("RUNNING", "squeue")}
+
+    monkeypatch.setattr(slurm, "job_states", states)
+    monkeypatch.setattr(sl, "RESULT_GRACE_S", 0.0)
+    launcher = sl.ColqSlurmLauncher.__new__(sl.ColqSlurmLauncher)
+    launcher.poll_seconds = 0.01
+    got = launcher._wait([Job("7_0"), Job("7_1"), Job("7_2")], [["seqlen=32"], ["seqlen=48"], ["seqlen=64"]])
+    assert [r.status for r in got] == [JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.COMPLETED]
+    assert str(got[1]._return_value).startswith("Slurm job 7_1 ended CANCELLED (squeue) without a result")
+    assert got[1].overrides == ["seqlen=48"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import os
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,86 @@ def test_summaries_and_deltas_use_the_same_entries():
     assert only_fr["delta_pct_ndcg_at_5_all"] == pytest.approx(-50.0)
     assert "delta_ndcg_at_5_en" not in only_fr
     assert math.isnan(summarise([_entry("B", "french", "fr", 0.3)])["avg_ndcg_at_5_en"])
+
+
+def _fake_slurm(bin_dir: Path, sacct: str | None, squeue: str = "") -> None:
+    """sacct / squeue / scontrol stand-ins printing fixed answers (sacct=None: accounting is disabled)."""
+    bin_dir.mkdir(exist_ok=True)
+    scripts = {
+        "sacct": "echo 'Slurm accounting storage is disabled' >&2; exit 1" if sacct is None else f"printf '{sacct}'",
+        "squeue": f"printf '{squeue}'",
+        "scontrol": "echo 'ClusterName             = colq'",
+    }
+    for name, body in scripts.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+
+
+def test_slurm_job_states_from_sacct_else_squeue(tmp_path, monkeypatch):
+    from colq_sweep import slurm
+
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    _fake_slurm(tmp_path / "bin", sacct="12|12|CANCELLED by 0\\n14|13_1|TIMEOUT\\n15|15|RUNNING\\n")
+    got = slurm.job_states(["12", "13_1", "15"])
+    assert {k: (v.state, v.source, v.ended) for k, v in got.items()} == {
+        "12": ("CANCELLED", "sacct", True), "13_1": ("TIMEOUT", "sacct", True), "14": ("TIMEOUT", "sacct", True),
+        "15": ("RUNNING", "sacct", False)}  # fmt: skip
+    # no accounting database: the controller's records (squeue --states=all) answer
+    _fake_slurm(tmp_path / "bin", sacct=None, squeue="12|12|OUT_OF_MEMORY\\n")
+    assert {k: v.state for k, v in slurm.job_states(["12"]).items()} == {"12": "OUT_OF_MEMORY"}
+    (tmp_path / "bin" / "squeue").write_text("#!/bin/sh\nexit 1\n")
+    assert slurm.job_states(["12"]) is None  # nobody answered: nothing can be concluded
+
+
+def test_runs_of_slurm_jobs_are_judged_by_the_scheduler_on_any_host(tmp_path, monkeypatch):
+    import socket
+
+    from colq_sweep import slurm
+
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    slurm.local_cluster.cache_clear()
+    _fake_slurm(tmp_path / "bin", sacct="21|21|RUNNING\\n22|22|TIMEOUT\\n23|23|RUNNING\\n")
+    t = Tracker(resolve_tracking_uri(tmp_path / "out"), "slurm")
+    dead_pid = mp.get_context("spawn").Process(target=math.sqrt, args=(1.0,))
+    dead_pid.start()
+    dead_pid.join()
+
+    def run(name: str, host: str, job: str | None, pid: int = 1, cluster: str = "colq") -> str:
+        tags = {"colq.host": host, "colq.pid": str(pid)}
+        if job:
+            tags.update({"colq.slurm_job_id": job, "colq.slurm_cluster": cluster})
+        return t.create_run(name, tags)
+
+    running = run("job running elsewhere", "gpu-node-1", "21")
+    timed_out = run("job timed out elsewhere", "gpu-node-2", "22")
+    crashed_here = run("job running, its process here gone", socket.gethostname(), "23", pid=dead_pid.pid)
+    other_cluster = run("job of another cluster", "gpu-node-3", "22", cluster="other")
+    unknown = run("no Slurm job, elsewhere", "gpu-node-4", None)
+    killed = t.mark_dead_runs_killed(reason="found by a test")
+    assert sorted(killed) == sorted([timed_out, crashed_here])
+    assert t.client.get_run(timed_out).data.tags["colq.error"] == (
+        "its Slurm job 22 ended TIMEOUT (sacct) without closing the run (found by a test)")
+    assert t.client.get_run(crashed_here).data.tags["colq.error"].startswith("its process ended")
+    assert {r.info.run_id for r in t.foreign_running()} == {other_cluster, unknown}  # whose owner is unknown here
+    assert t.client.get_run(running).info.status == "RUNNING"
+    slurm.local_cluster.cache_clear()
+
+
+def test_system_metrics_are_logged_to_a_run_while_it_works(tmp_path, monkeypatch):
+    import time
+
+    from colq_sweep.track import sysmetrics
+
+    switch = [("auto", "cuda:0"), ("auto", "cpu"), ("true", "cpu"), ("false", "cuda")]
+    assert [sysmetrics.wanted(s, d) for s, d in switch] == [True, False, True, False]
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    t = Tracker(resolve_tracking_uri(tmp_path / "out"), "sysmetrics")
+    run, quiet = t.create_run("works", {}), t.create_run("auto on a CPU", {})
+    monitors = [sysmetrics.start("true", "cpu", t, run), sysmetrics.start("auto", "cpu", t, quiet)]
+    time.sleep(1.5)
+    for m in monitors:
+        m.finish()
+    history = t.client.get_metric_history(run, "system/cpu_utilization_percentage")
+    assert len(history) >= 3 and [m.step for m in history] == list(range(len(history)))
+    assert t.client.get_run(run).data.metrics["system/system_memory_usage_megabytes"] > 0
+    assert not any(k.startswith("system/") for k in t.client.get_run(quiet).data.metrics)

@@ -221,6 +221,7 @@ class ColQwen3Encoder(AbsEncoder):
         self.mteb_model_meta = colqwen3_model_meta(model_name, model_revision)
         self.model_key = f"{self.mteb_model_meta.name}@{model_revision}"
         self.observer: BatchObserver | None = None  # sees every processed batch before its forward pass
+        self.progress = None  # console.EvalProgress: advanced by every page and query handled (cached ones too)
         self._memo: dict[str, torch.Tensor] = {}
         self._memo_task: str | None = None
         self.stats: dict[str, float] = dict.fromkeys(
@@ -302,6 +303,7 @@ class ColQwen3Encoder(AbsEncoder):
         for start in range(0, len(texts), self.query_batch_size):
             chunk = list(texts[start : start + self.query_batch_size])
             out.extend(self._forward("query", self.processor.process_queries(chunk)))
+            self._advance(len(chunk))
         self.stats["queries_encoded"] += len(texts)
         self.stats["query_seconds"] += time.perf_counter() - t0
         return [e.float() for e in out]
@@ -321,7 +323,12 @@ class ColQwen3Encoder(AbsEncoder):
         embs = self._forward("page", self.processor.process_images(images))
         self.stats["pages_encoded"] += len(images)
         self.stats["page_seconds"] += time.perf_counter() - t0
+        self._advance(len(images))
         return embs
+
+    def _advance(self, n: int) -> None:
+        if self.progress is not None:
+            self.progress.advance(n)
 
     def _corpus_uncached(self, inputs: DataLoader) -> list[torch.Tensor]:
         out: list[torch.Tensor] = []
@@ -354,6 +361,7 @@ class ColQwen3Encoder(AbsEncoder):
             else:
                 missing.append(i)
             out[i] = emb
+        self._advance(len(keys) - len(missing))  # pages from memory or disk count as done at once
         if missing:
             log.info(
                 "%s: encoding %d of %d pages (%d cached)",

@@ -160,6 +160,19 @@ def task_entries(tasks: Iterable) -> list[tuple[str, str]]:
     return [(t.metadata.name, s) for t in tasks for s in t.hf_subsets]
 
 
+def task_size(task) -> int:
+    """How many items (pages + queries, per selected subset, as mteb hands them to the encoder) evaluating `task`
+    takes: from mteb's descriptive statistics of the task, else by loading its data and counting."""
+    stats = task.metadata.descriptive_stats or {}
+    per_subset = (stats.get("test") or {}).get("hf_subset_descriptive_stats") or {}
+    if all(s in per_subset for s in task.hf_subsets):
+        return sum(int(per_subset[s]["num_samples"]) for s in task.hf_subsets)
+    if not per_subset and len(task.hf_subsets) == 1 and "num_samples" in (stats.get("test") or {}):
+        return int(stats["test"]["num_samples"])
+    task.load_data()
+    return sum(len(task.dataset[s]["test"]["corpus"]) + len(task.dataset[s]["test"]["queries"]) for s in task.hf_subsets)
+
+
 def page_cache_dir(cache_dir: str | os.PathLike, model_name: str, model_revision: str) -> Path:
     """`<cache_dir>/pages/<org>__<name>/<revision>/`: one folder per checkpoint, easy to inspect or delete.
 
@@ -179,6 +192,7 @@ def evaluate_model(
     cache_dir: Path,
     device: str = "cpu",
     force: bool = False,
+    progress: str | None = "evaluate",
 ) -> EvalResult:
     """Evaluate one checkpoint on `eval_spec` through mteb; see the module docstring.
 
@@ -186,11 +200,13 @@ def evaluate_model(
     keys), so they must be unique per checkpoint: pass the artifact key of a quantized model as its revision.
     `load_model` is called at most once, and only if some page or query must be encoded.
     `force=True` recomputes everything: this checkpoint's page embeddings and results are not read from disk.
+    `progress` is the label of the progress bar over every page and query of the selected entries (None: no bar).
     """
     import mteb
     import torch
     from mteb.cache import ResultCache
 
+    from colq_sweep.console import EvalProgress
     from colq_sweep.evaluate.encoder import ColQwen3Encoder, PageStore
 
     t0 = time.perf_counter()
@@ -218,9 +234,14 @@ def evaluate_model(
     entries: list[dict] = []
     per_query: list[dict] = []
     revisions: dict[str, str] = {}  # task -> the dataset revision really evaluated
+    tasks = build_tasks(eval_spec)
+    sizes = [task_size(t) for t in tasks]
+    bar = EvalProgress(progress or "", sum(sizes), enabled=progress is not None)
+    encoder.progress = bar
     with mem:  # this stage's peak memory, not the process's (which includes quantization)
         try:
-            for task in build_tasks(eval_spec):
+            for task, size in zip(tasks, sizes, strict=True):
+                bar.begin_task(size)
                 name = task.metadata.name
                 pq_path = per_query_path(cache, name, meta)
                 revisions[name] = loaded_revision(task, eval_spec.allow_revision_mismatch)
@@ -239,6 +260,9 @@ def evaluate_model(
                     show_progress_bar=False,
                     raise_error=True,
                 )
+                bar.end_task()  # subsets served from the result cache, pages from the page cache: done too
+                if task.data_loaded:  # loaded here to count it, so mteb left it loaded
+                    task.unload_data()
                 if result.exceptions:
                     raise RuntimeError(f"{name}: {result.exceptions[0].exception}")
                 write_checksums(cache.get_task_result_path(name, meta), pq_path)
@@ -250,6 +274,8 @@ def evaluate_model(
                 entries.extend(task_entries_)
                 per_query.extend(records)
         finally:
+            bar.close()
+            encoder.progress = None
             encoder.release()  # it loaded the model, so it is the only holder: free the memory for what runs next
             if use_cuda:
                 torch.cuda.empty_cache()

@@ -47,7 +47,10 @@ def run_job(cfg: DictConfig):
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
+    from colq_sweep.console import setup_job
+
     point = validate_or_exit(cfg)
+    setup_job()  # third-party loggers through Hydra's job logging (console filter + log file), loading bars off
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     if not multirun:  # a multirun's jobs were checked by the sweeper before any started
@@ -63,7 +66,8 @@ def run_job(cfg: DictConfig):
 
         sweep_id = sweep_id_for(hc.sweep.dir)
     config_yaml = OmegaConf.to_yaml({k: cfg[k] for k in cfg if k != "hydra"}, resolve=True)
-    outcome = run_point(point, sweep_id=sweep_id, config_yaml=config_yaml, log_files=sorted(job_dir.glob("*.log")))
+    who = f"#{hc.job.num} {point.model.name} {point.label}" if multirun else None
+    outcome = run_point(point, sweep_id=sweep_id, config_yaml=config_yaml, log_files=sorted(job_dir.glob("*.log")), who=who)
     atomic_write_text(job_dir / STATUS_FILE, outcome.to_json())
     if not multirun and outcome.status == "FAILED":
         print(f"colq_sweep: point FAILED: {outcome.error}", file=sys.stderr)

@@ -16,10 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from colq_sweep.config import SweepPoint, baseline_of
+from colq_sweep.console import say, stage
 from colq_sweep.fsio import file_lock
 from colq_sweep.keys import checkpoint_identity, eval_revision, kernel_compute, point_key
 from colq_sweep.runtime import resolve_device
 from colq_sweep.track import records as R
+from colq_sweep.track import sysmetrics
 from colq_sweep.track.store import Tracker, resolve_tracking_uri
 from colq_sweep.track.tags import device_tags, point_tags
 
@@ -69,12 +71,24 @@ def _dirs(point: SweepPoint) -> dict[str, Path]:
     return {"models": out / "models", "results": out / "results", "cache": out / "cache", "locks": out / "locks"}
 
 
-def _evaluate(point: SweepPoint, loader: Callable, name: str, revision: str, device: str, force: bool):
+def _evaluate(point: SweepPoint, loader: Callable, name: str, revision: str, device: str, force: bool, progress: str):
     from colq_sweep.evaluate.run import evaluate_model
 
     d = _dirs(point)
     return evaluate_model(loader, point.eval, model_name=name, model_revision=revision, results_dir=d["results"],
-                          cache_dir=d["cache"], device=device, force=force)  # fmt: skip
+                          cache_dir=d["cache"], device=device, force=force, progress=progress)  # fmt: skip
+
+
+def _who(point: SweepPoint) -> str:
+    return f"{point.model.name} {point.label}"
+
+
+def _eval_summary(result) -> str:
+    n = len(result.entries)
+    avg = sum(e["ndcg_at_5"] for e in result.entries) / n if n else float("nan")
+    t = result.timing
+    how = "all from caches" if result.from_cache else f"{int(t['pages_encoded'])} pages + {int(t['queries_encoded'])} queries encoded"
+    return f"{n} entries, avg ndcg@5 {avg:.5f}; {how}"
 
 
 def _load_base(point: SweepPoint, device: str):
@@ -101,9 +115,11 @@ def _load_quantized(point: SweepPoint, path: Path, device: str):
 
 
 def _fail(
-    tracker: Tracker, run_id: str, exc: BaseException, status: str = "FAILED", artifacts: list[Path] = ()
+    tracker: Tracker, run_id: str, exc: BaseException, status: str = "FAILED", artifacts: list[Path] = (), monitor=None
 ) -> str:
     """Close a run that did not finish: its config and logs (as a FINISHED run has them), the traceback, the error."""
+    if monitor is not None:
+        monitor.finish()
     for f in artifacts:
         try:
             tracker.log_artifact(run_id, f)
@@ -122,7 +138,7 @@ def _fail(
 
 
 def ensure_baseline(
-    point: SweepPoint, tracker: Tracker, parent_id: str | None, extra_artifacts: list[Path] = ()
+    point: SweepPoint, tracker: Tracker, parent_id: str | None, extra_artifacts: list[Path] = (), who: str = ""
 ) -> tuple[EvalRecord, bool]:
     """The model's unquantized evaluation: found in MLflow if a finished run exists, else evaluated once.
 
@@ -144,20 +160,23 @@ def ensure_baseline(
         run_id = tracker.create_run(
             f"{point.model.name} original", {**point_tags(base, R.ROLE_BASELINE, h), **device_tags(device)}, parent_id
         )
+        monitor = sysmetrics.start(point.system_metrics, device, tracker, run_id)
         try:
             tracker.log(run_id, params=R.flatten(base.to_dict()))
             name, revision = checkpoint_identity(base)
             tracker.log(run_id, tags={R.ARTIFACT_KEY: f"{name}@{revision}"})
-            result = _evaluate(base, _load_base(base, device), name, eval_revision(revision, base), device, force=forced)
+            result = _evaluate(base, _load_base(base, device), name, eval_revision(revision, base), device, force=forced,
+                               progress=f"{who or _who(base)} | baseline evaluate")  # fmt: skip
             metrics = {**R.summarise(result.entries), **R.eval_metrics(result.timing)}
             metrics.update(_base_size(base))
             tracker.log(run_id, metrics=metrics, tags={R.EVAL_FROM_CACHE: str(result.from_cache).lower(), R.DATASET_REVISIONS: json.dumps(result.dataset_revisions, sort_keys=True)})
             _log_results(tracker, run_id, result.entries, result.per_query)
             for a in extra_artifacts:
                 tracker.log_artifact(run_id, a)
+            monitor.finish()
             tracker.finish(run_id)
         except BaseException as exc:
-            _fail(tracker, run_id, exc, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", extra_artifacts)
+            _fail(tracker, run_id, exc, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", extra_artifacts, monitor)
             raise
         return EvalRecord(run_id, result.entries, result.per_query, metrics), True
 
@@ -176,10 +195,12 @@ def run_point(
     sweep_id: str | None = None,
     config_yaml: str | None = None,
     log_files: list[Path] = (),
+    who: str | None = None,
 ) -> PointOutcome:
     """Quantize (or reuse) -> evaluate (or reuse) -> compare with the baseline -> track. Never raises for a
     failure of the point itself: its run is marked FAILED with the traceback and the outcome says so
-    (KeyboardInterrupt still propagates, after marking the run KILLED)."""
+    (KeyboardInterrupt still propagates, after marking the run KILLED). `who` names the point on the console."""
+    who = who or _who(point)
     tracker = Tracker(resolve_tracking_uri(point.outputs_dir, point.tracking_uri), point.name)
     parent_id = tracker.find_parent(sweep_id) if sweep_id else None
     device = resolve_device(point.device)
@@ -193,8 +214,7 @@ def run_point(
         done = tracker.find(f"tags.`{R.RUN_KEY}` = '{h}' and tags.`{R.ROLE}` = '{role}'")
         if done:
             run = done[0]
-            log.info("skip %s / %s: already FINISHED as run %s (run key %s; force=true recomputes)",
-                     point.model.name, point.label, run.info.run_id, h)  # fmt: skip
+            say("%s | skip: already FINISHED as run %s (run key %s; force=true recomputes)", who, run.info.run_id, h)
             return PointOutcome(point.label, point.model.name, "SKIPPED", run.info.run_id, dict(run.data.metrics))
 
     tmpdir = tempfile.TemporaryDirectory()
@@ -206,17 +226,21 @@ def run_point(
     logs = [f for f in log_files if f.exists()]
     try:
         if not point.quant.enabled:
-            return _run_baseline_point(point, tracker, parent_id, extra + logs)
-        return _run_quantized_point(point, tracker, parent_id, device, h, extra, logs, Path(tmpdir.name))
+            return _run_baseline_point(point, tracker, parent_id, extra + logs, who)
+        return _run_quantized_point(point, tracker, parent_id, device, h, extra, logs, Path(tmpdir.name), who)
     finally:
         tmpdir.cleanup()
 
 
-def _run_baseline_point(point: SweepPoint, tracker: Tracker, parent_id: str | None, artifacts: list[Path]) -> PointOutcome:
+def _run_baseline_point(
+    point: SweepPoint, tracker: Tracker, parent_id: str | None, artifacts: list[Path], who: str
+) -> PointOutcome:
     try:
         if point.fail_point:
             raise RuntimeError("fail_point=true: this point was made to fail on purpose (a testing aid)")
-        record, _ = ensure_baseline(point, tracker, parent_id, artifacts)
+        with stage(who, "baseline") as st:
+            record, computed = ensure_baseline(point, tracker, parent_id, artifacts, who)
+            st["result"] = f"{'evaluated and tracked as' if computed else 'reused'} run {record.run_id}"
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # noqa: BLE001 - recorded (ensure_baseline marks its run) and reported
@@ -227,57 +251,71 @@ def _run_baseline_point(point: SweepPoint, tracker: Tracker, parent_id: str | No
 
 def _run_quantized_point(
     point: SweepPoint, tracker: Tracker, parent_id: str | None, device: str, key: str,
-    extra: list[Path], logs: list[Path], tmp: Path,
+    extra: list[Path], logs: list[Path], tmp: Path, who: str,
 ) -> PointOutcome:  # fmt: skip
     run_id = tracker.create_run(
         f"{point.model.name} {point.label}", {**point_tags(point, R.ROLE_QUANTIZED, key), **device_tags(device)}, parent_id
     )
     log.info("point %s / %s -> run %s", point.model.name, point.label, run_id)
+    monitor = sysmetrics.start(point.system_metrics, device, tracker, run_id)
     try:
         tracker.log(run_id, params=R.flatten(point.to_dict()))
         if point.fail_point:
             raise RuntimeError("fail_point=true: this point was made to fail on purpose (a testing aid)")
+        from colq_sweep import testing
         from colq_sweep.model import resolve_checkpoint_dir
         from colq_sweep.quantize.sizes import size_report
         from colq_sweep.quantize.stage import quantize_point
 
+        testing.hold_point()
         # Before hours of quantization: can this machine serve the exported checkpoint at all?
         kernel, compute = kernel_compute(point, device)
         tracker.log(run_id, tags={R.KERNEL_BACKEND: kernel, R.KERNEL_COMPUTE: compute})
 
-        t0 = time.perf_counter()
-        artifact = quantize_point(point, _dirs(point)["models"])
-        tracker.log(run_id, tags={R.ARTIFACT_KEY: artifact.key, R.ARTIFACT_REUSED: str(artifact.reused).lower()})
-        manifest = artifact.manifest
-        base_dir = resolve_checkpoint_dir(point.model.source, point.model.revision)
-        metrics: dict[str, float] = dict(size_report(base_dir, artifact.path))
-        for k in ("quant_seconds", "quant_peak_rss_mb", "quant_peak_cuda_mb", "samples_used"):
-            if isinstance(manifest.get(k), (int, float)):
-                metrics[k] = float(manifest[k])
-        metrics["quant_stage_seconds"] = time.perf_counter() - t0
+        with stage(who, "quantize") as st:
+            t0 = time.perf_counter()
+            artifact = quantize_point(point, _dirs(point)["models"])
+            tracker.log(run_id, tags={R.ARTIFACT_KEY: artifact.key, R.ARTIFACT_REUSED: str(artifact.reused).lower()})
+            manifest = artifact.manifest
+            base_dir = resolve_checkpoint_dir(point.model.source, point.model.revision)
+            metrics: dict[str, float] = dict(size_report(base_dir, artifact.path))
+            for k in ("quant_seconds", "quant_peak_rss_mb", "quant_peak_cuda_mb", "samples_used"):
+                if isinstance(manifest.get(k), (int, float)):
+                    metrics[k] = float(manifest[k])
+            metrics["quant_stage_seconds"] = time.perf_counter() - t0
+            st["result"] = f"{'reused' if artifact.reused else 'built'} artifact {artifact.key}"
 
-        name = f"colq_sweep/{point.model.name}-w{point.quant.bits}"
-        result = _evaluate(point, _load_quantized(point, artifact.path, device), name, eval_revision(artifact.key, point, device),
-                           device, force=point.force)  # fmt: skip
-        metrics.update(R.summarise(result.entries))
-        metrics.update(R.eval_metrics(result.timing))
+        with stage(who, "evaluate") as st:
+            name = f"colq_sweep/{point.model.name}-w{point.quant.bits}"
+            result = _evaluate(point, _load_quantized(point, artifact.path, device), name,
+                               eval_revision(artifact.key, point, device), device, force=point.force,
+                               progress=f"{who} | evaluate")  # fmt: skip
+            metrics.update(R.summarise(result.entries))
+            metrics.update(R.eval_metrics(result.timing))
+            st["result"] = _eval_summary(result)
         # The baseline last: points of one model quantize side by side instead of waiting for its evaluation.
-        baseline, _ = ensure_baseline(point, tracker, parent_id)
-        metrics.update(R.compare(result.entries, baseline.entries))
-        tracker.log(run_id, metrics=metrics, tags={R.EVAL_FROM_CACHE: str(result.from_cache).lower(), R.DATASET_REVISIONS: json.dumps(result.dataset_revisions, sort_keys=True), R.BASELINE_REF: baseline.run_id})
-        _log_results(tracker, run_id, result.entries, result.per_query)
-        mpath = tmp / "quantization_manifest.json"
-        mpath.write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
-        for a in extra + [mpath] + logs:
-            tracker.log_artifact(run_id, a)
-        tracker.finish(run_id)
+        with stage(who, "baseline") as st:
+            baseline, computed = ensure_baseline(point, tracker, parent_id, who=who)
+            metrics.update(R.compare(result.entries, baseline.entries))
+            st["result"] = f"{'evaluated and tracked as' if computed else 'reused'} run {baseline.run_id}"
+        with stage(who, "track") as st:
+            tracker.log(run_id, metrics=metrics, tags={R.EVAL_FROM_CACHE: str(result.from_cache).lower(), R.DATASET_REVISIONS: json.dumps(result.dataset_revisions, sort_keys=True), R.BASELINE_REF: baseline.run_id})
+            _log_results(tracker, run_id, result.entries, result.per_query)
+            mpath = tmp / "quantization_manifest.json"
+            mpath.write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
+            for a in extra + [mpath] + logs:
+                tracker.log_artifact(run_id, a)
+            monitor.finish()
+            tracker.finish(run_id)
+            st["result"] = (f"run {run_id} FINISHED: avg ndcg@5 {metrics['avg_ndcg_at_5_all']:.5f}, "
+                            f"delta {metrics.get('delta_ndcg_at_5_all', float('nan')):+.5f}")  # fmt: skip
         log.info("point %s / %s FINISHED: avg ndcg@5 %.5f (delta %+.5f)", point.model.name, point.label,
                  metrics["avg_ndcg_at_5_all"], metrics.get("delta_ndcg_at_5_all", float("nan")))  # fmt: skip
         return PointOutcome(point.label, point.model.name, "FINISHED", run_id, metrics)
     except KeyboardInterrupt as exc:
-        _fail(tracker, run_id, exc, "KILLED", extra + logs)
+        _fail(tracker, run_id, exc, "KILLED", extra + logs, monitor)
         raise
     except BaseException as exc:  # noqa: BLE001 - isolate the failure: record it, let the other points run
-        err = _fail(tracker, run_id, exc, "FAILED", extra + logs)
+        err = _fail(tracker, run_id, exc, "FAILED", extra + logs, monitor)
         log.error("point %s / %s FAILED: %s", point.model.name, point.label, err)
         return PointOutcome(point.label, point.model.name, "FAILED", run_id, {}, err)

@@ -85,6 +85,9 @@ def autoround_entry():
     """auto-round's entry point, imported only when a build really happens."""
     from auto_round import AutoRound
 
+    from colq_sweep.console import adopt_library_loggers
+
+    adopt_library_loggers()  # auto-round installs its own stderr handler at import: its lines go to the job's log
     return AutoRound
 
 

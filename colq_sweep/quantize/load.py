@@ -210,9 +210,14 @@ def check_ark_compute(model, path: str | os.PathLike, dtype: str) -> None:
 
 
 def load_with_autoround_backend(path: Path, ar_backend: str, device: str, dtype: str, module_prefix: str):
+    import auto_round.inference.convert_model  # noqa: F401  (transformers imports it to load; its logger and bar first)
     from transformers import AutoRoundConfig
 
+    from colq_sweep.console import adopt_library_loggers, quiet_autoround_repacking
     from colq_sweep.model import load_colqwen3
+
+    adopt_library_loggers()
+    quiet_autoround_repacking()
 
     kwargs: dict[str, Any] = {"quantization_config": AutoRoundConfig(backend=ar_backend)}
     if device.startswith("cuda"):

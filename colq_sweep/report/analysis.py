@@ -19,7 +19,7 @@ from colq_sweep.report import stats
 from colq_sweep.report.points import PointResults, clean_entries, clean_per_query, is_english
 
 EXCLUDE_EXACT = {
-    "name", "outputs_dir", "device", "force", "fail_point", "tracking_uri", "quant.method", "quant.backend",
+    "name", "outputs_dir", "device", "force", "fail_point", "tracking_uri", "system_metrics", "quant.method", "quant.backend",
     "quant.low_gpu_mem_usage", "quant.enable_torch_compile", "quant.allow_fewer_samples",
 }  # fmt: skip
 EXCLUDE_PREFIX = ("model.", "eval.", "hydra.", "colq.")

@@ -22,8 +22,10 @@ STATUS_FILE = "colq_status.json"
 
 
 def _tracker(config: DictConfig):
+    from colq_sweep.console import adopt_library_loggers
     from colq_sweep.track.store import Tracker, resolve_tracking_uri
 
+    adopt_library_loggers()  # MLflow's own lines (e.g. creating its database) only with -v
     return Tracker(resolve_tracking_uri(config.outputs_dir, config.get("tracking_uri")), str(config.name))
 
 
@@ -33,9 +35,9 @@ def open_sweep(config: DictConfig, n_jobs: int) -> str:
 
     sweep_dir = Path(str(config.hydra.sweep.dir))
     tracker = _tracker(config)
-    killed = tracker.mark_dead_runs_killed(reason="its process ended without closing the run (found by a later sweep)")
+    killed = tracker.mark_dead_runs_killed(reason="found by a later sweep")
     if killed:
-        log.warning("marked %d run(s) left RUNNING by dead processes on this host as KILLED: %s", len(killed), ", ".join(killed))
+        log.warning("marked %d run(s) left RUNNING by a process or Slurm job that has ended as KILLED: %s", len(killed), ", ".join(killed))
     sid = sweep_id_for(sweep_dir)
     run_id = tracker.find_parent(sid)
     if run_id is None:
@@ -59,19 +61,21 @@ def abort_sweep(config: DictConfig, reason: str) -> None:
         tracker.finish(parent, "FAILED")
 
 
-def job_status(job_dir: Path, label: str) -> dict:
+def job_status(job_dir: Path, label: str, note: str | None = None) -> dict:
+    """The status a job wrote; a job that wrote none crashed (`note`: what its launcher knows, e.g. its Slurm state)."""
     status_file = job_dir / STATUS_FILE
     if status_file.exists():
         return json.loads(status_file.read_text())
-    return {"label": label, "model": "?", "status": "CRASHED", "metrics": {}, "error": "no status written (process died?)"}
+    return {"label": label, "model": "?", "status": "CRASHED", "metrics": {}, "error": note or "no status written (process died?)"}
 
 
-def close_sweep(config: DictConfig, jobs: list[tuple[int, Path, str]]) -> int:
+def close_sweep(config: DictConfig, jobs: list[tuple[int, Path, str]], notes: dict[int, str] | None = None) -> int:
     """Print the summary of exactly these jobs (number, directory, overrides), close the parent run with the
-    sweep's status, and return how many points failed."""
+    sweep's status, and return how many points failed. `notes`: job number -> why its launcher saw it fail."""
     from colq_sweep.track.store import sweep_id_for
 
-    rows = [(str(num), job_status(job_dir, overrides)) for num, job_dir, overrides in jobs]
+    notes = notes or {}
+    rows = [(str(num), job_status(job_dir, overrides, notes.get(num))) for num, job_dir, overrides in jobs]
     failed = [r for r in rows if r[1]["status"] not in ("FINISHED", "SKIPPED")]
     print(format_summary(rows), file=sys.stderr)
     tracker = _tracker(config)

@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from colq_sweep.fsio import file_lock
 from colq_sweep.runtime import process_alive, process_start
+from colq_sweep.slurm import current_job_tags, run_job_states
 from colq_sweep.track import records as R
 
 
@@ -75,6 +76,8 @@ class Tracker:
         tags.setdefault(R.HOST, socket.gethostname())
         tags.setdefault(R.PID, str(os.getpid()))
         tags.setdefault(R.PID_START, process_start(os.getpid()) or "")
+        for k, v in current_job_tags().items():  # inside a Slurm job: the scheduler can tell when it ended
+            tags.setdefault(k, v)
         if parent_id:
             tags[R.PARENT] = parent_id
         with self.locked():
@@ -87,6 +90,7 @@ class Tracker:
         params: dict[str, Any] | None = None,
         metrics: dict[str, float] | None = None,
         tags: dict[str, str] | None = None,
+        step: int = 0,
     ) -> None:
         import time
 
@@ -94,7 +98,7 @@ class Tracker:
 
         now = int(time.time() * 1000)
         p = [Param(k, _param_str(v)) for k, v in (params or {}).items()]
-        m = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if _is_number(v)]
+        m = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items() if _is_number(v)]
         t = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
         with self.locked():
             for i in range(0, max(len(p), len(m), len(t), 1), 100):  # MLflow caps a batch at 100 params
@@ -135,27 +139,36 @@ class Tracker:
         return runs[0].info.run_id if runs else None
 
     def mark_dead_runs_killed(self, run_key: str | None = None, reason: str = "") -> list[str]:
-        """Runs (of this run key, or any) left RUNNING by a process that no longer exists on this host become
-        KILLED. Runs owned by another host are left alone: `foreign_running` lists them."""
+        """Runs (of this run key, or any) left RUNNING by an owner that is gone become KILLED, with the cause in
+        `colq.error` (`reason` says who found it). A run made inside a Slurm job is judged by the scheduler's
+        record of that job (sacct, else squeue; any host); any other run by its process, on this host only.
+        Runs of other hosts that the scheduler cannot speak for are left alone: `foreign_running` lists them."""
         killed = []
         host = socket.gethostname()
         filt = f"tags.`{R.RUN_KEY}` = '{run_key}'" if run_key else ""
-        for run in self.find(filt, status="RUNNING"):
+        runs = self.find(filt, status="RUNNING")
+        jobs = run_job_states(runs)
+        for run in runs:
             tags = run.data.tags
-            if tags.get(R.HOST) != host:
+            job = jobs.get(run.info.run_id)
+            if job is not None and job.ended:
+                cause = f"its Slurm job {tags[R.SLURM_JOB_ID]} ended {job.state} ({job.source}) without closing the run"
+            elif tags.get(R.HOST) == host and not process_alive(int(tags.get(R.PID, "0") or 0), tags.get(R.PID_START) or None):
+                cause = "its process ended without closing the run"
+            else:
                 continue
-            if process_alive(int(tags.get(R.PID, "0") or 0), tags.get(R.PID_START) or None):
-                continue
-            if reason:
-                self.log(run.info.run_id, tags={R.ERROR: reason})
+            self.log(run.info.run_id, tags={R.ERROR: f"{cause} ({reason})" if reason else cause})
             self.finish(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
             killed.append(run.info.run_id)
         return killed
 
     def foreign_running(self) -> list:
-        """RUNNING runs owned by another host: whether their process lives cannot be told from here."""
+        """RUNNING runs owned by another host whose owner cannot be told from here (no Slurm job the scheduler
+        here knows of)."""
         host = socket.gethostname()
-        return [r for r in self.find("", status="RUNNING") if r.data.tags.get(R.HOST) != host]
+        runs = [r for r in self.find("", status="RUNNING") if r.data.tags.get(R.HOST) != host]
+        known = run_job_states(runs)
+        return [r for r in runs if r.info.run_id not in known]
 
     def children(self, parent_id: str, status: str | None = None) -> list:
         return self.find(f"tags.`{R.PARENT}` = '{parent_id}'", status=status)

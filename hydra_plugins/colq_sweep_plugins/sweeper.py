@@ -68,7 +68,22 @@ class ColqSweeper(BasicSweeper):
 
     def _jobs_run_here(self) -> bool:
         """False when a scheduler runs the jobs on other machines (their device is checked there, not here)."""
-        return "submitit" not in str(self.config.hydra.launcher.get("_target_", ""))
+        target = str(self.config.hydra.launcher.get("_target_", ""))
+        return "submitit" not in target and "Slurm" not in target
+
+    def _warn_sqlite_on_cluster(self) -> None:
+        """Jobs on other hosts writing one sqlite file: say once why that is fragile and what to use instead."""
+        from colq_sweep.track.store import resolve_tracking_uri
+
+        if "Slurm" not in str(self.config.hydra.launcher.get("_target_", "")):
+            return
+        uri = resolve_tracking_uri(str(self.config.outputs_dir), self.config.get("tracking_uri"))
+        if uri.startswith("sqlite:"):
+            print(f"colq_sweep: note: Slurm jobs on several hosts would share the sqlite store {uri[len('sqlite:///'):]}: "
+                  "sqlite's file locking is unreliable on network filesystems (NFS, Lustre) and writes can fail or be lost; "
+                  "for multi-host sweeps run a server, e.g. `mlflow server --backend-store-uri sqlite:///$HOME/mlflow.db "
+                  "--artifacts-destination $HOME/mlartifacts --serve-artifacts --host 0.0.0.0 --port 5000`, and pass "
+                  "tracking_uri=http://<that host>:5000", file=sys.stderr)  # fmt: skip
 
     def sweep(self, arguments: list[str]) -> Any:
         from colq_sweep.track.multirun import abort_sweep, close_sweep, open_sweep
@@ -84,23 +99,26 @@ class ColqSweeper(BasicSweeper):
             self.config.hydra.sweep.dir = str(sweep_dir)
         jobs = self._jobs([job for batch in self.overrides for job in batch])  # exits 2 before anything is written
         self._check_hub_inputs(list(arguments))
+        self._warn_sqlite_on_cluster()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         open_sweep(self.config, len(jobs))
         returns = []
+        notes: dict[int, str] = {}  # job number -> why it failed, as its launcher saw it (e.g. its Slurm state)
         initial_job_idx = 0
         try:
             while not self.is_done():
                 batch = self.get_job_batch()
                 results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
-                for r in results:  # a job that raised is reported by the summary, not re-raised here
+                for i, r in enumerate(results):  # a job that raised is reported by the summary, not re-raised here
                     if r.status.name == "FAILED":
                         log.error("job failed: %s: %s", " ".join(r.overrides), r._return_value)
+                        notes[initial_job_idx + i] = str(r._return_value)
                 initial_job_idx += len(batch)
                 returns.append(results)
         except BaseException as exc:  # the launcher itself gave up (bad pool settings, Ctrl-C, ...)
             abort_sweep(self.config, f"{type(exc).__name__}: {exc}")
             raise
-        if close_sweep(self.config, jobs):
+        if close_sweep(self.config, jobs, notes):
             sys.exit(1)
         return returns
