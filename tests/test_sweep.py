@@ -86,6 +86,36 @@ def test_three_point_multirun_tracks_three_children_and_the_baseline(first_sweep
     assert set(points["tags.colq.eval_hash"]) == set(baseline["tags.colq.eval_hash"])
 
 
+def test_the_console_shows_stages_and_progress_and_the_log_files_the_rest(first_sweep, fixture_paths):
+    """Per point one line as each stage starts and ends, with its time; one evaluation bar over every page and
+    query (pages cached after the first subset count as done); auto-round's per-block bar. Third-party chatter
+    and loading bars are not on the console; the jobs' log files have the chatter."""
+    outputs, proc = first_sweep
+    assert proc.returncode == 0
+    out, err = proc.stdout, proc.stderr
+    for job, seqlen in enumerate((32, 48, 64)):
+        who = f"#{job} tiny w4g128 seqlen={seqlen} bs=2 n=4 iters=2 seed=42 | "
+        for stage in ("quantize", "evaluate", "baseline", "track"):
+            assert out.count(f"{who}{stage}: start") == 1, (stage, out[-3000:])
+            assert out.count(f"{who}{stage}: done in ") == 1, (stage, out[-3000:])
+        assert f"{who}track: done in" in out and "FINISHED: avg ndcg@5" in out
+    task = fixture_paths.task
+    pages = len((task / "corpus.jsonl").read_text().splitlines())
+    total = sum(pages + len((task / f"queries-{s}.jsonl").read_text().splitlines()) for s in ("en", "fr"))
+    assert err.count(f"| evaluate: 100%") == 3 and err.count(f" {total}/{total} [") >= 3  # noqa: F541
+    assert "item/s]" in err and "Quantizing vlm.model.language_model.layers" in err  # rate; auto-round's bar
+    chatter = ("Running task VidoreFixtureRetrieval", "Passing 'group_size' directly", "Loading weights",
+               "Downloading artifacts", "UserWarning", "Creating initial MLflow database", "repacking to CPU",
+               "Map:", "INFO")  # fmt: skip
+    for line in chatter:
+        assert line not in out + err, line
+    logs = [p.read_text() for p in outputs.glob("hydra/demo/multirun-*/*/__main__.log")]
+    assert len(logs) == 3
+    for text in logs:
+        assert "[mteb." in text and "Running task VidoreFixtureRetrieval" in text and "[autoround][" in text
+        assert "| quantize: start" in text and "[py.warnings][WARNING]" in text
+
+
 def test_report_from_the_real_sweep(first_sweep):
     """The report reads what the sweep logged: same runs, same numbers, logged back to the parent run."""
     from colq_sweep.report import build_report
@@ -104,6 +134,96 @@ def test_report_from_the_real_sweep(first_sweep):
     parent = df[df["tags.colq.role"] == "sweep"].iloc[0]["run_id"]
     logged = {a.path for a in mlflow.tracking.MlflowClient(store(outputs)).list_artifacts(parent, "report")}
     assert "report/report.md" in logged
+
+
+# what differs between two trackings of the same points by nature: clocks, memory peaks, what caches served, where
+# the store is, and who ran it
+TIMING = ("_seconds", "_per_s", "_peak_rss_mb", "_peak_cuda_mb")
+CACHE_COUNTERS = {"pages_encoded", "queries_encoded", "pages_from_cache", "pages_from_disk"}
+SAME_TAGS = ("colq.role", "colq.model", "colq.label", "colq.config_hash", "colq.eval_hash", "colq.artifact_key",
+             "colq.kernel_backend", "colq.kernel_compute_dtype", "colq.dataset_revisions", "colq.device",
+             "mlflow.source.git.commit", "version.mlflow", "version.auto-round")  # fmt: skip
+
+
+def _artifacts(client, run_id: str, path: str | None = None) -> list[str]:
+    out = []
+    for a in client.list_artifacts(run_id, path):
+        out += _artifacts(client, run_id, a.path) if a.is_dir else [a.path]
+    return out
+
+
+def _same_sweep_view(uri: str, tmp: Path) -> dict:
+    """Every run of the demo experiment's one sweep, by (role, label): params, numeric metrics (timing and cache
+    counters left out), identity tags, artifact names (logs and reports left out) and the bytes of each result
+    artifact, the manifest and the config (its tracking_uri line left out)."""
+    client = mlflow.tracking.MlflowClient(uri)
+    exp = client.get_experiment_by_name("demo")
+    out = {}
+    for run in client.search_runs([exp.experiment_id], max_results=1000):
+        t = run.data.tags
+        key = (t["colq.role"], t.get("colq.label", "-"))
+        assert key not in out, f"two runs {key}"
+        names = [n for n in _artifacts(client, run.info.run_id) if not n.endswith(".log") and not n.startswith("report/")]
+        files = {}
+        for name in names:
+            if name.startswith("results/") or name in ("quantization_manifest.json", "config.yaml"):
+                text = Path(client.download_artifacts(run.info.run_id, name, str(tmp / run.info.run_id))).read_text()
+                files[name] = "\n".join(ln for ln in text.splitlines() if not ln.startswith("tracking_uri:"))
+        # a baseline's knob params are those of whichever point computed it first (they do not enter its run key)
+        skip = {"tracking_uri"} | ({"seqlen", "batch_size", "nsamples", "iters", "seed"} if key[0] == "baseline" else set())
+        out[key] = {
+            "status": run.info.status,
+            "params": {k: v for k, v in run.data.params.items() if k not in skip and not (key[0] == "baseline" and k.startswith("calib."))},
+            "metrics": {k: v for k, v in run.data.metrics.items() if not k.endswith(TIMING) and k not in CACHE_COUNTERS},
+            "tags": {k: t.get(k) for k in SAME_TAGS},
+            "has_parent": t.get("mlflow.parentRunId") is not None,
+            "artifacts": sorted(names),
+            "files": files,
+        }
+    return out
+
+
+def _report_view(report: Path) -> dict:
+    """The report's numbers and text, without run ids, its time stamp and store line, and the speed table."""
+    import re
+
+    import pandas as pd
+
+    def no_ids(text: str) -> str:
+        return re.sub(r"\b[0-9a-f]{32}\b", "<run>", text)
+
+    md = report.read_text()
+    cut = md.index("## Speed and memory")
+    md = md[:cut] + md[md.index("\n## ", cut):]
+    md = no_ids("\n".join(ln for ln in md.splitlines() if not ln.startswith("Generated ")))
+    summary = pd.read_csv(report.parent / "summary.csv")
+    summary = summary[[c for c in summary.columns if c != "run_id" and not c.endswith(TIMING)]]
+    return {"md": md, "summary": summary.to_csv(index=False), "entries": no_ids((report.parent / "entries.csv").read_text())}
+
+
+def test_the_same_sweep_through_an_mlflow_server_tracks_the_same(first_sweep, fixture_paths, mlflow_server, tmp_path):
+    """The demo sweep logged to a real `mlflow server` (REST + proxied artifacts) holds exactly what the embedded
+    sqlite store holds: every run, param, metric and per-query file, and the same report. The points reuse the first
+    sweep's quantized artifacts and cached results (same outputs_dir), so only the store differs."""
+    from colq_sweep.report import build_report
+
+    outputs, first = first_sweep
+    assert first.returncode == 0
+    # the same three points (all three jobs at once: how many run side by side changes nothing tracked)
+    proc = sweep(outputs, fixture_paths.root, "seqlen=32,48,64", "hydra.launcher.max_parallel=3",
+                 f"tracking_uri={mlflow_server}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "sqlite's file locking" not in proc.stderr  # a server, and no Slurm: nothing to warn about
+    embedded, served = _same_sweep_view(store(outputs), tmp_path / "a"), _same_sweep_view(mlflow_server, tmp_path / "b")
+    assert sorted(embedded) == sorted(served) and len(served) == 5  # the sweep, the baseline and three points
+    for key in embedded:
+        assert embedded[key] == served[key], key
+    assert all(any(k.startswith("entry/") for k in v["metrics"]) for (role, _), v in served.items() if role != "sweep")
+    assert all(v["files"].get("results/per_query.csv") for (role, _), v in served.items() if role != "sweep")
+    assert not any(k.startswith("system/") for v in served.values() for k in v["metrics"])  # auto: off on CPU
+    reports = [build_report("demo", tracking_uri=uri, outputs_dir=outputs, out_dir=tmp_path / name, n_boot=200)
+               for uri, name in ((store(outputs), "embedded"), (mlflow_server, "served"))]  # fmt: skip
+    assert _report_view(reports[0]) == _report_view(reports[1])
 
 
 def test_rerun_quantizes_and_evaluates_nothing(first_sweep, fixture_paths):

@@ -74,7 +74,8 @@ def section(points: list[PointResults], n_boot: int = 2000, seed: int = 0) -> li
            f"The study's published per-entry NDCG@5 ({SOURCE}) beside ours, for each configuration of this report that "
            "is one of the study's (same model; W4A16 g128 sym, iters 1000, NeelNanda/pile-10k, the study's seqlen with "
            "its nsamples and batch size). \"Inside\" = the study's number lies in our 95% bootstrap interval.", ""]  # fmt: skip
-    finished = [p for p in points if p.finished]
+    # in a fixed order, not the store's (runs of parallel jobs start in any order): the same runs, the same report
+    finished = sorted((p for p in points if p.finished), key=lambda p: (p.model, not p.is_baseline, p.label))
     matched, reasons = [], {}
     for p in finished:
         size, col = match(p)
