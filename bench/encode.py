@@ -4,10 +4,13 @@
         --json out.json
 
 Pages are synthetic 1024x1280 images (1280 visual tokens, Tomoro's cap), queries short sentences. For each
-variant: pages/s and queries/s through `ColQwen3Encoder` (preprocessing included, as in an evaluation), the same
-batches through a bare `model(**batch)` (preprocessed beforehand: the "plain transformers" figure), peak GPU memory,
-weight memory on the GPU, and the linear-layer floor (2 x Linear parameters x tokens at --tflops). For W4A16 the
-embeddings are compared with the bf16 ones (cosine), which a correct kernel keeps near 1.
+variant: pages/s and queries/s through `ColQwen3Encoder` as an evaluation runs it (decoding/preprocessing in worker
+threads ahead of the forward, `pages_per_s`) and with every batch prepared in the calling thread
+(`serial_pages_per_s`, the encoder before the pipeline); the same batches through a bare `model(**batch)`
+(preprocessed beforehand and already on the GPU: the "plain transformers" figure) and the largest difference of
+the encoder's embeddings from the bare forward's; peak GPU memory, weight memory on the GPU, and the linear-layer
+floor (2 x Linear parameters x tokens at --tflops). `--profile` splits one bare forward's CUDA time into GEMM,
+attention and other kernels. For W4A16 the embeddings are compared with the bf16 ones (cosine).
 """
 
 from __future__ import annotations
@@ -25,13 +28,13 @@ from colq_sweep.evaluate.encoder import ColQwen3Encoder
 from colq_sweep.model import ColQwen3Processor, load_colqwen3
 
 
-def pages(n: int, seed: int = 0) -> list[Image.Image]:
+def pages(n: int, seed: int = 0, size: tuple[int, int] = (1024, 1280)) -> list[Image.Image]:
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        img = Image.new("RGB", (1024, 1280), tuple(rng.randint(200, 255) for _ in range(3)))
+        img = Image.new("RGB", size, tuple(rng.randint(200, 255) for _ in range(3)))
         draw = ImageDraw.Draw(img)
-        for y in range(20, 1260, 24):
+        for y in range(20, size[1] - 20, 24):
             draw.text((20, y), " ".join(f"w{rng.randint(0, 999)}" for _ in range(12)) + f" p{i}", fill=(0, 0, 0))
         out.append(img)
     return out
@@ -67,36 +70,73 @@ def timed(fn, sync=True) -> float:
     return time.perf_counter() - t0
 
 
+def profile_forward(model, batch, top: int = 12) -> dict:
+    """CUDA time of one plain forward by kernel class (GEMM, attention, other) and the top kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        model(**batch)
+        torch.cuda.synchronize()
+    rows = [(e.key, e.self_device_time_total) for e in prof.key_averages() if e.self_device_time_total > 0]
+    total = sum(t for _, t in rows)
+    classes = {"gemm": 0.0, "attention": 0.0, "other": 0.0}
+    for name, t in rows:
+        low = name.lower()
+        kind = "attention" if ("flash" in low or "attention" in low or "fmha" in low) else (
+            "gemm" if any(k in low for k in ("gemm", "cutlass", "sm90", "matmul", "humming", "nvjet", "xmma")) else "other")
+        classes[kind] += t
+    rows.sort(key=lambda r: -r[1])
+    return {"total_ms": total / 1e3, "share": {k: v / total for k, v in classes.items()},
+            "top": [(n[:90], t / 1e3) for n, t in rows[:top]]}  # fmt: skip
+
+
 def run_variant(name, model, processor, images, queries, args) -> dict:
-    enc = ColQwen3Encoder(model, processor, model_name=f"bench/{name}", model_revision="bench", device="cuda",
-                          page_batch_size=args.batch, query_batch_size=args.qbatch, corpus_cache=False)  # fmt: skip
-    enc.encode_pages(images[: args.batch])  # warm-up (kernel JIT, allocator)
-    enc.encode_queries(queries[: args.qbatch])
+    def encoder(workers):
+        return ColQwen3Encoder(model, processor, model_name=f"bench/{name}", model_revision="bench", device="cuda",
+                               page_batch_size=args.batch, query_batch_size=args.qbatch, corpus_cache=False,
+                               preprocess_workers=workers)  # fmt: skip
+
+    fast, serial = encoder(None), encoder(0)
+    fast.encode_pages(images[: args.batch * 2])  # warm-up (kernel JIT, allocator, threads)
+    fast.encode_queries(queries[: args.qbatch])
     torch.cuda.reset_peak_memory_stats()
     page_embs: list = []
-    t_pages = timed(lambda: page_embs.extend(enc.encode_pages(images)))
-    t_queries = timed(lambda: enc.encode_queries(queries))
+    t_pages = timed(lambda: page_embs.extend(fast.encode_pages(images)))
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    t_serial = timed(lambda: serial.encode_pages(images))
+    t_queries = timed(lambda: fast.encode_queries(queries))
     batches = [processor.process_images(images[i : i + args.batch]) for i in range(0, len(images), args.batch)]
     batches = [{k: v.to("cuda") for k, v in b.items()} for b in batches]
+    plain_embs: list = []
 
     def plain():
         with torch.inference_mode():
             for b in batches:
-                model(**b)
+                out = model(**b)
+                plain_embs.extend(out[i][b["attention_mask"][i].bool()] for i in range(out.shape[0]))
 
     t_plain = timed(plain)
+    diff = max((a.cuda() - b.float()).abs().max().item() for a, b in zip(page_embs, plain_embs, strict=True))
     tokens = int(batches[0]["attention_mask"][0].sum())
     text_p, vis_p = linear_params(model)
     vis_tokens = tokens * 4  # patches before the 2x2 merge
     floor_s = 2 * (text_p * tokens + vis_p * vis_tokens) / (args.tflops * 1e12)
     r = {
         "variant": name, "pages": len(images), "batch": args.batch, "tokens_per_page": tokens,
-        "pages_per_s": len(images) / t_pages, "plain_pages_per_s": len(images) / t_plain,
-        "queries_per_s": len(queries) / t_queries, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "preprocess_workers": fast.preprocess_workers,
+        "pages_per_s": len(images) / t_pages, "serial_pages_per_s": len(images) / t_serial,
+        "plain_pages_per_s": len(images) / t_plain, "max_abs_diff_vs_plain": diff,
+        "queries_per_s": len(queries) / t_queries, "peak_gib": peak,
         "weight_gib": weight_bytes(model) / 2**30, "floor_pages_per_s": 1 / floor_s,
         "kernel": type(model.get_submodule("vlm.model.language_model.layers.0.mlp.down_proj")).__name__,
     }  # fmt: skip
     r["pct_of_floor"] = 100 * r["pages_per_s"] / r["floor_pages_per_s"]
+    r["plain_pct_of_floor"] = 100 * r["plain_pages_per_s"] / r["floor_pages_per_s"]
+    if args.profile:
+        r["profile"] = profile_forward(model, batches[0])
+        print(name, "forward profile:", json.dumps(r["profile"]["share"]), f"{r['profile']['total_ms']:.1f} ms/batch")
+        for n, ms in r["profile"]["top"]:
+            print(f"  {ms:8.2f} ms  {n}")
     return r, page_embs
 
 
@@ -109,6 +149,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=512)
     ap.add_argument("--qbatch", type=int, default=64)
     ap.add_argument("--tflops", type=float, default=790.0, help="measured bf16 matmul rate of the card")
+    ap.add_argument("--profile", action="store_true", help="CUDA time of one plain forward by kernel class")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     processor = ColQwen3Processor.from_checkpoint(args.checkpoint, 1280)
@@ -130,11 +171,11 @@ def main() -> None:
         r["throughput_vs_bf16"] = r["pages_per_s"] / results[0]["pages_per_s"]
         r["weights_vs_bf16"] = r["weight_gib"] / results[0]["weight_gib"]
         results.append(r)
-    cols = ["variant", "kernel", "pages_per_s", "plain_pages_per_s", "floor_pages_per_s", "pct_of_floor", "queries_per_s",
-            "peak_gib", "weight_gib"]  # fmt: skip
+    cols = ["variant", "kernel", "pages_per_s", "serial_pages_per_s", "plain_pages_per_s", "floor_pages_per_s",
+            "pct_of_floor", "max_abs_diff_vs_plain", "queries_per_s", "peak_gib", "weight_gib"]  # fmt: skip
     print(" | ".join(cols))
     for r in results:
-        print(" | ".join(f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols))
+        print(" | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

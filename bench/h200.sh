@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One GPU session's measurements on a CUDA machine without Hub access (docs/PERFORMANCE.md records the numbers):
-#   bash bench/h200.sh smoke|4b|8b|qcost     (wheels for the missing packages in .whl/, results under $OUT)
-# smoke: 2-layer 4B shape through the whole pipeline; 4b/8b: the full shape through the pipeline (reduced iters)
-# and the encoding benchmark (bf16 vs W4A16); qcost: our quantize stage vs auto-round's API on a 4-layer 4B shape.
-set -eo pipefail
-MODE=${1:-smoke}
+#   bash bench/h200.sh 4b|8b|qcost     (wheels for the missing packages in .whl/, results under $OUT)
+# 4b/8b: the full shape through the pipeline (iters 1), the encoding benchmark (bf16 vs W4A16, with a profile) and,
+# for 4b, the corpus cache on a 6-language task; qcost: our quantize stage vs auto-round's API at the study's
+# seqlen/batch pairs on 2-layer real shapes. Each step has its own time limit; one failing does not stop the rest.
+set -o pipefail
+MODE=${1:?4b, 8b or qcost}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 if [ -d .whl ]; then
@@ -19,28 +20,35 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 MLFLOW_ENABLE_ASYNC_LOGGING=false 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, transformers, auto_round, mteb; print('torch', torch.__version__, 'transformers', transformers.__version__, 'auto_round', auto_round.__version__, 'mteb', mteb.__version__)" | tee -a "$OUT/gpu.txt"
 rm -rf /tmp/o; python3 -m colq_sweep.fixtures --out /tmp/o/fixtures
-pipeline() {  # size layers iters
-  local size=$1 layers=$2 iters=$3
-  python3 -m colq_sweep.realshape --size "$size" --out "/tmp/rs/$size" ${layers:+--layers $layers} 2>&1 | tail -1
-  /usr/bin/time -v python3 -m colq_sweep -m "model=colqwen3-$size" model.id=null model.revision=null "model.path=/tmp/rs/$size" \
-    calib=fixture eval=fixture quant=w4a16 "iters=$iters" nsamples=16 batch_size=8 seqlen=256 device=cuda \
-    outputs_dir=/tmp/o name=h200 > "$OUT/pipeline_$size.log" 2> "$OUT/pipeline_$size.err" || { ls -la /tmp/o/models/*; grep -v "it/s]" "$OUT/pipeline_$size.err" | tail -30; exit 1; }
-  grep -A5 "colq_sweep summary" "$OUT/pipeline_$size.err" || true
-  grep -E "Elapsed|Maximum resident" "$OUT/pipeline_$size.err" || true
+step() {  # name timeout_s command...: one measurement; a failure or overrun is reported and the next one runs
+  local name=$1 limit=$2; shift 2
+  echo "== $name ($(date +%T))"
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
+  grep -v -E "it/s\]|s/it\]|Loading weights" "$OUT/$name.log" | tail -${TAILN:-25}
+  [ $rc = 0 ] || echo "!! $name exited $rc"
+}
+pipeline() {  # size iters
+  local size=$1 iters=$2
+  python3 -m colq_sweep.realshape --size "$size" --out "/tmp/rs/$size" 2>&1 | tail -1
+  TAILN=8 step "pipeline_$size" 420 /usr/bin/time -v python3 -m colq_sweep -m "model=colqwen3-$size" model.id=null \
+    model.revision=null "model.path=/tmp/rs/$size" calib=fixture eval=fixture quant=w4a16 "iters=$iters" nsamples=16 \
+    batch_size=8 seqlen=256 device=cuda outputs_dir=/tmp/o name=h200
+  grep -E "quant_seconds|Elapsed|Maximum resident" "$OUT/pipeline_$size.log" | tail -3
+  python3 -m colq_sweep.report --name h200 --outputs-dir /tmp/o > /dev/null && cp /tmp/o/reports/h200/report.md "$OUT/report_$size.md"
+  key=$(ls -t /tmp/o/models | grep -E '^[0-9a-f]{20}$' | head -1)
+  du -sh "/tmp/rs/$size" "/tmp/o/models/$key" | tee "$OUT/sizes_$size.txt"
 }
 case "$MODE" in
-  smoke) pipeline 4b 2 5 ;;
-  4b|8b)
-    pipeline "$MODE" "" 10
-    python3 -m colq_sweep.report --name h200 --outputs-dir /tmp/o > /dev/null && cp /tmp/o/reports/h200/report.md "$OUT/report_$MODE.md"
-    key=$(ls -t /tmp/o/models | grep -E '^[0-9a-f]{20}$' | head -1)
-    du -sh "/tmp/rs/$MODE" "/tmp/o/models/$key" | tee "$OUT/sizes_$MODE.txt"; ls -la "/tmp/o/models/$key" >> "$OUT/sizes_$MODE.txt"
-    python3 bench/encode.py --checkpoint "/tmp/rs/$MODE" --quantized "/tmp/o/models/$key" --pages 64 --batch 8 \
-      --json "$OUT/encode_$MODE.json" ;;
-  qcost)
-    python3 -m colq_sweep.realshape --size 4b --out /tmp/rs/4b-l4 --layers 4 2>&1 | tail -1
-    python3 bench/quantize_cost.py --checkpoint /tmp/rs/4b-l4 --seqlen 1024 --batch-size 8 --nsamples 16 --iters 50 \
-      --json "$OUT/qcost_default.json" 2>&1 | grep -v "it/s\]" | tail -30
-    python3 bench/quantize_cost.py --checkpoint /tmp/rs/4b-l4 --seqlen 1024 --batch-size 8 --nsamples 16 --iters 50 \
-      --compile --no-low-gpu-mem --json "$OUT/qcost_fast.json" 2>&1 | grep -v "it/s\]" | tail -30 ;;
+  4b|8b)  # the pipeline (iters 1: a real artifact quickly), encoding bf16 vs W4A16 with a profile, the corpus cache
+    pipeline "$MODE" 1
+    step "encode_$MODE" 240 python3 bench/encode.py --checkpoint "/tmp/rs/$MODE" --quantized "/tmp/o/models/$key" \
+      --pages 64 --batch 8 --profile --json "$OUT/encode_$MODE.json"
+    [ "$MODE" = 4b ] && step corpus_cache_4b 150 python3 bench/corpus_cache.py --checkpoint /tmp/rs/4b --pages 48 \
+      --queries 8 --json "$OUT/corpus_cache_4b.json" ;;
+  qcost)  # our stage vs auto-round's API at the study's seqlen/batch pairs, 2-layer real shapes, iters 50
+    for size in 4b 8b; do python3 -m colq_sweep.realshape --size $size --out /tmp/rs/$size-l2 --layers 2 2>&1 | tail -1; done
+    q() { step "qcost_$1_$2_$3$5" 150 python3 bench/quantize_cost.py --checkpoint "/tmp/rs/$1-l2" --seqlen "$2" \
+      --batch-size "$3" --nsamples "$3" --iters 50 $4 --json "$OUT/qcost_$1_$2_$3$5.json"; }
+    q 4b 1024 80; q 8b 1024 50; q 4b 256 300; q 8b 512 150
+    q 4b 1024 80 "--compile --no-low-gpu-mem" _fast ;;
 esac

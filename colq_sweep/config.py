@@ -105,6 +105,7 @@ class EvalSpec:
     query_batch_size: int = 64
     page_batch_size: int = 8
     corpus_cache: bool = True
+    preprocess_workers: int | None = None  # threads preparing pages ahead of the forward (None: auto)
     fixture_dir: str | None = None
     only: tuple[tuple[str, str], ...] | None = None  # config `eval.entries`: evaluate only these (task, subset)
     allow_revision_mismatch: bool = False  # offline: use a cached dataset of another revision (recorded)
@@ -188,6 +189,15 @@ register_resolvers()
 def _pos_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(name, value, "must be a positive integer")
+    return value
+
+
+def _workers(name: str, value: Any) -> int | None:
+    """`auto` (None) or a count >= 0."""
+    if value == "auto" or value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(name, value, "must be auto or an integer >= 0 (0: prepare each batch in the main thread)")
     return value
 
 
@@ -359,6 +369,7 @@ def _eval(d: dict) -> EvalSpec:
         query_batch_size=_pos_int("eval.query_batch_size", d.get("query_batch_size", 64)),
         page_batch_size=_pos_int("eval.page_batch_size", d.get("page_batch_size", 8)),
         corpus_cache=_bool("eval.corpus_cache", d.get("corpus_cache", True)),
+        preprocess_workers=_workers("eval.preprocess_workers", d.get("preprocess_workers", "auto")),
         fixture_dir=d.get("fixture_dir"),
         only=_entry_pairs(d.get("only"), kept, langs),
         allow_revision_mismatch=_bool("eval.allow_revision_mismatch", d.get("allow_revision_mismatch", False)),

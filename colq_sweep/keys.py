@@ -81,7 +81,7 @@ def config_hash(point: SweepPoint) -> str:
     d = point.to_dict()
     for k in ("name", "outputs_dir", "force", "tracking_uri", "device", "system_metrics"):
         d.pop(k)
-    for k in ("notices", "query_batch_size", "page_batch_size", "corpus_cache", "fixture_dir"):
+    for k in ("notices", "query_batch_size", "page_batch_size", "corpus_cache", "preprocess_workers", "fixture_dir"):
         d["eval"].pop(k)
     if not d["eval"]["allow_revision_mismatch"]:
         d["eval"].pop("allow_revision_mismatch")  # the default leaves the hash as it was before the option

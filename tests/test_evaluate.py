@@ -198,6 +198,55 @@ def test_page_embeddings_do_not_depend_on_batching(fixture_paths):
             assert torch.allclose(other, e, atol=1e-5, rtol=0), page_id
 
 
+def test_pipelined_pages_equal_the_plain_forward(fixture_paths, tmp_path):
+    """The optimized page path (worker threads preparing batches ahead, pixels cast on the host, one copy back per
+    batch, size-sorted batches) against the plain path, `model(**processor.process_images(batch))` batch by batch:
+    the same batches give bit-identical bf16 embeddings; size sorting regroups pages into batches with less padding
+    and changes them only by float round-off."""
+    from colq_sweep.evaluate import fixture_task
+    from colq_sweep.evaluate.encoder import ColQwen3Encoder, PageStore
+    from colq_sweep.model import ColQwen3Processor, load_colqwen3
+
+    task = fixture_task(fixture_paths.task)
+    task.load_data()
+    corpus = task.dataset["en"]["test"]["corpus"].select(range(16))
+    images = list(corpus["image"])
+    processor = ColQwen3Processor.from_checkpoint(fixture_paths.checkpoint, 64)
+    for dtype in ("bfloat16", "float32"):
+        model = load_colqwen3(fixture_paths.checkpoint, dtype=dtype)
+        plain = []
+        with torch.inference_mode():
+            for start in range(0, len(images), 4):
+                batch = processor.process_images(images[start : start + 4])
+                out = model(**batch)
+                plain.extend(out[i][batch["attention_mask"][i].bool()] for i in range(out.shape[0]))
+        for workers in (0, 3):
+            enc = ColQwen3Encoder(
+                model, processor, model_name=MODEL_NAME, model_revision=f"pipe{workers}", page_batch_size=4,
+                preprocess_workers=workers,
+            )  # fmt: skip
+            got = enc.encode_pages(images)
+            assert enc.stats["pages_encoded"] == 16
+            for a, b in zip(got, plain, strict=True):
+                assert torch.equal(a, b.float()), (dtype, workers)
+        # the cached corpus path sorts missing pages by size before batching
+        padding: list[int] = []
+        enc = ColQwen3Encoder(
+            model, processor, model_name=MODEL_NAME, model_revision=f"sorted-{dtype}", page_batch_size=4,
+            page_store=PageStore(tmp_path / dtype), preprocess_workers=2,
+        )  # fmt: skip
+        enc.observer = lambda kind, batch, seen=padding: seen.append(int((batch["attention_mask"] == 0).sum()))
+        got = enc._corpus_cached(corpus, task.metadata)
+        plain_padding = sum(
+            int((processor.process_images(images[s : s + 4])["attention_mask"] == 0).sum()) for s in range(0, 16, 4)
+        )
+        assert len(padding) == 4 and sum(padding) < plain_padding, (padding, plain_padding)
+        tol = 1e-5 if dtype == "float32" else 2**-6  # bf16: a few steps of its 8-bit mantissa
+        for a, b in zip(got, plain, strict=True):
+            assert a.shape == b.shape
+            assert torch.allclose(a, b.float(), atol=tol, rtol=0), dtype
+
+
 @pytest.mark.slow
 def test_per_query_scores_average_to_the_entries(base):
     from mteb.cache import ResultCache

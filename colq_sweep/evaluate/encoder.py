@@ -13,16 +13,25 @@ can never hit a stale entry.
 
 Embeddings are returned as ragged lists of `(tokens, dim)` float32 tensors without padding positions, so the
 scores do not depend on how pages or queries were batched (mteb zero-pads ragged inputs itself for MaxSim).
+
+Pages are a pipeline: worker threads decode and preprocess the next batches (PIL resize and normalise, the
+tokenizer; all release the GIL) while the current batch runs on the device, so the forward pass, not the host,
+sets the pace; missing pages are batched in order of size, so a batch holds pages of (nearly) one token count and
+little padding; each batch's embeddings come back to the host in one copy. Batch composition is all that the
+pipeline decides: a batch's embeddings are the same with any number of workers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -152,13 +161,14 @@ def _image_pixel_digest(image: Any) -> str:
     return h.hexdigest()
 
 
-def image_digests(dataset: Dataset, column: str = "image", chunk: int = 64) -> list[str]:
-    """sha256 of each row's encoded image bytes, read without decoding any image.
+def image_index(dataset: Dataset, column: str = "image", chunk: int = 64) -> list[tuple[str, int]]:
+    """(sha256 of the encoded image bytes, pixel count) of each row, read without decoding any image.
 
-    A `datasets.Image` column is read with `decode=False` (embedded bytes, or the file at its path); anything
-    else is decoded and its pixels hashed.
+    A `datasets.Image` column is read with `decode=False` (embedded bytes, or the file at its path) and the size
+    comes from the image header; anything else is decoded and its pixels hashed.
     """
     from datasets import Image
+    from PIL import Image as PILImage
 
     feature = dataset.features.get(column)
     if isinstance(feature, Image):
@@ -169,9 +179,30 @@ def image_digests(dataset: Dataset, column: str = "image", chunk: int = 64) -> l
                 data = item.get("bytes")
                 if data is None:
                     data = Path(item["path"]).read_bytes()
-                out.append(hashlib.sha256(data).hexdigest())
+                with PILImage.open(io.BytesIO(data)) as im:  # reads the header only
+                    pixels = im.size[0] * im.size[1]
+                out.append((hashlib.sha256(data).hexdigest(), pixels))
         return out
-    return [_image_pixel_digest(row[column]) for row in dataset]
+    return [(_image_pixel_digest(im), im.size[0] * im.size[1]) for im in dataset[column]]
+
+
+def image_digests(dataset: Dataset, column: str = "image", chunk: int = 64) -> list[str]:
+    """sha256 of each row's encoded image bytes (see `image_index`)."""
+    return [digest for digest, _ in image_index(dataset, column, chunk)]
+
+
+def default_preprocess_workers(device: str) -> int:
+    """Threads that preprocess pages ahead of the forward pass: on a GPU up to 8 (leaving a core for the loop that
+    feeds it); on a CPU one, which overlaps with the forward without taking the cores its matmuls use."""
+    if not str(device).startswith("cuda"):
+        return 1
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def size_order(pixels: Sequence[int], indices: Sequence[int]) -> list[int]:
+    """`indices` sorted by the page's pixel count, largest first (stable): consecutive pages then have (nearly) the
+    same number of visual tokens, so a batch carries little padding."""
+    return sorted(indices, key=lambda i: -pixels[i])
 
 
 class ColQwen3Encoder(AbsEncoder):
@@ -187,6 +218,8 @@ class ColQwen3Encoder(AbsEncoder):
         query_batch_size, page_batch_size: forward batch sizes.
         page_store: on-disk page cache (None: memory only). corpus_cache=False turns all page caching off
             (mteb then has every subset's corpus encoded again, as it does natively).
+        preprocess_workers: threads decoding and preprocessing pages ahead of the forward pass (None:
+            `default_preprocess_workers(device)`; 0: none, each batch is prepared in the calling thread).
         dataset_revisions: task name -> dataset revision used in page keys (default: the task metadata's).
     """
 
@@ -204,6 +237,7 @@ class ColQwen3Encoder(AbsEncoder):
         page_store: PageStore | None = None,
         corpus_cache: bool = True,
         dataset_revisions: Mapping[str, str] | None = None,
+        preprocess_workers: int | None = None,
     ):
         if (model is None) != (processor is None):
             raise ValueError("pass both model and processor, or neither (with loader=)")
@@ -218,6 +252,11 @@ class ColQwen3Encoder(AbsEncoder):
         self.page_store = page_store if corpus_cache else None
         self.corpus_cache = corpus_cache
         self.dataset_revisions = dict(dataset_revisions or {})
+        if preprocess_workers is not None and int(preprocess_workers) < 0:
+            raise ValueError(f"preprocess_workers must be >= 0; got {preprocess_workers}")
+        self.preprocess_workers = (
+            default_preprocess_workers(device) if preprocess_workers is None else int(preprocess_workers)
+        )
         self.mteb_model_meta = colqwen3_model_meta(model_name, model_revision)
         self.model_key = f"{self.mteb_model_meta.name}@{model_revision}"
         self.observer: BatchObserver | None = None  # sees every processed batch before its forward pass
@@ -285,11 +324,17 @@ class ColQwen3Encoder(AbsEncoder):
         if self.observer is not None:
             self.observer(kind, batch)
         device = self.model.device
-        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        non_blocking = torch.device(device).type == "cuda"
+        inputs = {
+            k: v.to(device, non_blocking=non_blocking and v.is_pinned()) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()
+        }
         with torch.inference_mode(), self._autocast():
             out = self.model(**inputs)
-        mask = inputs["attention_mask"].bool()
-        return [out[i][mask[i]].detach().to("cpu") for i in range(out.shape[0])]
+            mask = inputs["attention_mask"].bool()
+            lengths = mask.sum(dim=1).tolist()
+            real = out[mask].detach().to("cpu")  # every input's real tokens, in order: one copy to the host
+        return list(torch.split(real, lengths))
 
     # ---------------------------------------------------------------------------------------- queries
 
@@ -311,19 +356,67 @@ class ColQwen3Encoder(AbsEncoder):
     # ------------------------------------------------------------------------------------------ pages
 
     def encode_pages(self, images: Sequence[Any]) -> list[torch.Tensor]:
-        """Tomoro's page inputs (one image per chat prompt), `page_batch_size` at a time; no caching."""
+        """Tomoro's page inputs (one image per chat prompt), `page_batch_size` at a time, in the given order; no
+        caching."""
+        images = list(images)
         out: list[torch.Tensor] = []
-        for chunk in _chunks(list(images), self.page_batch_size):
-            out.extend(self._encode_page_batch(chunk))
+        for embs in self._page_pipeline(lambda c=c: c for c in _chunks(images, self.page_batch_size)):
+            out.extend(embs)
         return [e.float() for e in out]
 
-    def _encode_page_batch(self, images: Sequence[Any]) -> list[torch.Tensor]:
+    def _vision_dtype(self) -> torch.dtype | None:
+        proj = getattr(getattr(getattr(self.model, "vlm", None), "model", None), "visual", None)
+        proj = getattr(getattr(proj, "patch_embed", None), "proj", None)
+        return getattr(proj, "weight", torch.empty(0)).dtype if proj is not None else None
+
+    def _prepare_pages(self, load: Callable[[], Sequence[Any]], dtype: torch.dtype | None, pin: bool):
+        """Decode and preprocess one batch (runs in a worker thread). Pixels are cast to the vision tower's dtype
+        here, as its patch embedding would do first thing, so half as many bytes cross to the device."""
+        images = list(load())
+        batch = dict(self.processor.process_images(images))
+        pixels = batch.get("pixel_values")
+        if pixels is not None and dtype is not None and pixels.is_floating_point() and pixels.dtype != dtype:
+            batch["pixel_values"] = pixels.to(dtype)
+        if pin:
+            batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        return len(images), batch
+
+    def _page_pipeline(self, loaders: Iterable[Callable[[], Sequence[Any]]]) -> Iterator[list[torch.Tensor]]:
+        """Encode one batch per loader, in order, with up to `preprocess_workers` batches prepared ahead."""
         self._ensure_loaded()
-        t0 = time.perf_counter()
-        embs = self._forward("page", self.processor.process_images(images))
-        self.stats["pages_encoded"] += len(images)
+        dtype = self._vision_dtype()
+        pin = torch.device(self.model.device).type == "cuda"
+        loaders = iter(loaders)
+        if self.preprocess_workers == 0:
+            for load in loaders:
+                t0 = time.perf_counter()
+                n, batch = self._prepare_pages(load, dtype, pin)
+                yield self._forward_pages(n, batch, t0)
+            return
+        depth = 2 * self.preprocess_workers
+        with ThreadPoolExecutor(self.preprocess_workers, thread_name_prefix="colq-pages") as pool:
+            pending: deque = deque()
+            try:
+                for load in loaders:
+                    pending.append(pool.submit(self._prepare_pages, load, dtype, pin))
+                    if len(pending) >= depth:
+                        break
+                while pending:
+                    t0 = time.perf_counter()
+                    n, batch = pending.popleft().result()
+                    for load in loaders:  # keep `depth` batches in preparation
+                        pending.append(pool.submit(self._prepare_pages, load, dtype, pin))
+                        break
+                    yield self._forward_pages(n, batch, t0)
+            finally:
+                for f in pending:
+                    f.cancel()
+
+    def _forward_pages(self, n: int, batch: Mapping[str, torch.Tensor], t0: float) -> list[torch.Tensor]:
+        embs = self._forward("page", batch)
+        self.stats["pages_encoded"] += n
         self.stats["page_seconds"] += time.perf_counter() - t0
-        self._advance(len(images))
+        self._advance(n)
         return embs
 
     def _advance(self, n: int) -> None:
@@ -331,15 +424,19 @@ class ColQwen3Encoder(AbsEncoder):
             self.progress.advance(n)
 
     def _corpus_uncached(self, inputs: DataLoader) -> list[torch.Tensor]:
+        def batches() -> Iterator[Callable[[], list[Any]]]:
+            buffer: list[Any] = []
+            for batch in inputs:
+                buffer.extend(batch["image"])
+                while len(buffer) >= self.page_batch_size:
+                    chunk, buffer = buffer[: self.page_batch_size], buffer[self.page_batch_size :]
+                    yield lambda c=chunk: c
+            if buffer:
+                yield lambda c=buffer: c
+
         out: list[torch.Tensor] = []
-        buffer: list[Any] = []
-        for batch in inputs:
-            buffer.extend(batch["image"])
-            while len(buffer) >= self.page_batch_size:
-                out.extend(self._encode_page_batch(buffer[: self.page_batch_size]))
-                buffer = buffer[self.page_batch_size :]
-        if buffer:
-            out.extend(self._encode_page_batch(buffer))
+        for embs in self._page_pipeline(batches()):
+            out.extend(embs)
         return [e.float() for e in out]
 
     def _corpus_cached(self, dataset: Dataset, task_metadata: TaskMetadata) -> list[torch.Tensor]:
@@ -347,7 +444,8 @@ class ColQwen3Encoder(AbsEncoder):
         if self._memo_task != task:  # keep only the current task's pages in memory
             self._memo, self._memo_task = {}, task
         revision = self.dataset_revisions.get(task) or str(task_metadata.dataset.get("revision", ""))
-        keys = [page_key(self.model_key, task, revision, d) for d in image_digests(dataset)]
+        index = image_index(dataset)
+        keys = [page_key(self.model_key, task, revision, d) for d, _ in index]
         out: list[torch.Tensor | None] = [None] * len(keys)
         missing: list[int] = []
         for i, key in enumerate(keys):
@@ -370,9 +468,10 @@ class ColQwen3Encoder(AbsEncoder):
                 len(keys),
                 len(keys) - len(missing),
             )
-        for idx in _chunks(missing, self.page_batch_size):
-            images = list(dataset.select(idx)["image"])
-            for i, emb in zip(idx, self._encode_page_batch(images), strict=True):
+        chunks = list(_chunks(size_order([p for _, p in index], missing), self.page_batch_size))
+        loaders = (lambda idx=idx: dataset.select(idx)["image"] for idx in chunks)
+        for idx, embs in zip(chunks, self._page_pipeline(loaders), strict=True):
+            for i, emb in zip(idx, embs, strict=True):
                 if self.page_store is not None:
                     self.page_store.put(keys[i], emb)
                 emb = emb.float()

@@ -229,6 +229,7 @@ def evaluate_model(
         if eval_spec.corpus_cache
         else None,
         corpus_cache=eval_spec.corpus_cache,
+        preprocess_workers=eval_spec.preprocess_workers,
     )
     meta = encoder.mteb_model_meta
     entries: list[dict] = []
