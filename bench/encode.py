@@ -90,11 +90,47 @@ def profile_forward(model, batch, top: int = 12) -> dict:
             "top": [(n[:90], t / 1e3) for n, t in rows[:top]]}  # fmt: skip
 
 
+def plain_forward(model, batches) -> list:
+    out_embs: list = []
+    with torch.inference_mode():
+        for b in batches:
+            out = model(**b)
+            out_embs.extend(out[i][b["attention_mask"][i].bool()] for i in range(out.shape[0]))
+    return out_embs
+
+
+def max_diff(embs, ref) -> float:
+    return max((a.cuda().float() - b.cuda().float()).abs().max().item() for a, b in zip(embs, ref, strict=False))
+
+
+def compiled_variant(r, encoder, model, images, queries, batches, page_embs, args) -> None:
+    comp = encoder(None, compile=True)
+    t0 = time.perf_counter()
+    comp.encode_pages(images[: args.batch * 2])  # compiles (dynamic shapes: once)
+    comp.encode_queries(queries[: args.qbatch])
+    r["compile_s"] = time.perf_counter() - t0
+    torch.cuda.reset_peak_memory_stats()
+    comp_embs: list = []
+    t_comp = timed(lambda: comp_embs.extend(comp.encode_pages(images)))
+    r["compiled_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    r["compiled_pages_per_s"] = len(images) / t_comp
+    r["compiled_queries_per_s"] = len(queries) / timed(lambda: comp.encode_queries(queries))
+    r["compiled_plain_pages_per_s"] = sum(int(b["input_ids"].shape[0]) for b in batches) / timed(
+        lambda: plain_forward(model, batches)
+    )
+    r["compiled_max_abs_diff_vs_eager"] = max_diff(comp_embs, page_embs)
+    r["compiled_mean_cosine_vs_eager"] = sum(
+        torch.nn.functional.cosine_similarity(a, b, dim=-1).mean().item() for a, b in zip(comp_embs, page_embs, strict=True)
+    ) / len(page_embs)  # fmt: skip
+    if args.profile:
+        r["compiled_profile"] = profile_forward(model, batches[0])
+
+
 def run_variant(name, model, processor, images, queries, args) -> dict:
-    def encoder(workers):
+    def encoder(workers, compile=False):
         return ColQwen3Encoder(model, processor, model_name=f"bench/{name}", model_revision="bench", device="cuda",
                                page_batch_size=args.batch, query_batch_size=args.qbatch, corpus_cache=False,
-                               preprocess_workers=workers)  # fmt: skip
+                               preprocess_workers=workers, compile=compile)  # fmt: skip
 
     fast, serial = encoder(None), encoder(0)
     fast.encode_pages(images[: args.batch * 2])  # warm-up (kernel JIT, allocator, threads)
@@ -103,20 +139,13 @@ def run_variant(name, model, processor, images, queries, args) -> dict:
     page_embs: list = []
     t_pages = timed(lambda: page_embs.extend(fast.encode_pages(images)))
     peak = torch.cuda.max_memory_allocated() / 2**30
-    t_serial = timed(lambda: serial.encode_pages(images))
+    few = images[: args.serial_pages]
+    t_serial = timed(lambda: serial.encode_pages(few))
     t_queries = timed(lambda: fast.encode_queries(queries))
-    batches = [processor.process_images(images[i : i + args.batch]) for i in range(0, len(images), args.batch)]
+    batches = [processor.process_images(few[i : i + args.batch]) for i in range(0, len(few), args.batch)]
     batches = [{k: v.to("cuda") for k, v in b.items()} for b in batches]
     plain_embs: list = []
-
-    def plain():
-        with torch.inference_mode():
-            for b in batches:
-                out = model(**b)
-                plain_embs.extend(out[i][b["attention_mask"][i].bool()] for i in range(out.shape[0]))
-
-    t_plain = timed(plain)
-    diff = max((a.cuda() - b.float()).abs().max().item() for a, b in zip(page_embs, plain_embs, strict=True))
+    t_plain = timed(lambda: plain_embs.extend(plain_forward(model, batches)))
     tokens = int(batches[0]["attention_mask"][0].sum())
     text_p, vis_p = linear_params(model)
     vis_tokens = tokens * 4  # patches before the 2x2 merge
@@ -124,19 +153,27 @@ def run_variant(name, model, processor, images, queries, args) -> dict:
     r = {
         "variant": name, "pages": len(images), "batch": args.batch, "tokens_per_page": tokens,
         "preprocess_workers": fast.preprocess_workers,
-        "pages_per_s": len(images) / t_pages, "serial_pages_per_s": len(images) / t_serial,
-        "plain_pages_per_s": len(images) / t_plain, "max_abs_diff_vs_plain": diff,
+        "pages_per_s": len(images) / t_pages, "serial_pages_per_s": len(few) / t_serial,
+        "plain_pages_per_s": len(few) / t_plain, "max_abs_diff_vs_plain": max_diff(page_embs, plain_embs),
         "queries_per_s": len(queries) / t_queries, "peak_gib": peak,
         "weight_gib": weight_bytes(model) / 2**30, "floor_pages_per_s": 1 / floor_s,
         "kernel": type(model.get_submodule("vlm.model.language_model.layers.0.mlp.down_proj")).__name__,
     }  # fmt: skip
-    r["pct_of_floor"] = 100 * r["pages_per_s"] / r["floor_pages_per_s"]
-    r["plain_pct_of_floor"] = 100 * r["plain_pages_per_s"] / r["floor_pages_per_s"]
     if args.profile:
         r["profile"] = profile_forward(model, batches[0])
-        print(name, "forward profile:", json.dumps(r["profile"]["share"]), f"{r['profile']['total_ms']:.1f} ms/batch")
-        for n, ms in r["profile"]["top"]:
-            print(f"  {ms:8.2f} ms  {n}")
+    if args.compile:  # eval.compile=true: the same model with its blocks compiled in place
+        try:
+            compiled_variant(r, encoder, model, images, queries, batches, page_embs, args)
+        except Exception as e:  # noqa: BLE001  (a kernel that dynamo cannot trace: report it, keep the eager figures)
+            r["compile_error"] = repr(e)[:400]
+            print(name, "compile failed:", r["compile_error"])
+    r["pct_of_floor"] = 100 * max(r["pages_per_s"], r.get("compiled_pages_per_s", 0)) / r["floor_pages_per_s"]
+    r["plain_pct_of_floor"] = 100 * r["plain_pages_per_s"] / r["floor_pages_per_s"]
+    for key in ("profile", "compiled_profile"):
+        if key in r:
+            print(name, key, json.dumps(r[key]["share"]), f"{r[key]['total_ms']:.1f} ms/batch")
+            for n, ms in r[key]["top"]:
+                print(f"  {ms:8.2f} ms  {n}")
     return r, page_embs
 
 
@@ -149,6 +186,8 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=512)
     ap.add_argument("--qbatch", type=int, default=64)
     ap.add_argument("--tflops", type=float, default=790.0, help="measured bf16 matmul rate of the card")
+    ap.add_argument("--serial-pages", type=int, default=64, help="pages for the serial and bare-forward figures")
+    ap.add_argument("--compile", action="store_true", help="also eval.compile=true (blocks compiled in place)")
     ap.add_argument("--profile", action="store_true", help="CUDA time of one plain forward by kernel class")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -169,13 +208,18 @@ def main() -> None:
         cos = [torch.nn.functional.cosine_similarity(a, b, dim=-1).mean().item() for a, b in zip(base, q, strict=True)]
         r["cosine_to_bf16"] = sum(cos) / len(cos)
         r["throughput_vs_bf16"] = r["pages_per_s"] / results[0]["pages_per_s"]
+        if "compiled_pages_per_s" in r and "compiled_pages_per_s" in results[0]:
+            r["compiled_throughput_vs_bf16"] = r["compiled_pages_per_s"] / results[0]["compiled_pages_per_s"]
         r["weights_vs_bf16"] = r["weight_gib"] / results[0]["weight_gib"]
         results.append(r)
-    cols = ["variant", "kernel", "pages_per_s", "serial_pages_per_s", "plain_pages_per_s", "floor_pages_per_s",
-            "pct_of_floor", "max_abs_diff_vs_plain", "queries_per_s", "peak_gib", "weight_gib"]  # fmt: skip
+    cols = ["variant", "kernel", "pages_per_s", "serial_pages_per_s", "plain_pages_per_s", "compiled_pages_per_s",
+            "compiled_plain_pages_per_s", "floor_pages_per_s", "pct_of_floor", "max_abs_diff_vs_plain",
+            "compiled_max_abs_diff_vs_eager", "compile_s", "queries_per_s", "compiled_queries_per_s", "peak_gib",
+            "weight_gib"]  # fmt: skip
+    cols = [c for c in cols if any(c in r for r in results)]
     print(" | ".join(cols))
     for r in results:
-        print(" | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols))
+        print(" | ".join(f"{r[c]:.3g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

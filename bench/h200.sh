@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One GPU session's measurements on a CUDA machine without Hub access (docs/PERFORMANCE.md records the numbers):
-#   bash bench/h200.sh 4b|8b|qcost     (wheels for the missing packages in .whl/, results under $OUT)
+#   bash bench/h200.sh 4b|8b|bf16|qcost   (wheels for the missing packages in .whl/, results under $OUT)
 # 4b/8b: the full shape through the pipeline (iters 1), the encoding benchmark (bf16 vs W4A16, with a profile) and,
 # for 4b, the corpus cache on a 6-language task; qcost: our quantize stage vs auto-round's API at the study's
 # seqlen/batch pairs on 2-layer real shapes. Each step has its own time limit; one failing does not stop the rest.
 set -o pipefail
-MODE=${1:?4b, 8b or qcost}
+MODE=${1:?4b, 8b, bf16 or qcost}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 if [ -d .whl ]; then
@@ -38,17 +38,26 @@ pipeline() {  # size iters
   key=$(ls -t /tmp/o/models | grep -E '^[0-9a-f]{20}$' | head -1)
   du -sh "/tmp/rs/$size" "/tmp/o/models/$key" | tee "$OUT/sizes_$size.txt"
 }
+qcost() {  # size seqlen batch [flags suffix]: our stage vs auto-round's API, 2-layer real shape, iters 50
+  [ -d "/tmp/rs/$1-l2" ] || python3 -m colq_sweep.realshape --size "$1" --out "/tmp/rs/$1-l2" --layers 2 2>&1 | tail -1
+  step "qcost_$1_$2_$3$5" 200 python3 bench/quantize_cost.py --checkpoint "/tmp/rs/$1-l2" --seqlen "$2" \
+    --batch-size "$3" --nsamples "$3" --iters 50 $4 --json "$OUT/qcost_$1_$2_$3$5.json"
+}
 case "$MODE" in
-  4b|8b)  # the pipeline (iters 1: a real artifact quickly), encoding bf16 vs W4A16 with a profile, the corpus cache
+  4b|8b)  # the pipeline (iters 1: a real artifact quickly), encoding bf16 vs W4A16 (eager and compiled), corpus cache
     pipeline "$MODE" 1
-    step "encode_$MODE" 240 python3 bench/encode.py --checkpoint "/tmp/rs/$MODE" --quantized "/tmp/o/models/$key" \
-      --pages 64 --batch 8 --profile --json "$OUT/encode_$MODE.json"
+    step "encode_$MODE" 300 python3 bench/encode.py --checkpoint "/tmp/rs/$MODE" --quantized "/tmp/o/models/$key" \
+      --pages 128 --serial-pages 32 --batch 8 --compile --json "$OUT/encode_$MODE.json"
     [ "$MODE" = 4b ] && step corpus_cache_4b 150 python3 bench/corpus_cache.py --checkpoint /tmp/rs/4b --pages 48 \
       --queries 8 --json "$OUT/corpus_cache_4b.json" ;;
-  qcost)  # our stage vs auto-round's API at the study's seqlen/batch pairs, 2-layer real shapes, iters 50
-    for size in 4b 8b; do python3 -m colq_sweep.realshape --size $size --out /tmp/rs/$size-l2 --layers 2 2>&1 | tail -1; done
-    q() { step "qcost_$1_$2_$3$5" 150 python3 bench/quantize_cost.py --checkpoint "/tmp/rs/$1-l2" --seqlen "$2" \
-      --batch-size "$3" --nsamples "$3" --iters 50 $4 --json "$OUT/qcost_$1_$2_$3$5.json"; }
-    q 4b 1024 80; q 8b 1024 50; q 4b 256 300; q 8b 512 150
-    q 4b 1024 80 "--compile --no-low-gpu-mem" _fast ;;
+  bf16)  # bf16 encoding, eager and compiled, with profiles, at both shapes; then the quantization cost
+    for size in 4b 8b; do
+      python3 -m colq_sweep.realshape --size $size --out /tmp/rs/$size 2>&1 | tail -1
+      step "encode_bf16_$size" 240 python3 bench/encode.py --checkpoint /tmp/rs/$size --pages 192 --serial-pages 32 \
+        --batch 8 --compile --profile --json "$OUT/encode_bf16_$size.json"
+      rm -rf /tmp/rs/$size
+    done
+    qcost 4b 1024 80; qcost 8b 1024 50 ;;
+  qcost)  # the study's other seqlen/batch pairs and the fast settings
+    qcost 4b 256 300; qcost 8b 512 150; qcost 4b 1024 80 "--compile --no-low-gpu-mem" _fast ;;
 esac

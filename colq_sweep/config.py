@@ -106,6 +106,7 @@ class EvalSpec:
     page_batch_size: int = 8
     corpus_cache: bool = True
     preprocess_workers: int | None = None  # threads preparing pages ahead of the forward (None: auto)
+    compile: bool = False  # torch.compile each decoder layer and vision block (fused norms, rotary, activations)
     fixture_dir: str | None = None
     only: tuple[tuple[str, str], ...] | None = None  # config `eval.entries`: evaluate only these (task, subset)
     allow_revision_mismatch: bool = False  # offline: use a cached dataset of another revision (recorded)
@@ -370,6 +371,7 @@ def _eval(d: dict) -> EvalSpec:
         page_batch_size=_pos_int("eval.page_batch_size", d.get("page_batch_size", 8)),
         corpus_cache=_bool("eval.corpus_cache", d.get("corpus_cache", True)),
         preprocess_workers=_workers("eval.preprocess_workers", d.get("preprocess_workers", "auto")),
+        compile=_bool("eval.compile", d.get("compile", False)),
         fixture_dir=d.get("fixture_dir"),
         only=_entry_pairs(d.get("only"), kept, langs),
         allow_revision_mismatch=_bool("eval.allow_revision_mismatch", d.get("allow_revision_mismatch", False)),

@@ -83,8 +83,9 @@ def config_hash(point: SweepPoint) -> str:
         d.pop(k)
     for k in ("notices", "query_batch_size", "page_batch_size", "corpus_cache", "preprocess_workers", "fixture_dir"):
         d["eval"].pop(k)
-    if not d["eval"]["allow_revision_mismatch"]:
-        d["eval"].pop("allow_revision_mismatch")  # the default leaves the hash as it was before the option
+    for k in ("allow_revision_mismatch", "compile"):
+        if not d["eval"][k]:
+            d["eval"].pop(k)  # the default leaves the hash as it was before the option
     d["eval"]["tasks"] = sorted(d["eval"]["tasks"])
     d["eval"]["languages"] = sorted(d["eval"]["languages"]) if d["eval"]["languages"] else None
     if d["eval"]["only"] is None:
@@ -263,12 +264,14 @@ def kernel_compute(point: SweepPoint, device: str) -> tuple[str, str]:
 
 def eval_revision(checkpoint_rev: str, point: SweepPoint, device: str = "cpu") -> str:
     """The mteb revision of an evaluation: the checkpoint plus every setting that changes its embeddings
-    (model dtype, page resolution cap, load-back kernels and the dtype they compute in), so two set-ups never
-    share cached results."""
+    (model dtype, page resolution cap, load-back kernels and the dtype they compute in, compiled blocks), so two
+    set-ups never share cached results."""
     parts = [checkpoint_rev[:16], point.model.dtype, f"v{point.model.max_num_visual_tokens}"]
     if point.quant.enabled:
         _, compute = kernel_compute(point, device)
         parts.append(point.quant.backend)
         if compute != point.model.dtype:  # ark's CPU-dependent auto mode
             parts.append(compute)
+    if point.eval.compile:  # fused kernels change embeddings by float round-off
+        parts.append("compiled")
     return "-".join(parts)

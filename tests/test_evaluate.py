@@ -247,6 +247,44 @@ def test_pipelined_pages_equal_the_plain_forward(fixture_paths, tmp_path):
             assert torch.allclose(a, b.float(), atol=tol, rtol=0), dtype
 
 
+def test_compiled_blocks_equal_eager_to_bf16_round_off(fixture_paths, tmp_path):
+    """eval.compile: every decoder layer and vision block through torch.compile (Inductor fuses norms, rotary and
+    activations). Pages of three sizes in two batch orders (dynamic shapes: no recompilation error) and queries
+    agree with the eager bf16 model to a couple of bf16 steps, and the setting is part of the eval revision."""
+    from colq_sweep.evaluate import fixture_task
+    from colq_sweep.evaluate.encoder import ColQwen3Encoder
+    from colq_sweep.keys import config_hash, eval_revision
+    from colq_sweep.model import ColQwen3Processor, load_colqwen3
+
+    task = fixture_task(fixture_paths.task)
+    task.load_data()
+    images = list(task.dataset["en"]["test"]["corpus"].select(range(12))["image"])
+    processor = ColQwen3Processor.from_checkpoint(fixture_paths.checkpoint, 64)
+    queries = ["what is on the first page", "revenue 2021"]
+    eager = ColQwen3Encoder(
+        load_colqwen3(fixture_paths.checkpoint, dtype="bfloat16"), processor, model_name=MODEL_NAME,
+        model_revision="eager", page_batch_size=4,
+    )  # fmt: skip
+    compiled_model = load_colqwen3(fixture_paths.checkpoint, dtype="bfloat16")
+    compiled = ColQwen3Encoder(
+        compiled_model, processor, model_name=MODEL_NAME, model_revision="compiled", page_batch_size=4, compile=True
+    )
+    assert compiled_model.colq_compiled
+    step = 2**-8  # bf16 spacing just below 1: embeddings are unit vectors
+    for order in (images, images[::-1]):
+        for a, b in zip(eager.encode_pages(order), compiled.encode_pages(order), strict=True):
+            assert a.shape == b.shape
+            assert (a - b).abs().max() <= 2 * step
+    for a, b in zip(eager.encode_queries(queries), compiled.encode_queries(queries), strict=True):
+        assert (a - b).abs().max() <= 2 * step
+    from tests.helpers import make_point
+
+    point = make_point(fixture_paths, tmp_path)
+    on = make_point(fixture_paths, tmp_path, eval={"compile": True})
+    assert eval_revision("abc", on).endswith("-compiled") and not eval_revision("abc", point).endswith("compiled")
+    assert config_hash(on) != config_hash(point)
+
+
 @pytest.mark.slow
 def test_per_query_scores_average_to_the_entries(base):
     from mteb.cache import ResultCache

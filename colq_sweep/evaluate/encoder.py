@@ -220,6 +220,8 @@ class ColQwen3Encoder(AbsEncoder):
             (mteb then has every subset's corpus encoded again, as it does natively).
         preprocess_workers: threads decoding and preprocessing pages ahead of the forward pass (None:
             `default_preprocess_workers(device)`; 0: none, each batch is prepared in the calling thread).
+        compile: `torch.compile` each decoder layer and vision block before the first forward
+            (`colq_sweep.model.compile_regions`); embeddings then differ from eager ones by float round-off.
         dataset_revisions: task name -> dataset revision used in page keys (default: the task metadata's).
     """
 
@@ -238,6 +240,7 @@ class ColQwen3Encoder(AbsEncoder):
         corpus_cache: bool = True,
         dataset_revisions: Mapping[str, str] | None = None,
         preprocess_workers: int | None = None,
+        compile: bool = False,
     ):
         if (model is None) != (processor is None):
             raise ValueError("pass both model and processor, or neither (with loader=)")
@@ -252,6 +255,7 @@ class ColQwen3Encoder(AbsEncoder):
         self.page_store = page_store if corpus_cache else None
         self.corpus_cache = corpus_cache
         self.dataset_revisions = dict(dataset_revisions or {})
+        self.compile = bool(compile)
         if preprocess_workers is not None and int(preprocess_workers) < 0:
             raise ValueError(f"preprocess_workers must be >= 0; got {preprocess_workers}")
         self.preprocess_workers = (
@@ -308,6 +312,10 @@ class ColQwen3Encoder(AbsEncoder):
         ):
             model.to(self.device)
         model.eval()
+        if self.compile and not getattr(model, "colq_compiled", False):
+            from colq_sweep.model import compile_regions
+
+            compile_regions(model)
         embed_dim = getattr(model.config, "embed_dim", None)
         if embed_dim is not None:
             self.mteb_model_meta = self.mteb_model_meta.model_copy(update={"embed_dim": int(embed_dim)})
