@@ -5,13 +5,16 @@ GPU memory.
     python bench/quantize_cost.py --checkpoint /tmp/rs/4b-l4 --seqlen 1024 --batch-size 8 --nsamples 16 \
         --iters 50 [--compile] [--no-low-gpu-mem] --json out.json
 
-Use a real-shape checkpoint with a few layers (`python -m colq_sweep.realshape --size 4b --layers 4`): the first
-block includes compilation, so per-block figures are (total - first) / (layers - 1) where --layers >= 2.
+Use a real-shape checkpoint with a few layers (`python -m colq_sweep.realshape --size 4b --layers 4`). The order is
+direct, ours, direct, and ours is compared with the mean of the two direct runs: the first run in a process pays for
+CUDA's and the libraries' warm-up, which a single ours-then-direct pair charged to ours (1.08 measured that way on an
+H200, 2026-12-02). Per-block figures are whole-run seconds / layers (data caching and export included).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shutil
 import tempfile
@@ -64,22 +67,33 @@ def main() -> None:
     calib = calibration(work / "calib.jsonl", max(args.nsamples * 2, 32))
     point = point_for(args, calib, work / "out")
     results = {}
+    model = load_colqwen3(args.checkpoint, dtype="bfloat16", device="cpu")
+    proc = ColQwen3Processor.from_checkpoint(args.checkpoint, 1280)
+    AutoRound = autoround_entry()
+
+    def direct(tag: str) -> dict:
+        # the same AutoRound call on the same calibration rows, same process and GPU
+        kwargs = autoround_kwargs(point, "cuda:0", str(calib_rows))
+        torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        ar = AutoRound(copy.deepcopy(model), tokenizer=proc.tokenizer, processor=proc, image_processor=proc.image_processor,
+                       **kwargs)  # fmt: skip
+        ar.quantize_and_save(str(work / f"direct-{tag}"), format="auto_awq")
+        return {"autoround_s": time.perf_counter() - t0, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+
+    calib_rows = calib  # before ours has run, its selection is not written yet: the full file, same seed and count
+    first = direct("a")
     # ours: the whole stage (calibration selection, AutoRound, export fix-ups, manifest)
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     art = quantize_point(point, work / "models")
     results["ours"] = {"stage_s": time.perf_counter() - t0, "autoround_s": art.manifest["quant_seconds"],
                        "peak_gib": torch.cuda.max_memory_allocated() / 2**30}  # fmt: skip
-    # direct: the same AutoRound call on the same calibration file, same process and GPU
-    model = load_colqwen3(args.checkpoint, dtype="bfloat16", device="cpu")
-    proc = ColQwen3Processor.from_checkpoint(args.checkpoint, 1280)
-    kwargs = autoround_kwargs(point, "cuda:0", str(art.path / "calibration.jsonl"))
-    AutoRound = autoround_entry()
-    torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    ar = AutoRound(model, tokenizer=proc.tokenizer, processor=proc, image_processor=proc.image_processor, **kwargs)
-    ar.quantize_and_save(str(work / "direct"), format="auto_awq")
-    results["direct"] = {"autoround_s": time.perf_counter() - t0, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+    calib_rows = art.path / "calibration.jsonl"
+    second = direct("b")
+    results["direct_runs"] = [first, second]
+    results["direct"] = {"autoround_s": (first["autoround_s"] + second["autoround_s"]) / 2,
+                         "peak_gib": max(first["peak_gib"], second["peak_gib"])}  # fmt: skip
     results["ratio_autoround"] = results["ours"]["autoround_s"] / results["direct"]["autoround_s"]
     results["ratio_stage_vs_direct"] = results["ours"]["stage_s"] / results["direct"]["autoround_s"]
     results["per_block_s_direct"] = results["direct"]["autoround_s"] / layers
