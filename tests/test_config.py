@@ -154,6 +154,9 @@ BAD = [
     (["eval=vidore", "eval.entries=[VidoreArxivQARetrieval/english]"], "eval.entries"),  # v1 tasks have `default`
     (["eval=vidore", "eval.entries=[NoSuchTask/default]"], "eval.entries"),
     (["eval=vidore-v1", "eval.entries=[Vidore3HrRetrieval/english]"], "eval.entries"),  # not among eval.tasks
+    (["eval.preprocess_workers=-1"], "eval.preprocess_workers"),
+    (["eval.preprocess_workers=many"], "eval.preprocess_workers"),
+    (["eval.compile=maybe"], "eval.compile"),
 ]
 
 
