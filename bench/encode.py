@@ -6,7 +6,8 @@
 Pages are synthetic 1024x1280 images (1280 visual tokens, Tomoro's cap), queries short sentences. For each
 variant: pages/s and queries/s through `ColQwen3Encoder` as an evaluation runs it (decoding/preprocessing in worker
 threads ahead of the forward, `pages_per_s`) and with every batch prepared in the calling thread
-(`serial_pages_per_s`, the encoder before the pipeline); the same batches through a bare `model(**batch)`
+(`serial_pages_per_s`, the encoder before the pipeline), and with `--process` in worker processes
+(`process_pages_per_s`); the same batches through a bare `model(**batch)`
 (preprocessed beforehand and already on the GPU: the "plain transformers" figure) and the largest difference of
 the encoder's embeddings from the bare forward's; peak GPU memory, weight memory on the GPU, and the linear-layer
 floor (2 x Linear parameters x tokens at --tflops). `--profile` splits one bare forward's CUDA time into GEMM,
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import tempfile
 import time
 from pathlib import Path
 
@@ -59,14 +61,28 @@ def linear_params(model) -> tuple[int, int]:
 
 
 def weight_bytes(model) -> int:
-    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()) if t.is_cuda)
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
 
 
-def timed(fn, sync=True) -> float:
-    torch.cuda.synchronize()
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def peak_gib() -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
+
+
+def reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def timed(fn) -> float:
+    sync()
     t0 = time.perf_counter()
     fn()
-    torch.cuda.synchronize()
+    sync()
     return time.perf_counter() - t0
 
 
@@ -100,19 +116,19 @@ def plain_forward(model, batches) -> list:
 
 
 def max_diff(embs, ref) -> float:
-    return max((a.cuda().float() - b.cuda().float()).abs().max().item() for a, b in zip(embs, ref, strict=False))
+    return max((a.float().cpu() - b.float().cpu()).abs().max().item() for a, b in zip(embs, ref, strict=False))
 
 
-def compiled_variant(r, encoder, model, images, queries, batches, page_embs, args) -> None:
+def compiled_variant(r, encoder, model, images, queries, batches, page_embs, args, procs=None) -> None:
     comp = encoder(None, compile=True)
     t0 = time.perf_counter()
     comp.encode_pages(images[: args.batch * 2])  # compiles (dynamic shapes: once)
     comp.encode_queries(queries[: args.qbatch])
     r["compile_s"] = time.perf_counter() - t0
-    torch.cuda.reset_peak_memory_stats()
+    reset_peak()
     comp_embs: list = []
     t_comp = timed(lambda: comp_embs.extend(comp.encode_pages(images)))
-    r["compiled_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    r["compiled_peak_gib"] = peak_gib()
     r["compiled_pages_per_s"] = len(images) / t_comp
     r["compiled_queries_per_s"] = len(queries) / timed(lambda: comp.encode_queries(queries))
     r["compiled_plain_pages_per_s"] = sum(int(b["input_ids"].shape[0]) for b in batches) / timed(
@@ -122,30 +138,38 @@ def compiled_variant(r, encoder, model, images, queries, batches, page_embs, arg
     r["compiled_mean_cosine_vs_eager"] = sum(
         torch.nn.functional.cosine_similarity(a, b, dim=-1).mean().item() for a, b in zip(comp_embs, page_embs, strict=True)
     ) / len(page_embs)  # fmt: skip
+    if procs is not None:  # the same worker processes feeding the compiled blocks
+        r["compiled_process_pages_per_s"] = len(images) / timed(lambda: procs.encode_pages(images))
     if args.profile:
         r["compiled_profile"] = profile_forward(model, batches[0])
 
 
 def run_variant(name, model, processor, images, queries, args, floor_pages_per_s=None) -> dict:
-    def encoder(workers, compile=False):
-        return ColQwen3Encoder(model, processor, model_name=f"bench/{name}", model_revision="bench", device="cuda",
+    def encoder(workers, compile=False, mode="thread"):
+        return ColQwen3Encoder(model, processor, model_name=f"bench/{name}", model_revision="bench", device=args.device,
                                page_batch_size=args.batch, query_batch_size=args.qbatch, corpus_cache=False,
-                               preprocess_workers=workers, compile=compile)  # fmt: skip
+                               preprocess_workers=workers, compile=compile, preprocess_mode=mode)  # fmt: skip
 
     fast, serial = encoder(None), encoder(0)
     fast.encode_pages(images[: args.batch * 2])  # warm-up (kernel JIT, allocator, threads)
     fast.encode_queries(queries[: args.qbatch])
-    torch.cuda.reset_peak_memory_stats()
+    reset_peak()
     page_embs: list = []
     t_pages = timed(lambda: page_embs.extend(fast.encode_pages(images)))
-    peak = torch.cuda.max_memory_allocated() / 2**30
+    peak = peak_gib()
     few = images[: args.serial_pages]
     t_serial = timed(lambda: serial.encode_pages(few))
     t_queries = timed(lambda: fast.encode_queries(queries))
     batches = [processor.process_images(few[i : i + args.batch]) for i in range(0, len(few), args.batch)]
-    batches = [{k: v.to("cuda") for k, v in b.items()} for b in batches]
+    batches = [{k: v.to(args.device) for k, v in b.items()} for b in batches]
     plain_embs: list = []
     t_plain = timed(lambda: plain_embs.extend(plain_forward(model, batches)))
+    procs = None
+    if args.process:  # preprocess_mode=process: worker processes (started and warmed up outside the timing)
+        procs = encoder(None, mode="process")
+        procs.encode_pages(images[: args.batch * 2])
+        proc_embs: list = []
+        t_proc = timed(lambda: proc_embs.extend(procs.encode_pages(images)))
     tokens = int(batches[0]["attention_mask"][0].sum())
     text_p, vis_p = linear_params(model)
     vis_tokens = tokens * 4  # patches before the 2x2 merge
@@ -158,6 +182,8 @@ def run_variant(name, model, processor, images, queries, args, floor_pages_per_s
         "pages_per_s": len(images) / t_pages, "serial_pages_per_s": len(few) / t_serial,
         "plain_pages_per_s": len(few) / t_plain, "max_abs_diff_vs_plain": max_diff(page_embs, plain_embs),
         "queries_per_s": len(queries) / t_queries, "peak_gib": peak,
+        **({"process_pages_per_s": len(images) / t_proc, "process_max_abs_diff": max_diff(proc_embs, page_embs)}
+           if procs else {}),
         "weight_gib": weight_bytes(model) / 2**30, "floor_pages_per_s": 1 / floor_s,
         "kernel": type(model.get_submodule("vlm.model.language_model.layers.0.mlp.down_proj")).__name__,
     }  # fmt: skip
@@ -165,11 +191,14 @@ def run_variant(name, model, processor, images, queries, args, floor_pages_per_s
         r["profile"] = profile_forward(model, batches[0])
     if args.compile:  # eval.compile=true: the same model with its blocks compiled in place
         try:
-            compiled_variant(r, encoder, model, images, queries, batches, page_embs, args)
+            compiled_variant(r, encoder, model, images, queries, batches, page_embs, args, procs)
         except Exception as e:  # noqa: BLE001  (a kernel that dynamo cannot trace: report it, keep the eager figures)
             r["compile_error"] = repr(e)[:400]
             print(name, "compile failed:", r["compile_error"])
-    r["pct_of_floor"] = 100 * max(r["pages_per_s"], r.get("compiled_pages_per_s", 0)) / r["floor_pages_per_s"]
+    if procs is not None:
+        procs.release()
+    best = max(r[k] for k in ("pages_per_s", "compiled_pages_per_s", "process_pages_per_s", "compiled_process_pages_per_s") if k in r)
+    r["pct_of_floor"] = 100 * best / r["floor_pages_per_s"]
     r["plain_pct_of_floor"] = 100 * r["plain_pages_per_s"] / r["floor_pages_per_s"]
     for key in ("profile", "compiled_profile"):
         if key in r:
@@ -181,7 +210,9 @@ def run_variant(name, model, processor, images, queries, args, floor_pages_per_s
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--fixture", action="store_true", help="the tiny fixture model and small pages (a CPU check)")
+    ap.add_argument("--device", default="cuda")
     ap.add_argument("--quantized", default=None)
     ap.add_argument("--pages", type=int, default=64)
     ap.add_argument("--batch", type=int, default=8)
@@ -190,22 +221,31 @@ def main() -> None:
     ap.add_argument("--tflops", type=float, default=790.0, help="measured bf16 matmul rate of the card")
     ap.add_argument("--serial-pages", type=int, default=64, help="pages for the serial and bare-forward figures")
     ap.add_argument("--compile", action="store_true", help="also eval.compile=true (blocks compiled in place)")
+    ap.add_argument("--process", action="store_true", help="also eval.preprocess_mode=process (worker processes)")
     ap.add_argument("--profile", action="store_true", help="CUDA time of one plain forward by kernel class")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    processor = ColQwen3Processor.from_checkpoint(args.checkpoint, 1280)
-    images = pages(args.pages)
+    tokens, size = 1280, (1024, 1280)
+    if args.fixture:
+        from colq_sweep.fixtures import ensure_fixtures
+
+        args.checkpoint, tokens, size = str(ensure_fixtures(tempfile.mkdtemp(prefix="encode_")).checkpoint), 64, (256, 320)
+    elif not args.checkpoint:
+        ap.error("give --checkpoint or --fixture")
+    processor = ColQwen3Processor.from_checkpoint(args.checkpoint, tokens)
+    images = pages(args.pages, 0, size)
     queries = [f"What does section {i} report about revenue growth in {2000 + i % 25}?" for i in range(args.queries)]
     results = []
-    model = load_colqwen3(args.checkpoint, dtype="bfloat16", device="cuda")
+    model = load_colqwen3(args.checkpoint, dtype="bfloat16", device=args.device)
     r, base = run_variant("bf16", model, processor, images, queries, args)
     results.append(r)
     del model
-    torch.cuda.empty_cache()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     if args.quantized:
         from colq_sweep.quantize.load import load_quantized
 
-        model = load_quantized(args.quantized, backend="auto", device="cuda", dtype="bfloat16")
+        model = load_quantized(args.quantized, backend="auto", device=args.device, dtype="bfloat16")
         r, q = run_variant(f"w4a16-{model.colq_backend}", model, processor, images, queries, args,
                            floor_pages_per_s=results[0]["floor_pages_per_s"])  # fmt: skip
         cos = [torch.nn.functional.cosine_similarity(a, b, dim=-1).mean().item() for a, b in zip(base, q, strict=True)]
@@ -215,8 +255,8 @@ def main() -> None:
             r["compiled_throughput_vs_bf16"] = r["compiled_pages_per_s"] / results[0]["compiled_pages_per_s"]
         r["weights_vs_bf16"] = r["weight_gib"] / results[0]["weight_gib"]
         results.append(r)
-    cols = ["variant", "kernel", "pages_per_s", "serial_pages_per_s", "plain_pages_per_s", "compiled_pages_per_s",
-            "compiled_plain_pages_per_s", "floor_pages_per_s", "pct_of_floor", "max_abs_diff_vs_plain",
+    cols = ["variant", "kernel", "pages_per_s", "serial_pages_per_s", "process_pages_per_s", "plain_pages_per_s",
+            "compiled_pages_per_s", "compiled_process_pages_per_s", "compiled_plain_pages_per_s", "floor_pages_per_s", "pct_of_floor", "max_abs_diff_vs_plain",
             "compiled_max_abs_diff_vs_eager", "compile_s", "queries_per_s", "compiled_queries_per_s", "peak_gib",
             "weight_gib"]  # fmt: skip
     cols = [c for c in cols if any(c in r for r in results)]

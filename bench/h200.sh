@@ -53,11 +53,11 @@ case "$MODE" in
   bf16)  # bf16 encoding, eager and compiled, with profiles, at both shapes, and the quantization cost at 1024
     python3 -m colq_sweep.realshape --size 4b --out /tmp/rs/4b 2>&1 | tail -1
     step encode_bf16_4b 200 python3 bench/encode.py --checkpoint /tmp/rs/4b --pages 128 --serial-pages 24 --batch 8 \
-      --compile --profile --json "$OUT/encode_bf16_4b.json"
+      --compile --process --profile --json "$OUT/encode_bf16_4b.json"
     qcost 4b 1024 80
     python3 -m colq_sweep.realshape --size 8b --out /tmp/rs/8b 2>&1 | tail -1
     step encode_bf16_8b 200 python3 bench/encode.py --checkpoint /tmp/rs/8b --pages 96 --serial-pages 16 --batch 8 \
-      --compile --json "$OUT/encode_bf16_8b.json"
+      --compile --process --json "$OUT/encode_bf16_8b.json"
     qcost 8b 1024 50 ;;
   qcost)  # the study's other seqlen/batch pairs and the fast settings
     qcost 4b 256 300; qcost 8b 512 150; qcost 4b 1024 80 "--compile --no-low-gpu-mem" _fast ;;

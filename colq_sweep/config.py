@@ -105,7 +105,8 @@ class EvalSpec:
     query_batch_size: int = 64
     page_batch_size: int = 8
     corpus_cache: bool = True
-    preprocess_workers: int | None = None  # threads preparing pages ahead of the forward (None: auto)
+    preprocess_workers: int | None = None  # workers preparing pages ahead of the forward (None: auto)
+    preprocess_mode: str = "thread"  # thread | process
     compile: bool = False  # torch.compile each decoder layer and vision block (fused norms, rotary, activations)
     fixture_dir: str | None = None
     only: tuple[tuple[str, str], ...] | None = None  # config `eval.entries`: evaluate only these (task, subset)
@@ -371,6 +372,7 @@ def _eval(d: dict) -> EvalSpec:
         page_batch_size=_pos_int("eval.page_batch_size", d.get("page_batch_size", 8)),
         corpus_cache=_bool("eval.corpus_cache", d.get("corpus_cache", True)),
         preprocess_workers=_workers("eval.preprocess_workers", d.get("preprocess_workers", "auto")),
+        preprocess_mode=_choice("eval.preprocess_mode", d.get("preprocess_mode", "thread"), ("thread", "process")),
         compile=_bool("eval.compile", d.get("compile", False)),
         fixture_dir=d.get("fixture_dir"),
         only=_entry_pairs(d.get("only"), kept, langs),

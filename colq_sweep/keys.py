@@ -81,7 +81,8 @@ def config_hash(point: SweepPoint) -> str:
     d = point.to_dict()
     for k in ("name", "outputs_dir", "force", "tracking_uri", "device", "system_metrics"):
         d.pop(k)
-    for k in ("notices", "query_batch_size", "page_batch_size", "corpus_cache", "preprocess_workers", "fixture_dir"):
+    for k in ("notices", "query_batch_size", "page_batch_size", "corpus_cache", "preprocess_workers", "preprocess_mode",
+              "fixture_dir"):
         d["eval"].pop(k)
     for k in ("allow_revision_mismatch", "compile"):
         if not d["eval"][k]:

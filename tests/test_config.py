@@ -157,6 +157,7 @@ BAD = [
     (["eval.preprocess_workers=-1"], "eval.preprocess_workers"),
     (["eval.preprocess_workers=many"], "eval.preprocess_workers"),
     (["eval.compile=maybe"], "eval.compile"),
+    (["eval.preprocess_mode=fork"], "eval.preprocess_mode"),
 ]
 
 

@@ -220,15 +220,21 @@ def test_pipelined_pages_equal_the_plain_forward(fixture_paths, tmp_path):
                 batch = processor.process_images(images[start : start + 4])
                 out = model(**batch)
                 plain.extend(out[i][batch["attention_mask"][i].bool()] for i in range(out.shape[0]))
-        for workers in (0, 3):
+        modes = [(0, "thread"), (3, "thread")] + ([(2, "process")] if dtype == "bfloat16" else [])
+        for workers, mode in modes:
             enc = ColQwen3Encoder(
                 model, processor, model_name=MODEL_NAME, model_revision=f"pipe{workers}", page_batch_size=4,
-                preprocess_workers=workers,
+                preprocess_workers=workers, preprocess_mode=mode,
             )  # fmt: skip
             got = enc.encode_pages(images)
             assert enc.stats["pages_encoded"] == 16
             for a, b in zip(got, plain, strict=True):
-                assert torch.equal(a, b.float()), (dtype, workers)
+                assert torch.equal(a, b.float()), (dtype, workers, mode)
+            if mode == "process":  # the stored-page path: items decoded in the worker processes
+                process_cached = enc._corpus_cached(corpus, task.metadata)
+                assert enc._processes is not None
+                enc.release()
+                assert enc._processes is None
         # the cached corpus path sorts missing pages by size before batching
         padding: list[int] = []
         enc = ColQwen3Encoder(
@@ -241,6 +247,8 @@ def test_pipelined_pages_equal_the_plain_forward(fixture_paths, tmp_path):
             int((processor.process_images(images[s : s + 4])["attention_mask"] == 0).sum()) for s in range(0, 16, 4)
         )
         assert len(padding) == 4 and sum(padding) < plain_padding, (padding, plain_padding)
+        if dtype == "bfloat16":  # the same size-sorted batches, prepared in worker processes: bit-identical
+            assert all(torch.equal(a, b) for a, b in zip(got, process_cached, strict=True))
         tol = 1e-5 if dtype == "float32" else 2**-6  # bf16: a few steps of its 8-bit mantissa
         for a, b in zip(got, plain, strict=True):
             assert a.shape == b.shape

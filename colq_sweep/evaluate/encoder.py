@@ -199,6 +199,37 @@ def default_preprocess_workers(device: str) -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
+def decode_pages(feature: Any, items: Sequence[Any]) -> list[Any]:
+    """Images of one batch: `items` as stored (bytes/path dicts) decoded by their `datasets.Image` feature, exactly
+    as `datasets` would decode them; with `feature=None` the items are images already."""
+    return list(items) if feature is None else [feature.decode_example(item) for item in items]
+
+
+def prepare_batch(processor: ColQwen3Processor, feature: Any, items: Sequence[Any], dtype: torch.dtype | None):
+    """Decode and preprocess one batch of pages; returns (pages, processor outputs). Pixels are cast to the vision
+    tower's dtype here, as its patch embedding would do first thing, so half as many bytes cross to the device."""
+    images = decode_pages(feature, items)
+    batch = dict(processor.process_images(images))
+    pixels = batch.get("pixel_values")
+    if pixels is not None and dtype is not None and pixels.is_floating_point() and pixels.dtype != dtype:
+        batch["pixel_values"] = pixels.to(dtype)
+    return len(images), batch
+
+
+_WORKER_PROCESSOR: ColQwen3Processor | None = None
+
+
+def _init_worker(processor: ColQwen3Processor) -> None:
+    global _WORKER_PROCESSOR
+    torch.set_num_threads(1)  # one core per worker process
+    _WORKER_PROCESSOR = processor
+
+
+def _prepare_in_worker(feature: Any, items: Sequence[Any], dtype: torch.dtype | None):
+    # tensors go back through torch's shared-memory pickling (torch.multiprocessing), not through the pipe
+    return prepare_batch(_WORKER_PROCESSOR, feature, items, dtype)
+
+
 def size_order(pixels: Sequence[int], indices: Sequence[int]) -> list[int]:
     """`indices` sorted by the page's pixel count, largest first (stable): consecutive pages then have (nearly) the
     same number of visual tokens, so a batch carries little padding."""
@@ -218,8 +249,10 @@ class ColQwen3Encoder(AbsEncoder):
         query_batch_size, page_batch_size: forward batch sizes.
         page_store: on-disk page cache (None: memory only). corpus_cache=False turns all page caching off
             (mteb then has every subset's corpus encoded again, as it does natively).
-        preprocess_workers: threads decoding and preprocessing pages ahead of the forward pass (None:
+        preprocess_workers: workers decoding and preprocessing pages ahead of the forward pass (None:
             `default_preprocess_workers(device)`; 0: none, each batch is prepared in the calling thread).
+        preprocess_mode: "thread" (workers are threads of this process) or "process" (spawned worker processes,
+            tensors returned through shared memory: no GIL shared with the thread that drives the device).
         compile: `torch.compile` each decoder layer and vision block before the first forward
             (`colq_sweep.model.compile_regions`); embeddings then differ from eager ones by float round-off.
         dataset_revisions: task name -> dataset revision used in page keys (default: the task metadata's).
@@ -240,6 +273,7 @@ class ColQwen3Encoder(AbsEncoder):
         corpus_cache: bool = True,
         dataset_revisions: Mapping[str, str] | None = None,
         preprocess_workers: int | None = None,
+        preprocess_mode: str = "thread",
         compile: bool = False,
     ):
         if (model is None) != (processor is None):
@@ -261,6 +295,10 @@ class ColQwen3Encoder(AbsEncoder):
         self.preprocess_workers = (
             default_preprocess_workers(device) if preprocess_workers is None else int(preprocess_workers)
         )
+        if preprocess_mode not in ("thread", "process"):
+            raise ValueError(f"preprocess_mode must be 'thread' or 'process'; got {preprocess_mode!r}")
+        self.preprocess_mode = preprocess_mode
+        self._processes = None  # the worker-process pool, started on first use, ended by release()
         self.mteb_model_meta = colqwen3_model_meta(model_name, model_revision)
         self.model_key = f"{self.mteb_model_meta.name}@{model_revision}"
         self.observer: BatchObserver | None = None  # sees every processed batch before its forward pass
@@ -295,6 +333,9 @@ class ColQwen3Encoder(AbsEncoder):
         if self._loader is not None:
             self.model = self.processor = None
         self._memo, self._memo_task = {}, None
+        if self._processes is not None:
+            self._processes.shutdown(wait=True, cancel_futures=True)
+            self._processes = None
 
     def _ensure_loaded(self) -> None:
         if self.model is not None:
@@ -366,9 +407,8 @@ class ColQwen3Encoder(AbsEncoder):
     def encode_pages(self, images: Sequence[Any]) -> list[torch.Tensor]:
         """Tomoro's page inputs (one image per chat prompt), `page_batch_size` at a time, in the given order; no
         caching."""
-        images = list(images)
         out: list[torch.Tensor] = []
-        for embs in self._page_pipeline(lambda c=c: c for c in _chunks(images, self.page_batch_size)):
+        for embs in self._page_pipeline((None, c) for c in _chunks(list(images), self.page_batch_size)):
             out.extend(embs)
         return [e.float() for e in out]
 
@@ -377,43 +417,56 @@ class ColQwen3Encoder(AbsEncoder):
         proj = getattr(getattr(proj, "patch_embed", None), "proj", None)
         return getattr(proj, "weight", torch.empty(0)).dtype if proj is not None else None
 
-    def _prepare_pages(self, load: Callable[[], Sequence[Any]], dtype: torch.dtype | None, pin: bool):
-        """Decode and preprocess one batch (runs in a worker thread). Pixels are cast to the vision tower's dtype
-        here, as its patch embedding would do first thing, so half as many bytes cross to the device."""
-        images = list(load())
-        batch = dict(self.processor.process_images(images))
-        pixels = batch.get("pixel_values")
-        if pixels is not None and dtype is not None and pixels.is_floating_point() and pixels.dtype != dtype:
-            batch["pixel_values"] = pixels.to(dtype)
-        if pin:
-            batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        return len(images), batch
+    def _worker_pool(self):
+        """Threads, or (preprocess_mode="process") worker processes started once and kept until `release()`.
+        Processes are spawned, never forked: the parent holds a CUDA context."""
+        if self.preprocess_mode == "thread":
+            return ThreadPoolExecutor(self.preprocess_workers, thread_name_prefix="colq-pages"), _prepare_in_thread
+        if self._processes is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
 
-    def _page_pipeline(self, loaders: Iterable[Callable[[], Sequence[Any]]]) -> Iterator[list[torch.Tensor]]:
-        """Encode one batch per loader, in order, with up to `preprocess_workers` batches prepared ahead."""
+            self._processes = ProcessPoolExecutor(
+                self.preprocess_workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(self.processor,),
+            )
+        return contextlib.nullcontext(self._processes), _prepare_in_worker
+
+    def _page_pipeline(self, sources: Iterable[tuple[Any, Sequence[Any]]]) -> Iterator[list[torch.Tensor]]:
+        """Encode one batch per source `(datasets Image feature or None, items)`, in order, with up to
+        2 x `preprocess_workers` batches prepared ahead."""
         self._ensure_loaded()
         dtype = self._vision_dtype()
-        pin = torch.device(self.model.device).type == "cuda"
-        loaders = iter(loaders)
+        on_cuda = torch.device(self.model.device).type == "cuda"
+        sources = iter(sources)
         if self.preprocess_workers == 0:
-            for load in loaders:
+            for feature, items in sources:
                 t0 = time.perf_counter()
-                n, batch = self._prepare_pages(load, dtype, pin)
+                n, batch = _prepare_in_thread(self.processor, feature, items, dtype, on_cuda)
                 yield self._forward_pages(n, batch, t0)
             return
         depth = 2 * self.preprocess_workers
-        with ThreadPoolExecutor(self.preprocess_workers, thread_name_prefix="colq-pages") as pool:
+        pool_cm, prepare = self._worker_pool()
+        with pool_cm as pool:
+            args = (self.processor,) if prepare is _prepare_in_thread else ()
+            extra = (on_cuda,) if prepare is _prepare_in_thread else ()
+
+            def submit(source):
+                return pool.submit(prepare, *args, *source, dtype, *extra)
+
             pending: deque = deque()
             try:
-                for load in loaders:
-                    pending.append(pool.submit(self._prepare_pages, load, dtype, pin))
+                for source in sources:
+                    pending.append(submit(source))
                     if len(pending) >= depth:
                         break
                 while pending:
                     t0 = time.perf_counter()
                     n, batch = pending.popleft().result()
-                    for load in loaders:  # keep `depth` batches in preparation
-                        pending.append(pool.submit(self._prepare_pages, load, dtype, pin))
+                    for source in sources:  # keep `depth` batches in preparation
+                        pending.append(submit(source))
                         break
                     yield self._forward_pages(n, batch, t0)
             finally:
@@ -432,15 +485,15 @@ class ColQwen3Encoder(AbsEncoder):
             self.progress.advance(n)
 
     def _corpus_uncached(self, inputs: DataLoader) -> list[torch.Tensor]:
-        def batches() -> Iterator[Callable[[], list[Any]]]:
+        def batches() -> Iterator[tuple[None, list[Any]]]:
             buffer: list[Any] = []
             for batch in inputs:
                 buffer.extend(batch["image"])
                 while len(buffer) >= self.page_batch_size:
                     chunk, buffer = buffer[: self.page_batch_size], buffer[self.page_batch_size :]
-                    yield lambda c=chunk: c
+                    yield None, chunk
             if buffer:
-                yield lambda c=buffer: c
+                yield None, buffer
 
         out: list[torch.Tensor] = []
         for embs in self._page_pipeline(batches()):
@@ -477,8 +530,7 @@ class ColQwen3Encoder(AbsEncoder):
                 len(keys) - len(missing),
             )
         chunks = list(_chunks(size_order([p for _, p in index], missing), self.page_batch_size))
-        loaders = (lambda idx=idx: dataset.select(idx)["image"] for idx in chunks)
-        for idx, embs in zip(chunks, self._page_pipeline(loaders), strict=True):
+        for idx, embs in zip(chunks, self._page_pipeline(_stored_pages(dataset, chunks)), strict=True):
             for i, emb in zip(idx, embs, strict=True):
                 if self.page_store is not None:
                     self.page_store.put(keys[i], emb)
@@ -514,6 +566,29 @@ class ColQwen3Encoder(AbsEncoder):
         if self.corpus_cache and dataset is not None and "image" in columns:
             return self._corpus_cached(dataset, task_metadata)
         return self._corpus_uncached(inputs)
+
+
+def _prepare_in_thread(processor, feature, items, dtype, pin: bool):
+    n, batch = prepare_batch(processor, feature, items, dtype)
+    if pin:  # page-locked: the copy to the device runs without a staging copy and without blocking this thread
+        batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return n, batch
+
+
+def _stored_pages(dataset: Dataset, chunks: Iterable[list[int]], column: str = "image"):
+    """(feature, items) per chunk of row indices: a `datasets.Image` column yields its stored bytes/path dicts,
+    read here without decoding (workers decode them); any other column its values."""
+    from datasets import Image
+
+    feature = dataset.features.get(column)
+    if isinstance(feature, Image):
+        raw = dataset.cast_column(column, Image(decode=False, mode=feature.mode))
+        decoder = Image(mode=feature.mode)
+        for idx in chunks:
+            yield decoder, raw.select(idx)[column]
+    else:
+        for idx in chunks:
+            yield None, dataset.select(idx)[column]
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:

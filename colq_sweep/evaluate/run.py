@@ -230,6 +230,7 @@ def evaluate_model(
         else None,
         corpus_cache=eval_spec.corpus_cache,
         preprocess_workers=eval_spec.preprocess_workers,
+        preprocess_mode=eval_spec.preprocess_mode,
         compile=eval_spec.compile,
     )
     meta = encoder.mteb_model_meta
