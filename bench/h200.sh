@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # One GPU session's measurements on a CUDA machine without Hub access (docs/PERFORMANCE.md records the numbers):
-#   bash bench/h200.sh 4b|8b|bf16|qcost   (wheels for the missing packages in .whl/, results under $OUT)
+#   bash bench/h200.sh 4b|8b|bf16|qcost|qfast   (wheels for the missing packages in .whl/, results under $OUT)
 # 4b/8b: the full shape through the pipeline (iters 1), the encoding benchmark (bf16 vs W4A16, with a profile) and,
-# for 4b, the corpus cache on a 6-language task; qcost: our quantize stage vs auto-round's API at the study's
-# seqlen/batch pairs on 2-layer real shapes. Each step has its own time limit; one failing does not stop the rest.
+# for 4b, the corpus cache on a 6-language task; bf16: encoding eager/compiled/threads/processes at both shapes;
+# qcost: our quantize stage vs auto-round's API at the study's seqlen-1024 pairs on 2-layer real shapes; qfast:
+# whether the fast settings change the weights, and two more pairs. Each step has its own time limit; one failing
+# does not stop the rest. Each mode fits one 10-minute call.
 set -o pipefail
-MODE=${1:?4b, 8b, bf16 or qcost}
+MODE=${1:?4b, 8b, bf16, qcost or qfast}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 if [ -d .whl ]; then
@@ -38,27 +40,32 @@ pipeline() {  # size iters
   key=$(ls -t /tmp/o/models | grep -E '^[0-9a-f]{20}$' | head -1)
   du -sh "/tmp/rs/$size" "/tmp/o/models/$key" | tee "$OUT/sizes_$size.txt"
 }
-qcost() {  # size seqlen batch [flags suffix]: our stage vs auto-round's API, 2-layer real shape, iters 50
+qcost() {  # size seqlen batch [flags suffix]: our stage vs auto-round's API, 2-layer real shape, iters 25
   [ -d "/tmp/rs/$1-l2" ] || python3 -m colq_sweep.realshape --size "$1" --out "/tmp/rs/$1-l2" --layers 2 2>&1 | tail -1
-  step "qcost_$1_$2_$3$5" 200 python3 bench/quantize_cost.py --checkpoint "/tmp/rs/$1-l2" --seqlen "$2" \
-    --batch-size "$3" --nsamples "$3" --iters 50 $4 --json "$OUT/qcost_$1_$2_$3$5.json"
+  step "qcost_$1_$2_$3$5" 300 python3 bench/quantize_cost.py --checkpoint "/tmp/rs/$1-l2" --seqlen "$2" \
+    --batch-size "$3" --nsamples "$3" --iters 25 $4 --json "$OUT/qcost_$1_$2_$3$5.json"
 }
 case "$MODE" in
   4b|8b)  # the pipeline (iters 1: a real artifact quickly), encoding bf16 vs W4A16 (eager and compiled), corpus cache
     pipeline "$MODE" 1
+    n=128; [ "$MODE" = 8b ] && n=64
     step "encode_$MODE" 300 python3 bench/encode.py --checkpoint "/tmp/rs/$MODE" --quantized "/tmp/o/models/$key" \
-      --pages 128 --serial-pages 32 --batch 8 --compile --json "$OUT/encode_$MODE.json"
+      --pages $n --serial-pages 16 --batch 8 --compile --json "$OUT/encode_$MODE.json"
     [ "$MODE" = 4b ] && step corpus_cache_4b 150 python3 bench/corpus_cache.py --checkpoint /tmp/rs/4b --pages 48 \
       --queries 8 --json "$OUT/corpus_cache_4b.json" ;;
-  bf16)  # bf16 encoding, eager and compiled, with profiles, at both shapes, and the quantization cost at 1024
+  bf16)  # bf16 encoding at both shapes: eager and compiled, threads and worker processes, with a profile at 4B
     python3 -m colq_sweep.realshape --size 4b --out /tmp/rs/4b 2>&1 | tail -1
     step encode_bf16_4b 200 python3 bench/encode.py --checkpoint /tmp/rs/4b --pages 128 --serial-pages 24 --batch 8 \
       --compile --process --profile --json "$OUT/encode_bf16_4b.json"
-    qcost 4b 1024 80
     python3 -m colq_sweep.realshape --size 8b --out /tmp/rs/8b 2>&1 | tail -1
     step encode_bf16_8b 200 python3 bench/encode.py --checkpoint /tmp/rs/8b --pages 96 --serial-pages 16 --batch 8 \
-      --compile --process --json "$OUT/encode_bf16_8b.json"
-    qcost 8b 1024 50 ;;
-  qcost)  # the study's other seqlen/batch pairs and the fast settings
-    qcost 4b 256 300; qcost 8b 512 150; qcost 4b 1024 80 "--compile --no-low-gpu-mem" _fast ;;
+      --compile --process --json "$OUT/encode_bf16_8b.json" ;;
+  qcost)  # ours vs the API (direct, ours, direct) at the study's seqlen-1024 pairs of both shapes
+    qcost 4b 1024 80; qcost 8b 1024 50 ;;
+  qfast)  # do the fast settings change the weights? ours alone, three settings, same point; then two more pairs
+    qcost 4b 1024 80 --ours-only _default
+    qcost 4b 1024 80 "--ours-only --no-low-gpu-mem" _nolowmem
+    qcost 4b 1024 80 "--ours-only --no-low-gpu-mem --compile" _fast
+    python3 -c "import json,sys; [print(n, json.load(open(f'$OUT/qcost_4b_1024_80_{n}.json'))['ours']) for n in ('default','nolowmem','fast')]" || true
+    qcost 4b 256 300; qcost 8b 512 150 ;;
 esac
