@@ -228,6 +228,7 @@ def test_pipelined_pages_equal_the_plain_forward(fixture_paths, tmp_path):
             )  # fmt: skip
             got = enc.encode_pages(images)
             assert enc.stats["pages_encoded"] == 16
+            assert not any(e.is_inference() for e in got)  # ordinary tensors: callers may modify them in place
             for a, b in zip(got, plain, strict=True):
                 assert torch.equal(a, b.float()), (dtype, workers, mode)
             if mode == "process":  # the stored-page path: items decoded in the worker processes
@@ -249,6 +250,15 @@ def test_pipelined_pages_equal_the_plain_forward(fixture_paths, tmp_path):
         assert len(padding) == 4 and sum(padding) < plain_padding, (padding, plain_padding)
         if dtype == "bfloat16":  # the same size-sorted batches, prepared in worker processes: bit-identical
             assert all(torch.equal(a, b) for a, b in zip(got, process_cached, strict=True))
+        # a corpus wholly on disk: served without loading the model or starting workers
+        loads: list[int] = []
+        again = ColQwen3Encoder(
+            model_name=MODEL_NAME, model_revision=f"sorted-{dtype}", loader=lambda seen=loads, m=model: seen.append(1) or (m, processor),
+            page_batch_size=4, page_store=PageStore(tmp_path / dtype), preprocess_workers=2,
+        )  # fmt: skip
+        cached = again._corpus_cached(corpus, task.metadata)
+        assert not loads and again.stats["pages_from_disk"] == 16
+        assert all(torch.equal(a, b) for a, b in zip(cached, got, strict=True))
         tol = 1e-5 if dtype == "float32" else 2**-6  # bf16: a few steps of its 8-bit mantissa
         for a, b in zip(got, plain, strict=True):
             assert a.shape == b.shape

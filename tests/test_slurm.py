@@ -75,8 +75,14 @@ def test_the_demo_sweep_runs_through_sbatch(slurm_sweep, monkeypatch):
     assert {r.data.tags["colq.slurm_array_job"] for r in points} == {f"{array}_0", f"{array}_1"}
     assert baseline.data.tags["colq.slurm_array_job"] in {f"{array}_0", f"{array}_1"}
     assert {r.data.tags["colq.slurm_cluster"] for r in [*points, baseline]} == {"colq"}
-    states = job_states([r.data.tags["colq.slurm_job_id"] for r in points])
-    assert {states[r.data.tags["colq.slurm_job_id"]].state for r in points} == {"COMPLETED"}
+    # submitit hands the result back when the job's function returns; the batch step ends a moment later, and
+    # Slurm records COMPLETED only then (seconds on a loaded machine)
+    ids = [r.data.tags["colq.slurm_job_id"] for r in points]
+    deadline = time.monotonic() + 60
+    while {s.state for s in (job_states(ids) or {}).values()} & {"RUNNING", "COMPLETING"} and time.monotonic() < deadline:
+        time.sleep(1)
+    states = job_states(ids)
+    assert {states[i].state for i in ids} == {"COMPLETED"}
     for i in (0, 1):  # each job's output went where submitit put it, the stage lines included
         out = (sweep_dir / ".submitit" / f"{array}_{i}" / f"{array}_{i}_0_log.out").read_text()
         assert "quantize: done in" in out and "track: done in" in out

@@ -196,7 +196,8 @@ def default_preprocess_workers(device: str) -> int:
     feeds it); on a CPU one, which overlaps with the forward without taking the cores its matmuls use."""
     if not str(device).startswith("cuda"):
         return 1
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return max(1, min(8, cores - 1))  # the cores this process may use (cgroup / Slurm allocation), not the host's
 
 
 def decode_pages(feature: Any, items: Sequence[Any]) -> list[Any]:
@@ -336,6 +337,8 @@ class ColQwen3Encoder(AbsEncoder):
         if self._processes is not None:
             self._processes.shutdown(wait=True, cancel_futures=True)
             self._processes = None
+        if torch.cuda.is_available() and hasattr(torch._C, "_host_emptyCache"):
+            torch._C._host_emptyCache()  # the pinned host blocks the page pipeline used (up to ~2 GB at 8 workers)
 
     def _ensure_loaded(self) -> None:
         if self.model is not None:
@@ -380,9 +383,10 @@ class ColQwen3Encoder(AbsEncoder):
         }
         with torch.inference_mode(), self._autocast():
             out = self.model(**inputs)
-            mask = inputs["attention_mask"].bool()
-            lengths = mask.sum(dim=1).tolist()
-            real = out[mask].detach().to("cpu")  # every input's real tokens, in order: one copy to the host
+        # outside inference mode, so the results are ordinary tensors (callers may modify them in place)
+        mask = inputs["attention_mask"].bool()
+        lengths = mask.sum(dim=1).tolist()
+        real = out[mask].detach().to("cpu")  # every input's real tokens, in order: one copy to the host
         return list(torch.split(real, lengths))
 
     # ---------------------------------------------------------------------------------------- queries
@@ -530,6 +534,8 @@ class ColQwen3Encoder(AbsEncoder):
                 len(keys) - len(missing),
             )
         chunks = list(_chunks(size_order([p for _, p in index], missing), self.page_batch_size))
+        if not chunks:  # all from memory or disk: no model, no workers
+            return out  # type: ignore[return-value]
         for idx, embs in zip(chunks, self._page_pipeline(_stored_pages(dataset, chunks)), strict=True):
             for i, emb in zip(idx, embs, strict=True):
                 if self.page_store is not None:
