@@ -588,7 +588,10 @@ def test_image_digests_hash_file_bytes_without_decoding(fixture_paths):
     import hashlib
 
     from colq_sweep.evaluate import fixture_task
-    from colq_sweep.evaluate.encoder import image_digests
+    from colq_sweep.evaluate.encoder import image_index
+
+    def image_digests(dataset):
+        return [digest for digest, _ in image_index(dataset)]
 
     task = fixture_task(fixture_paths.task)
     task.load_data()

@@ -24,8 +24,10 @@ pipeline decides: a batch's embeddings are the same with any number of workers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
+import itertools
 import logging
 import os
 import time
@@ -161,34 +163,38 @@ def _image_pixel_digest(image: Any) -> str:
     return h.hexdigest()
 
 
+def _undecoded(dataset: Dataset, column: str):
+    """(the dataset with `column` read as stored bytes/path dicts, the `datasets.Image` feature that decodes them),
+    or None when the column is not a `datasets.Image` (its values are then images already)."""
+    from datasets import Image
+
+    feature = dataset.features.get(column)
+    if not isinstance(feature, Image):
+        return None
+    return dataset.cast_column(column, Image(decode=False, mode=feature.mode)), Image(mode=feature.mode)
+
+
 def image_index(dataset: Dataset, column: str = "image", chunk: int = 64) -> list[tuple[str, int]]:
     """(sha256 of the encoded image bytes, pixel count) of each row, read without decoding any image.
 
     A `datasets.Image` column is read with `decode=False` (embedded bytes, or the file at its path) and the size
     comes from the image header; anything else is decoded and its pixels hashed.
     """
-    from datasets import Image
     from PIL import Image as PILImage
 
-    feature = dataset.features.get(column)
-    if isinstance(feature, Image):
-        raw = dataset.cast_column(column, Image(decode=False)).select_columns([column])
-        out = []
-        for batch in raw.iter(batch_size=chunk):
-            for item in batch[column]:
-                data = item.get("bytes")
-                if data is None:
-                    data = Path(item["path"]).read_bytes()
-                with PILImage.open(io.BytesIO(data)) as im:  # reads the header only
-                    pixels = im.size[0] * im.size[1]
-                out.append((hashlib.sha256(data).hexdigest(), pixels))
-        return out
-    return [(_image_pixel_digest(im), im.size[0] * im.size[1]) for im in dataset[column]]
-
-
-def image_digests(dataset: Dataset, column: str = "image", chunk: int = 64) -> list[str]:
-    """sha256 of each row's encoded image bytes (see `image_index`)."""
-    return [digest for digest, _ in image_index(dataset, column, chunk)]
+    undecoded = _undecoded(dataset, column)
+    if undecoded is None:
+        return [(_image_pixel_digest(im), im.size[0] * im.size[1]) for im in dataset[column]]
+    out = []
+    for batch in undecoded[0].select_columns([column]).iter(batch_size=chunk):
+        for item in batch[column]:
+            data = item.get("bytes")
+            if data is None:
+                data = Path(item["path"]).read_bytes()
+            with PILImage.open(io.BytesIO(data)) as im:  # reads the header only
+                pixels = im.size[0] * im.size[1]
+            out.append((hashlib.sha256(data).hexdigest(), pixels))
+    return out
 
 
 def default_preprocess_workers(device: str) -> int:
@@ -416,62 +422,49 @@ class ColQwen3Encoder(AbsEncoder):
             out.extend(embs)
         return [e.float() for e in out]
 
-    def _vision_dtype(self) -> torch.dtype | None:
-        proj = getattr(getattr(getattr(self.model, "vlm", None), "model", None), "visual", None)
-        proj = getattr(getattr(proj, "patch_embed", None), "proj", None)
-        return getattr(proj, "weight", torch.empty(0)).dtype if proj is not None else None
+    def _preparer(self) -> tuple[Callable[..., Any], Any]:
+        """(prepare(feature, items) -> (pages, batch), the pool that runs it ahead of the forward or None).
+        Pixels are cast to the vision tower's dtype; on CUDA, thread-prepared batches are pinned. Threads live
+        for one pipeline; worker processes (preprocess_mode="process") are spawned, never forked (the parent
+        holds a CUDA context), once, and kept until `release()`."""
+        dtype = self.model.vlm.model.visual.patch_embed.proj.weight.dtype
+        if self.preprocess_mode == "process" and self.preprocess_workers:
+            if self._processes is None:
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor
 
-    def _worker_pool(self):
-        """Threads, or (preprocess_mode="process") worker processes started once and kept until `release()`.
-        Processes are spawned, never forked: the parent holds a CUDA context."""
-        if self.preprocess_mode == "thread":
-            return ThreadPoolExecutor(self.preprocess_workers, thread_name_prefix="colq-pages"), _prepare_in_thread
-        if self._processes is None:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            self._processes = ProcessPoolExecutor(
-                self.preprocess_workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker,
-                initargs=(self.processor,),
-            )
-        return contextlib.nullcontext(self._processes), _prepare_in_worker
+                self._processes = ProcessPoolExecutor(
+                    self.preprocess_workers,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_init_worker,
+                    initargs=(self.processor,),
+                )
+            return functools.partial(_prepare_in_worker, dtype=dtype), contextlib.nullcontext(self._processes)
+        pin = torch.device(self.model.device).type == "cuda"
+        prepare = functools.partial(_prepare_in_thread, self.processor, dtype=dtype, pin=pin)
+        if not self.preprocess_workers:
+            return prepare, None
+        return prepare, ThreadPoolExecutor(self.preprocess_workers, thread_name_prefix="colq-pages")
 
     def _page_pipeline(self, sources: Iterable[tuple[Any, Sequence[Any]]]) -> Iterator[list[torch.Tensor]]:
         """Encode one batch per source `(datasets Image feature or None, items)`, in order, with up to
         2 x `preprocess_workers` batches prepared ahead."""
         self._ensure_loaded()
-        dtype = self._vision_dtype()
-        on_cuda = torch.device(self.model.device).type == "cuda"
+        prepare, pool_cm = self._preparer()
         sources = iter(sources)
-        if self.preprocess_workers == 0:
-            for feature, items in sources:
+        if pool_cm is None:
+            for source in sources:
                 t0 = time.perf_counter()
-                n, batch = _prepare_in_thread(self.processor, feature, items, dtype, on_cuda)
-                yield self._forward_pages(n, batch, t0)
+                yield self._forward_pages(*prepare(*source), t0)
             return
         depth = 2 * self.preprocess_workers
-        pool_cm, prepare = self._worker_pool()
         with pool_cm as pool:
-            args = (self.processor,) if prepare is _prepare_in_thread else ()
-            extra = (on_cuda,) if prepare is _prepare_in_thread else ()
-
-            def submit(source):
-                return pool.submit(prepare, *args, *source, dtype, *extra)
-
-            pending: deque = deque()
+            pending: deque = deque(pool.submit(prepare, *source) for source in itertools.islice(sources, depth))
             try:
-                for source in sources:
-                    pending.append(submit(source))
-                    if len(pending) >= depth:
-                        break
                 while pending:
                     t0 = time.perf_counter()
                     n, batch = pending.popleft().result()
-                    for source in sources:  # keep `depth` batches in preparation
-                        pending.append(submit(source))
-                        break
+                    pending.extend(pool.submit(prepare, *source) for source in itertools.islice(sources, 1))
                     yield self._forward_pages(n, batch, t0)
             finally:
                 for f in pending:
@@ -575,6 +568,7 @@ class ColQwen3Encoder(AbsEncoder):
 
 
 def _prepare_in_thread(processor, feature, items, dtype, pin: bool):
+    """`prepare_batch`, then page-locked on CUDA."""
     n, batch = prepare_batch(processor, feature, items, dtype)
     if pin:  # page-locked: the copy to the device runs without a staging copy and without blocking this thread
         batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -584,17 +578,12 @@ def _prepare_in_thread(processor, feature, items, dtype, pin: bool):
 def _stored_pages(dataset: Dataset, chunks: Iterable[list[int]], column: str = "image"):
     """(feature, items) per chunk of row indices: a `datasets.Image` column yields its stored bytes/path dicts,
     read here without decoding (workers decode them); any other column its values."""
-    from datasets import Image
-
-    feature = dataset.features.get(column)
-    if isinstance(feature, Image):
-        raw = dataset.cast_column(column, Image(decode=False, mode=feature.mode))
-        decoder = Image(mode=feature.mode)
-        for idx in chunks:
-            yield decoder, raw.select(idx)[column]
-    else:
-        for idx in chunks:
+    undecoded = _undecoded(dataset, column)
+    for idx in chunks:
+        if undecoded is None:
             yield None, dataset.select(idx)[column]
+        else:
+            yield undecoded[1], undecoded[0].select(idx)[column]
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
