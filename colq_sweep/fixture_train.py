@@ -116,12 +116,14 @@ def _concept_token(tokenizer, query: synthetic.Query, concept: int) -> int:
 
 def batch_losses(model, processor, cfg: TrainConfig, pages, queries) -> tuple[torch.Tensor, torch.Tensor]:
     """(retrieval loss, token loss) of one batch."""
+    from colq_sweep.model import maxsim
+
     pb = processor.process_images([p.image for p in pages])
     qb = processor.process_queries([q.text for q in queries])
     P = model(**pb)  # (pages, tokens, dim), zero at padding
     Q = model(**qb)
     n_query_tokens = qb["attention_mask"].sum(-1, keepdim=True)
-    scores = torch.einsum("qid,njd->qnij", Q, P).max(-1).values.sum(-1) / n_query_tokens
+    scores = maxsim(Q, P) / n_query_tokens
     grades = torch.tensor([[synthetic.grade(q, p) for p in pages] for q in queries])
     target = torch.tensor(cfg.grade_weights)[grades]
     target = target / target.sum(-1, keepdim=True)

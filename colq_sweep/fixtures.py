@@ -73,9 +73,7 @@ def build_tokenizer(out: Path):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from colq_sweep.synthetic import tokenizer_corpus
-
-    corpus = tokenizer_corpus()
+    corpus = synthetic.tokenizer_corpus()
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -105,7 +103,7 @@ def tiny_config(tokenizer) -> dict:
         "model_type": "colqwen3",
         "embed_dim": 32,
         "padding_side": "left",
-        "max_num_visual_tokens": 64,
+        "max_num_visual_tokens": MAX_NUM_VISUAL_TOKENS,
         "image_token_id": ids["<|image_pad|>"],
         "video_token_id": ids["<|video_pad|>"],
         "vision_start_token_id": ids["<|vision_start|>"],
@@ -146,7 +144,8 @@ def tiny_config(tokenizer) -> dict:
     }
 
 
-def build_image_processor(out: Path | None = None):
+def build_image_processor(out: Path | None = None, max_visual_tokens: int = MAX_NUM_VISUAL_TOKENS):
+    """Qwen3-VL's page processor (16-pixel patches, 2x2 merge) capped at `max_visual_tokens` tokens per page."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     image_processor = Qwen2VLImageProcessorPil(
@@ -155,7 +154,7 @@ def build_image_processor(out: Path | None = None):
         temporal_patch_size=2,
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
-        size={"shortest_edge": 32 * 32 * 4, "longest_edge": 32 * 32 * 64},
+        size={"shortest_edge": 32 * 32 * 4, "longest_edge": 32 * 32 * max_visual_tokens},
     )
     if out is not None:
         image_processor.save_pretrained(out)

@@ -13,7 +13,6 @@ embedding) and a processor capped at 1280 visual tokens. Point a config at it wi
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import time
 from pathlib import Path
@@ -46,7 +45,7 @@ EMBED_DIM = 320
 def real_shape_config(size: str, tokenizer, layers: int | None = None) -> dict:
     from colq_sweep.fixtures import tiny_config
 
-    cfg = copy.deepcopy(tiny_config(tokenizer))
+    cfg = tiny_config(tokenizer)  # a new dict on every call
     shape = SHAPES[size]
     cfg["embed_dim"] = EMBED_DIM
     cfg["max_num_visual_tokens"] = 1280
@@ -62,9 +61,7 @@ def real_shape_config(size: str, tokenizer, layers: int | None = None) -> dict:
 
 def build(size: str, out: Path, layers: int | None = None, device: str = "cuda", seed: int = 0) -> Path:
     """Write a random-weight checkpoint of `size` (bf16, Tomoro layout) to `out`."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    from colq_sweep.fixtures import build_tokenizer
+    from colq_sweep.fixtures import build_image_processor, build_tokenizer
     from colq_sweep.model import ColQwen3, ColQwen3Config
 
     if out.exists():  # a leftover of another shape (say a single-file checkpoint) would shadow the new shards
@@ -80,13 +77,9 @@ def build(size: str, out: Path, layers: int | None = None, device: str = "cuda",
         model = ColQwen3(config).to(torch.bfloat16)
     n = sum(p.numel() for p in model.parameters())
     model.save_pretrained(out, safe_serialization=True, max_shard_size="4GB")
-    Qwen2VLImageProcessorPil(
-        patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
-        size={"shortest_edge": 32 * 32 * 4, "longest_edge": 1280 * 32 * 32},
-    ).save_pretrained(out)  # fmt: skip
+    build_image_processor(out, max_visual_tokens=1280)
     log.info("random-weight %s checkpoint (%d layers, %.2fB parameters) written to %s in %.1f s", size,
              config.text_config.num_hidden_layers, n / 1e9, out, time.perf_counter() - t0)  # fmt: skip
-    del model
     return out
 
 
