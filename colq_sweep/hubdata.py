@@ -7,7 +7,7 @@ that task reads, at mteb's pinned revision (`tasks.DATASETS`, `tasks.dataset_con
 cache `<HF_DATASETS_CACHE>/ORG___NAME/<config>/0.0.0/<commit>/`, whose folder name is the revision it holds.
 
 `missing(points)` lists what is absent (offline: from the caches; online: cached, or else reachable within
-seconds, with short timeouts and no retries); `fetch(points)` downloads it and prepares the datasets caches
+seconds, with short timeouts and no retries); `fetch(need)` downloads one and prepares the datasets caches
 (`python -m colq_sweep.prefetch`, for a login node with internet before an offline GPU sweep).
 """
 
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from colq_sweep.config import SweepPoint
+from colq_sweep.hubcache import datasets_cache
 from colq_sweep.tasks import DATASETS, FIXTURE_TASK, dataset_configs
 
 ONLINE_TIMEOUT_S = 5.0
@@ -29,7 +30,6 @@ class Need:
     repo: str
     revision: str | None
     configs: tuple[str, ...] = ()  # datasets: the configs (subsets) a loader reads
-    split: str | None = None
     why: str = ""  # which task or point needs it
     any_revision: bool = False  # eval.allow_revision_mismatch: a cached other revision will do (and is recorded)
 
@@ -56,8 +56,8 @@ def needs(points: list[SweepPoint]) -> list[Need]:
         if p.model.id:
             models[(p.model.id, p.model.revision)] = Need("model", p.model.id, p.model.revision, why=p.model.name)
         if p.quant.enabled and p.calib.source == "hub":
-            key = (p.calib.dataset, p.calib.revision, p.calib.split)
-            calib[key] = Need("calibration", str(p.calib.dataset), p.calib.revision, split=p.calib.split, why="calib")
+            key = (p.calib.dataset, p.calib.revision)
+            calib[key] = Need("calibration", str(p.calib.dataset), p.calib.revision, why="calib")
         by_task: dict[str, list[str]] = {}
         for task, subset in p.eval.entries():
             if task != FIXTURE_TASK:
@@ -68,18 +68,12 @@ def needs(points: list[SweepPoint]) -> list[Need]:
             why[(repo, rev)] = task
     out = list(models.values()) + list(calib.values())
     lax = {task for p in points if p.eval.allow_revision_mismatch for task in p.eval.tasks}
-    out += [Need("dataset", repo, rev, tuple(sorted(cfgs)), split="test", why=why[(repo, rev)],
+    out += [Need("dataset", repo, rev, tuple(sorted(cfgs)), why=why[(repo, rev)],
                  any_revision=why[(repo, rev)] in lax) for (repo, rev), cfgs in data.items()]  # fmt: skip
     return out
 
 
 # ------------------------------------------------------------------------------------------------ the caches
-
-
-def datasets_cache() -> Path:
-    from datasets import config
-
-    return Path(config.HF_DATASETS_CACHE)
 
 
 def cached_dataset_revisions(repo: str, config_name: str) -> list[str]:
@@ -162,19 +156,17 @@ def missing(points: list[SweepPoint]) -> list[tuple[Need, str]]:
     return [(need, f"not cached and the Hub did not answer ({why})") for (need, _), why in zip(absent, answers, strict=True) if why]
 
 
-def fetch(need: Need) -> Path:
+def fetch(need: Need) -> None:
     """Download `need` at its revision and, for a dataset, prepare the Arrow cache the offline loader reads."""
     if need.kind == "model":
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(need.repo, revision=need.revision))
+        snapshot_download(need.repo, revision=need.revision)
+        return
     import datasets
 
     for config in need.configs or (None,):
-        ds = datasets.load_dataset(need.repo, config, revision=need.revision)
-        last = ds
-    files = [f["filename"] for split in last.values() for f in split.cache_files]
-    return Path(files[0]).parent if files else datasets_cache()
+        datasets.load_dataset(need.repo, config, revision=need.revision)
 
 
 def size_of(need: Need) -> int:

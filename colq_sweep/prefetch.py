@@ -10,7 +10,6 @@ and exits 2 with one line per missing item and the command that fetches it.
 from __future__ import annotations
 
 import argparse
-import itertools
 import shlex
 import sys
 
@@ -19,33 +18,20 @@ from colq_sweep.cli import CONF_DIR
 
 def compose_points(overrides: list[str]) -> list:
     """The validated SweepPoint of every job the overrides (with `-m` sweep syntax and the experiment's
-    `hydra.sweeper.params`) describe, as the sweeper would run them."""
+    `hydra.sweeper.params`) describe, as the sweeper would run them (Hydra's own expansion of the sweep)."""
     from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from colq_sweep.config import validate
 
     parser = OverridesParser.create()
-    parsed = parser.parse_overrides(overrides)
-    plain = [o.input_line for o in parsed if not o.is_sweep_override()]
+    plain = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        base = compose(config_name="config", overrides=plain, return_hydra_config=True)
-        sweeps: dict[str, list[str]] = {}
-        params = base.hydra.sweeper.get("params") or {}
-        for key, value in params.items():
-            (o,) = parser.parse_overrides([f"{key}={value}"])
-            sweeps[o.get_key_element()] = list(o.sweep_string_iterator()) if o.is_sweep_override() else [str(o.value())]
-        for o in parsed:
-            if o.is_sweep_override():
-                sweeps[o.get_key_element()] = list(o.sweep_string_iterator())
-            else:
-                sweeps.pop(o.get_key_element(), None)
-        keys = list(sweeps)
-        points = []
-        for combo in itertools.product(*(sweeps[k] for k in keys)) if keys else [()]:
-            cfg = compose(config_name="config", overrides=plain + [f"{k}={v}" for k, v in zip(keys, combo, strict=True)])
-            points.append(validate(cfg))
-    return points
+        params = compose(config_name="config", overrides=plain, return_hydra_config=True).hydra.sweeper.get("params")
+        swept = parser.parse_overrides([f"{k}={v}" for k, v in (params or {}).items()] + overrides)
+        (jobs,) = BasicSweeper.split_arguments(swept, None)  # later overrides win, as in the sweeper
+        return [validate(compose(config_name="config", overrides=job)) for job in jobs]
 
 
 def check_lines(points: list, overrides: list[str]) -> list[str]:
