@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,11 +44,12 @@ def main() -> int:
             subprocess.run([sys.executable, "-m", "colq_sweep.realshape", "--size", args.size, "--out", str(ckpt)], check=True)
         common += [f"model=colqwen3-{args.size}", "model.id=null", "model.revision=null", f"model.path={ckpt}", "device=cuda"]
     subprocess.run([sys.executable, "-m", "colq_sweep.fixtures", "--out", str(out / "fixtures")], check=True, cwd=ROOT)
-    proc = subprocess.run([sys.executable, "-m", "colq_sweep", *common], cwd=ROOT, env={**os.environ})
-    return report(out, k, args.json) or proc.returncode
+    proc = subprocess.run([sys.executable, "-m", "colq_sweep", *common], cwd=ROOT)
+    report(out, k, args.json)
+    return proc.returncode
 
 
-def report(out: Path, k: int, json_path: str | None) -> int:
+def report(out: Path, k: int, json_path: str | None) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{out}/mlflow.db")
@@ -87,7 +87,6 @@ def report(out: Path, k: int, json_path: str | None) -> int:
     print(json.dumps(result, indent=1))
     if json_path:
         Path(json_path).write_text(json.dumps({"summary": result, "jobs": jobs}, indent=1))
-    return 0
 
 
 if __name__ == "__main__":

@@ -156,11 +156,11 @@ def say(message: str, *args: object) -> None:
 
 
 @contextlib.contextmanager
-def stage(who: str, name: str, detail: str = "") -> Iterator[dict]:
+def stage(who: str, name: str) -> Iterator[dict]:
     """`<who> | <name>: start` now and `<who> | <name>: done in 1.2 s (<result>)` at the end; the body may put
     a short result into the yielded dict's "result". A stage that raises ends with `failed after 1.2 s`."""
     info: dict = {"result": ""}
-    say("%s | %s: start%s", who, name, f" ({detail})" if detail else "")
+    say("%s | %s: start", who, name)
     t0 = time.perf_counter()
     try:
         yield info

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -50,11 +49,8 @@ def current_job_tags() -> dict[str, str]:
     return tags
 
 
-def available() -> bool:
-    return shutil.which("squeue") is not None or shutil.which("sacct") is not None
-
-
-def _run(cmd: list[str], timeout: float) -> str | None:
+def _run(cmd: list[str], timeout: float = TIMEOUT_S) -> str | None:
+    """The command's output, or None when it is missing, fails or times out (no Slurm here, controller down)."""
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.SubprocessError):
@@ -63,12 +59,9 @@ def _run(cmd: list[str], timeout: float) -> str | None:
 
 
 @functools.lru_cache(maxsize=1)
-def local_cluster(timeout: float = TIMEOUT_S) -> str | None:
+def local_cluster() -> str | None:
     """The ClusterName of the cluster this machine's Slurm commands talk to (None without Slurm)."""
-    if shutil.which("scontrol") is None:
-        return None
-    out = _run(["scontrol", "show", "config"], timeout)
-    for line in (out or "").splitlines():
+    for line in (_run(["scontrol", "show", "config"]) or "").splitlines():
         key, _, value = line.partition("=")
         if key.strip() == "ClusterName":
             return value.strip() or None
@@ -79,17 +72,16 @@ def job_states(job_ids: Iterable[str], timeout: float = TIMEOUT_S) -> dict[str, 
     """The scheduler's state of each job it knows, keyed by raw job id and by array form (`12_3`). None when
     neither sacct nor squeue answered at all (no Slurm here, controller down): nothing can be concluded."""
     ids = sorted({str(j) for j in job_ids if j})
-    if not ids or not available():
-        return {} if not ids else None
+    if not ids:
+        return {}
     states: dict[str, JobState] = {}
     answered = False
-    if shutil.which("sacct"):
-        out = _run(["sacct", "-X", "-n", "-P", "-o", "JobIDRaw,JobID,State", "-j", ",".join(ids)], timeout)
-        if out is not None:
-            answered = True
-            _parse(out, "sacct", states)
+    out = _run(["sacct", "-X", "-n", "-P", "-o", "JobIDRaw,JobID,State", "-j", ",".join(ids)], timeout)
+    if out is not None:
+        answered = True
+        _parse(out, "sacct", states)
     missing = [j for j in ids if j not in states]
-    if missing and shutil.which("squeue"):
+    if missing:
         out = _run(["squeue", "--states=all", "-r", "-h", "-o", "%A|%i|%T", "-j", ",".join(missing)], timeout)
         if out is not None:
             answered = True
@@ -112,7 +104,7 @@ def run_job_states(runs: list) -> dict[str, JobState]:
     """For MLflow runs carrying a Slurm job id of this machine's cluster: run id -> the job's state. Runs of
     another cluster, or whose job the scheduler does not know, are absent (their owner is unknown)."""
     with_job = [r for r in runs if r.data.tags.get(R.SLURM_JOB_ID)]
-    if not with_job or not available():
+    if not with_job:
         return {}
     cluster = local_cluster()
     mine = [r for r in with_job if r.data.tags.get(R.SLURM_CLUSTER) in (None, cluster)]

@@ -117,7 +117,7 @@ def test_slurm_launcher_config_composes():
     proc = run_cli(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "--cfg", "hydra", "-p", "hydra.launcher"])
     assert proc.returncode == 0, proc.stderr
     assert "gpus_per_node: 1" in proc.stdout and "partition: gpu" in proc.stdout
-    assert "SlurmLauncher" in proc.stdout
+    assert "ColqSlurmLauncher" in proc.stdout  # ours, not upstream's
 
 
 def test_the_slurm_launcher_reports_jobs_slurm_ended_without_a_result(tmp_path, monkeypatch):

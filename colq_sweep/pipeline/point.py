@@ -138,13 +138,23 @@ def _fail(
 
 
 def ensure_baseline(
-    point: SweepPoint, tracker: Tracker, parent_id: str | None, extra_artifacts: list[Path] = (), who: str = ""
+    point: SweepPoint, tracker: Tracker, parent_id: str | None, who: str, extra_artifacts: list[Path] = ()
 ) -> tuple[EvalRecord, bool]:
-    """The model's unquantized evaluation: found in MLflow if a finished run exists, else evaluated once.
+    """The model's unquantized evaluation, as the `baseline` stage of `who`: found in MLflow if a finished run
+    exists, else evaluated once.
 
     Returns (record, computed_now). A file lock makes concurrent points of one sweep wait for one evaluation;
     quantized points call this only after their own work, so no GPU idles behind the lock.
     """
+    with stage(who, "baseline") as st:
+        record, computed = _baseline(point, tracker, parent_id, who, extra_artifacts)
+        st["result"] = f"{'evaluated and tracked as' if computed else 'reused'} run {record.run_id}"
+    return record, computed
+
+
+def _baseline(
+    point: SweepPoint, tracker: Tracker, parent_id: str | None, who: str, extra_artifacts: list[Path]
+) -> tuple[EvalRecord, bool]:
     base = baseline_of(point)
     device = resolve_device(point.device)
     h = point_key(base, device)
@@ -166,10 +176,10 @@ def ensure_baseline(
             name, revision = checkpoint_identity(base)
             tracker.log(run_id, tags={R.ARTIFACT_KEY: f"{name}@{revision}"})
             result = _evaluate(base, _load_base(base, device), name, eval_revision(revision, base), device, force=forced,
-                               progress=f"{who or _who(base)} | baseline evaluate")  # fmt: skip
+                               progress=f"{who} | baseline evaluate")  # fmt: skip
             metrics = {**R.summarise(result.entries), **R.eval_metrics(result.timing)}
             metrics.update(_base_size(base))
-            tracker.log(run_id, metrics=metrics, tags={R.EVAL_FROM_CACHE: str(result.from_cache).lower(), R.DATASET_REVISIONS: json.dumps(result.dataset_revisions, sort_keys=True)})
+            tracker.log(run_id, metrics=metrics, tags=R.eval_tags(result.from_cache, result.dataset_revisions))
             _log_results(tracker, run_id, result.entries, result.per_query)
             for a in extra_artifacts:
                 tracker.log_artifact(run_id, a)
@@ -238,9 +248,7 @@ def _run_baseline_point(
     try:
         if point.fail_point:
             raise RuntimeError("fail_point=true: this point was made to fail on purpose (a testing aid)")
-        with stage(who, "baseline") as st:
-            record, computed = ensure_baseline(point, tracker, parent_id, artifacts, who)
-            st["result"] = f"{'evaluated and tracked as' if computed else 'reused'} run {record.run_id}"
+        record, _ = ensure_baseline(point, tracker, parent_id, who, artifacts)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # noqa: BLE001 - recorded (ensure_baseline marks its run) and reported
@@ -294,12 +302,10 @@ def _run_quantized_point(
             metrics.update(R.eval_metrics(result.timing))
             st["result"] = _eval_summary(result)
         # The baseline last: points of one model quantize side by side instead of waiting for its evaluation.
-        with stage(who, "baseline") as st:
-            baseline, computed = ensure_baseline(point, tracker, parent_id, who=who)
-            metrics.update(R.compare(result.entries, baseline.entries))
-            st["result"] = f"{'evaluated and tracked as' if computed else 'reused'} run {baseline.run_id}"
+        baseline, _ = ensure_baseline(point, tracker, parent_id, who)
+        metrics.update(R.compare(result.entries, baseline.entries))
         with stage(who, "track") as st:
-            tracker.log(run_id, metrics=metrics, tags={R.EVAL_FROM_CACHE: str(result.from_cache).lower(), R.DATASET_REVISIONS: json.dumps(result.dataset_revisions, sort_keys=True), R.BASELINE_REF: baseline.run_id})
+            tracker.log(run_id, metrics=metrics, tags={**R.eval_tags(result.from_cache, result.dataset_revisions), R.BASELINE_REF: baseline.run_id})
             _log_results(tracker, run_id, result.entries, result.per_query)
             mpath = tmp / "quantization_manifest.json"
             mpath.write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))

@@ -118,6 +118,13 @@ def eval_metrics(timing: dict[str, float]) -> dict[str, float]:
     return {(f"eval_{k}" if k.startswith("peak_") else k): float(v) for k, v in timing.items() if v == v}  # no NaN
 
 
+def eval_tags(from_cache: bool, dataset_revisions: dict[str, str]) -> dict[str, str]:
+    """Tags of an evaluation: whether it was served from the result cache, and the dataset revisions evaluated."""
+    import json
+
+    return {EVAL_FROM_CACHE: str(from_cache).lower(), DATASET_REVISIONS: json.dumps(dataset_revisions, sort_keys=True)}
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """A nested config as MLflow params: `quant.bits`, lists joined with commas."""
     out: dict[str, Any] = {}

@@ -88,7 +88,6 @@ class ColqSlurmLauncher(SlurmLauncher):
                         what = f"{state.state} ({state.source})" if state is not None else "unknown to the scheduler"
                         results[i] = _failed(job_overrides[i], f"Slurm job {job.job_id} ended {what} without a result; "
                                                                f"its log: {job.paths.stderr}")  # fmt: skip
-                        log.error("job #%s: Slurm job %s ended %s without a result", i, job.job_id, what)
             if len(results) < len(jobs):
                 time.sleep(self.poll_seconds)
         return [results[i] for i in range(len(jobs))]
