@@ -4,12 +4,14 @@
 # 4b/8b: the full shape through the pipeline (iters 1), the encoding benchmark (bf16 vs W4A16, with a profile) and,
 # for 4b, the corpus cache on a 6-language task; bf16: encoding eager/compiled/threads/processes at both shapes;
 # qcost: our quantize stage vs auto-round's API at the study's seqlen-1024 pairs on 2-layer real shapes; qfast:
-# whether the fast settings change the weights, and two more pairs. Each step has its own time limit; one failing
-# does not stop the rest. Each mode fits one 10-minute call.
+# whether the fast settings change the weights (the default run twice: the GPU's own floor), then ours vs the API with
+# the fastest settings. Each step has its own time limit; one failing does not stop the rest. Each mode fits one
+# 10-minute call. Logs and JSON go to $OUT/res.tgz (refreshed after every step: the device returns 8 files at most).
 set -o pipefail
 MODE=${1:?4b, 8b, bf16, qcost or qfast}
 OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
+RES=/tmp/res
+mkdir -p "$OUT" "$RES"
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD
@@ -19,15 +21,19 @@ if ! python3 -c "import polars" 2>/dev/null; then  # mteb imports polars for its
   export PYTHONPATH=$PYTHONPATH:/tmp/stub
 fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 MLFLOW_ENABLE_ASYNC_LOGGING=false PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-python3 -c "import torch, transformers, auto_round, mteb; print('torch', torch.__version__, 'transformers', transformers.__version__, 'auto_round', auto_round.__version__, 'mteb', mteb.__version__)" | tee -a "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$RES/gpu.txt"
+python3 -c "import torch, transformers, auto_round, mteb; print('torch', torch.__version__, 'transformers', transformers.__version__, 'auto_round', auto_round.__version__, 'mteb', mteb.__version__)" | tee -a "$RES/gpu.txt"
 rm -rf /tmp/o; python3 -m colq_sweep.fixtures --out /tmp/o/fixtures
 step() {  # name timeout_s command...: one measurement; a failure or overrun is reported and the next one runs
   local name=$1 limit=$2; shift 2
+  local left=$(( ${DEADLINE:-590} - SECONDS ))  # the call's 10 minutes: a step ends in time for the results to return
+  [ "$left" -lt "$limit" ] && limit=$left
+  [ "$limit" -lt 20 ] && { echo "== $name: skipped (${left}s left)"; return; }
   echo "== $name ($(date +%T))"
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
-  grep -v -E "it/s\]|s/it\]|Loading weights" "$OUT/$name.log" | tail -${TAILN:-25}
+  timeout "$limit" "$@" > "$RES/$name.log" 2>&1; local rc=$?
+  grep -v -E "it/s\]|s/it\]|Loading weights" "$RES/$name.log" | tail -${TAILN:-25}
   [ $rc = 0 ] || echo "!! $name exited $rc"
+  tar czf "$OUT/res.tgz" -C "$RES" .
 }
 pipeline() {  # size iters
   local size=$1 iters=$2
@@ -35,37 +41,38 @@ pipeline() {  # size iters
   TAILN=8 step "pipeline_$size" 420 /usr/bin/time -v python3 -m colq_sweep -m "model=colqwen3-$size" model.id=null \
     model.revision=null "model.path=/tmp/rs/$size" calib=fixture eval=fixture quant=w4a16 "iters=$iters" nsamples=16 \
     batch_size=8 seqlen=256 device=cuda outputs_dir=/tmp/o name=h200
-  grep -E "quant_seconds|Elapsed|Maximum resident" "$OUT/pipeline_$size.log" | tail -3
-  python3 -m colq_sweep.report --name h200 --outputs-dir /tmp/o > /dev/null && cp /tmp/o/reports/h200/report.md "$OUT/report_$size.md"
+  grep -E "quant_seconds|Elapsed|Maximum resident" "$RES/pipeline_$size.log" | tail -3
+  python3 -m colq_sweep.report --name h200 --outputs-dir /tmp/o > /dev/null && cp /tmp/o/reports/h200/report.md "$RES/report_$size.md"
   key=$(ls -t /tmp/o/models | grep -E '^[0-9a-f]{20}$' | head -1)
-  du -sh "/tmp/rs/$size" "/tmp/o/models/$key" | tee "$OUT/sizes_$size.txt"
+  du -sh "/tmp/rs/$size" "/tmp/o/models/$key" | tee "$RES/sizes_$size.txt"
 }
 qcost() {  # size seqlen batch [flags suffix]: our stage vs auto-round's API, 2-layer real shape, iters 25
   [ -d "/tmp/rs/$1-l2" ] || python3 -m colq_sweep.realshape --size "$1" --out "/tmp/rs/$1-l2" --layers 2 2>&1 | tail -1
-  step "qcost_$1_$2_$3$5" 300 python3 bench/quantize_cost.py --checkpoint "/tmp/rs/$1-l2" --seqlen "$2" \
-    --batch-size "$3" --nsamples "$3" --iters 25 $4 --json "$OUT/qcost_$1_$2_$3$5.json"
+  step "qcost_$1_$2_$3$5" ${QLIMIT:-300} python3 bench/quantize_cost.py --checkpoint "/tmp/rs/$1-l2" --seqlen "$2" \
+    --batch-size "$3" --nsamples "$3" --iters 25 $4 --json "$RES/qcost_$1_$2_$3$5.json"
 }
 case "$MODE" in
-  4b|8b)  # the pipeline (iters 1: a real artifact quickly), encoding bf16 vs W4A16 (eager and compiled), corpus cache
+  4b|8b)  # the pipeline (iters 1: a real artifact quickly), encoding bf16 vs W4A16 (eager, compiled, processes)
     pipeline "$MODE" 1
-    n=128; [ "$MODE" = 8b ] && n=64
+    n=128; [ "$MODE" = 8b ] && n=48
     step "encode_$MODE" 300 python3 bench/encode.py --checkpoint "/tmp/rs/$MODE" --quantized "/tmp/o/models/$key" \
-      --pages $n --serial-pages 16 --batch 8 --compile --json "$OUT/encode_$MODE.json"
+      --pages $n --serial-pages 8 --batch 8 --compile --process --json "$RES/encode_$MODE.json"
     [ "$MODE" = 4b ] && step corpus_cache_4b 150 python3 bench/corpus_cache.py --checkpoint /tmp/rs/4b --pages 48 \
-      --queries 8 --json "$OUT/corpus_cache_4b.json" ;;
-  bf16)  # bf16 encoding at both shapes: eager and compiled, threads and worker processes, with a profile at 4B
+      --queries 8 --json "$RES/corpus_cache_4b.json" ;;
+  bf16)  # bf16 encoding at 4B: eager and compiled, threads and worker processes, with a profile
     python3 -m colq_sweep.realshape --size 4b --out /tmp/rs/4b 2>&1 | tail -1
-    step encode_bf16_4b 200 python3 bench/encode.py --checkpoint /tmp/rs/4b --pages 128 --serial-pages 24 --batch 8 \
-      --compile --process --profile --json "$OUT/encode_bf16_4b.json"
-    python3 -m colq_sweep.realshape --size 8b --out /tmp/rs/8b 2>&1 | tail -1
-    step encode_bf16_8b 200 python3 bench/encode.py --checkpoint /tmp/rs/8b --pages 96 --serial-pages 16 --batch 8 \
-      --compile --process --json "$OUT/encode_bf16_8b.json" ;;
+    step encode_bf16_4b 200 python3 bench/encode.py --checkpoint /tmp/rs/4b --pages 128 --serial-pages 16 --batch 8 \
+      --compile --process --json "$RES/encode_bf16_4b.json" ;;
   qcost)  # ours vs the API (direct, ours, direct) at the study's seqlen-1024 pairs of both shapes
-    qcost 4b 1024 80; qcost 8b 1024 50 ;;
-  qfast)  # do the fast settings change the weights? ours alone, three settings, same point; then two more pairs
-    qcost 4b 1024 80 --ours-only _default
-    qcost 4b 1024 80 "--ours-only --no-low-gpu-mem" _nolowmem
-    qcost 4b 1024 80 "--ours-only --no-low-gpu-mem --compile" _fast
-    python3 -c "import json,sys; [print(n, json.load(open(f'$OUT/qcost_4b_1024_80_{n}.json'))['ours']) for n in ('default','nolowmem','fast')]" || true
-    qcost 4b 256 300; qcost 8b 512 150 ;;
+    qcost 8b 1024 50; qcost 4b 256 300 ;;
+  qfast)  # do the fast settings change the weights? ours alone at one point: default twice, then each setting
+    for v in "_default:" "_default2:" "_nolowmem:--no-low-gpu-mem" "_fast:--no-low-gpu-mem --compile"; do
+      tag=${v%%:*}; QLIMIT=150 qcost 4b 1024 80 "--ours-only ${v#*:} --keep /tmp/w/$tag.safetensors" "$tag"
+    done
+    for tag in _default2 _nolowmem _fast; do
+      python3 bench/weights_diff.py /tmp/w/_default.safetensors "/tmp/w/$tag.safetensors" --json "$RES/wdiff$tag.json"
+    done
+    python3 -c "import json; [print(n, json.load(open(f'$RES/qcost_4b_1024_80{n}.json'))['ours']) for n in ('_default','_default2','_nolowmem','_fast')]" || true
+    QLIMIT=200 qcost 4b 1024 80 "--no-low-gpu-mem --compile" _fastpair ;;
 esac
+tar czf "$OUT/res.tgz" -C "$RES" .

@@ -13,7 +13,8 @@ The direct call is what a user of auto-round would write; our stage also keeps l
 collector while AutoRound runs (`runtime.gc_frozen`: auto-round collects after every layer), which is most of a tiny
 model's time: on the CPU check (`--fixture --device cpu --seqlen 32 --batch-size 4 --nsamples 4 --iters 4`) ours
 takes 0.18 s of AutoRound time against 3.5 s. `--ours-only` times our stage alone and records the weights' sha256, so
-runs with other settings (`--compile`, `--no-low-gpu-mem`) show whether those settings change the quantized weights.
+runs with other settings (`--compile`, `--no-low-gpu-mem`) show whether those settings change the quantized weights;
+`--keep FILE` keeps the weights for `bench/weights_diff.py`, which says by how much when the hashes differ.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--no-low-gpu-mem", action="store_true")
     ap.add_argument("--ours-only", action="store_true", help="only our stage (settings comparisons: time, weights hash)")
+    ap.add_argument("--keep", default=None, help="copy our artifact's model.safetensors here (bench/weights_diff.py)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     from colq_sweep.model import ColQwen3Processor, load_colqwen3
@@ -114,11 +116,19 @@ def main() -> None:
     results["ours"] = {"stage_s": time.perf_counter() - t0, "autoround_s": art.manifest["quant_seconds"],
                        "peak_gib": peak_gib(),
                        # equal hashes across settings = the settings do not change the quantized weights
-                       "weights_sha256": art.manifest["files"]["model.safetensors"]["sha256"],
+                       "weights_sha256": ",".join(v["sha256"] for k, v in sorted(art.manifest["files"].items())
+                                                  if k.endswith(".safetensors")),
                        "per_block_s": art.manifest["quant_seconds"] / layers}  # fmt: skip
     results["settings"] = {"layers": layers, "seqlen": args.seqlen, "batch_size": args.batch_size,
                            "nsamples": args.nsamples, "iters": args.iters, "compile": args.compile,
                            "low_gpu_mem_usage": not args.no_low_gpu_mem}  # fmt: skip
+    if args.keep:
+        Path(args.keep).parent.mkdir(parents=True, exist_ok=True)
+        shards = sorted(art.path.glob("*.safetensors"))
+        if len(shards) == 1:
+            shutil.copyfile(shards[0], args.keep)
+        else:
+            print(f"--keep: {len(shards)} weight files, not kept (bench/weights_diff.py reads one)")
     if args.ours_only:
         finish(results, args, work)
         return
