@@ -64,7 +64,8 @@ case "$MODE" in
     step encode_bf16_4b 200 python3 bench/encode.py --checkpoint /tmp/rs/4b --pages 128 --serial-pages 16 --batch 8 \
       --compile --process --json "$RES/encode_bf16_4b.json" ;;
   qcost)  # ours vs the API (direct, ours, direct) at the study's seqlen-1024 pairs of both shapes
-    qcost 8b 1024 50; qcost 4b 256 300 ;;
+    QLIMIT=240 qcost 8b 1024 50 --no-low-gpu-mem _nolowmem; qcost 4b 1024 80 --no-low-gpu-mem _nolowmem
+    qcost 4b 256 300 --no-low-gpu-mem _nolowmem ;;
   qfast)  # do the fast settings change the weights? ours alone at one point: default twice, then each setting
     for v in "_default:" "_default2:" "_nolowmem:--no-low-gpu-mem" "_fast:--no-low-gpu-mem --compile"; do
       tag=${v%%:*}; QLIMIT=150 qcost 4b 1024 80 "--ours-only ${v#*:} --keep /tmp/w/$tag.safetensors" "$tag"
