@@ -49,7 +49,7 @@ pipeline() {  # size iters
 qcost() {  # size seqlen batch [flags suffix]: our stage vs auto-round's API, 2-layer real shape, iters 25
   [ -d "/tmp/rs/$1-l2" ] || python3 -m colq_sweep.realshape --size "$1" --out "/tmp/rs/$1-l2" --layers 2 2>&1 | tail -1
   step "qcost_$1_$2_$3$5" ${QLIMIT:-300} python3 bench/quantize_cost.py --checkpoint "/tmp/rs/$1-l2" --seqlen "$2" \
-    --batch-size "$3" --nsamples "$3" --iters 25 $4 --json "$RES/qcost_$1_$2_$3$5.json"
+    --batch-size "$3" --nsamples "$3" --iters ${ITERS:-25} $4 --json "$RES/qcost_$1_$2_$3$5.json"
 }
 case "$MODE" in
   4b|8b)  # the pipeline (iters 1: a real artifact quickly), encoding bf16 vs W4A16 (eager, compiled, processes)
@@ -66,6 +66,10 @@ case "$MODE" in
   qcost)  # ours vs the API (direct, ours, direct) at the study's seqlen-1024 pairs of both shapes
     QLIMIT=240 qcost 8b 1024 50 --no-low-gpu-mem _nolowmem; qcost 4b 1024 80 --no-low-gpu-mem _nolowmem
     qcost 4b 256 300 --no-low-gpu-mem _nolowmem ;;
+  qstep)  # the marginal cost of one AutoRound step at the study's largest batches: iters 10 and 40, ours alone
+    for p in "8b 512 150" "4b 512 200" "8b 256 300"; do
+      for it in 10 40; do ITERS=$it QLIMIT=150 qcost $p "--ours-only --no-low-gpu-mem" "_it$it"; done
+    done ;;
   qfast)  # do the fast settings change the weights? ours alone at one point: default twice, then each setting
     for v in "_default:" "_default2:" "_nolowmem:--no-low-gpu-mem" "_fast:--no-low-gpu-mem --compile"; do
       tag=${v%%:*}; QLIMIT=150 qcost 4b 1024 80 "--ours-only ${v#*:} --keep /tmp/w/$tag.safetensors" "$tag"
