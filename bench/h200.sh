@@ -64,20 +64,19 @@ case "$MODE" in
     step encode_bf16_4b 200 python3 bench/encode.py --checkpoint /tmp/rs/4b --pages 128 --serial-pages 16 --batch 8 \
       --compile --process --json "$RES/encode_bf16_4b.json" ;;
   qcost)  # ours vs the API (direct, ours, direct) at the study's seqlen-1024 pairs of both shapes
-    QLIMIT=240 qcost 8b 1024 50 --no-low-gpu-mem _nolowmem; qcost 4b 1024 80 --no-low-gpu-mem _nolowmem
-    qcost 4b 256 300 --no-low-gpu-mem _nolowmem ;;
+    QLIMIT=240 qcost 8b 1024 50; qcost 4b 1024 80; qcost 4b 256 300 ;;
   qstep)  # the marginal cost of one AutoRound step at the study's largest batches: iters 10 and 40, ours alone
     for p in "8b 512 150" "4b 512 200" "8b 256 300"; do
-      for it in 10 40; do ITERS=$it QLIMIT=150 qcost $p "--ours-only --no-low-gpu-mem" "_it$it"; done
+      for it in 10 40; do ITERS=$it QLIMIT=150 qcost $p --ours-only "_it$it"; done
     done ;;
   qfast)  # do the fast settings change the weights? ours alone at one point: default twice, then each setting
-    for v in "_default:" "_default2:" "_nolowmem:--no-low-gpu-mem" "_fast:--no-low-gpu-mem --compile"; do
+    for v in "_lowmem:--low-gpu-mem" "_lowmem2:--low-gpu-mem" "_default:" "_compile:--compile"; do
       tag=${v%%:*}; QLIMIT=150 qcost 4b 1024 80 "--ours-only ${v#*:} --keep /tmp/w/$tag.safetensors" "$tag"
     done
-    for tag in _default2 _nolowmem _fast; do
-      python3 bench/weights_diff.py /tmp/w/_default.safetensors "/tmp/w/$tag.safetensors" --json "$RES/wdiff$tag.json"
+    for tag in _lowmem2 _default _compile; do
+      python3 bench/weights_diff.py /tmp/w/_lowmem.safetensors "/tmp/w/$tag.safetensors" --json "$RES/wdiff$tag.json"
     done
-    python3 -c "import json; [print(n, json.load(open(f'$RES/qcost_4b_1024_80{n}.json'))['ours']) for n in ('_default','_default2','_nolowmem','_fast')]" || true
-    QLIMIT=200 qcost 4b 1024 80 "--no-low-gpu-mem --compile" _fastpair ;;
+    python3 -c "import json; [print(n, json.load(open(f'$RES/qcost_4b_1024_80{n}.json'))['ours']) for n in ('_lowmem','_lowmem2','_default','_compile')]" || true
+    QLIMIT=200 qcost 4b 1024 80 --compile _compilepair ;;
 esac
 tar czf "$OUT/res.tgz" -C "$RES" .

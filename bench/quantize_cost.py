@@ -3,7 +3,7 @@ arguments, in the same process on the same GPU (target: ratio <= 1.02), with sec
 GPU memory.
 
     python bench/quantize_cost.py --checkpoint /tmp/rs/4b-l4 --seqlen 1024 --batch-size 8 --nsamples 16 \
-        --iters 50 [--compile] [--no-low-gpu-mem] --json out.json
+        --iters 50 [--compile] [--low-gpu-mem] --json out.json
 
 Use a real-shape checkpoint with a few layers (`python -m colq_sweep.realshape --size 4b --layers 4`). The order is
 direct, ours, direct, and ours is compared with the mean of the two direct runs: the first run in a process pays for
@@ -13,7 +13,7 @@ The direct call is what a user of auto-round would write; our stage also keeps l
 collector while AutoRound runs (`runtime.gc_frozen`: auto-round collects after every layer), which is most of a tiny
 model's time: on the CPU check (`--fixture --device cpu --seqlen 32 --batch-size 4 --nsamples 4 --iters 4`) ours
 takes 0.18 s of AutoRound time against 3.5 s. `--ours-only` times our stage alone and records the weights' sha256, so
-runs with other settings (`--compile`, `--no-low-gpu-mem`) show whether those settings change the quantized weights;
+runs with other settings (`--compile`, `--low-gpu-mem`) show whether those settings change the quantized weights;
 `--keep FILE` keeps the weights for `bench/weights_diff.py`, which says by how much when the hashes differ.
 """
 
@@ -52,7 +52,7 @@ def point_for(args, calib: Path, outputs: Path):
         "model": {"name": "bench", "id": None, "revision": None, "path": args.checkpoint, "dtype": "bfloat16",
                   "max_num_visual_tokens": 1280},
         "quant": {"method": "autoround", "scheme": "W4A16", "bits": 4, "group_size": 128, "sym": True,
-                  "format": "auto_awq", "lr": None, "minmax_lr": None, "low_gpu_mem_usage": not args.no_low_gpu_mem,
+                  "format": "auto_awq", "lr": None, "minmax_lr": None, "low_gpu_mem_usage": args.low_gpu_mem,
                   "enable_torch_compile": args.compile, "backend": "auto", "allow_fewer_samples": False},
         "calib": {"source": "jsonl", "dataset": None, "revision": None, "split": None, "text_field": "text",
                   "path": str(calib)},
@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--nsamples", type=int, default=16)
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--compile", action="store_true")
-    ap.add_argument("--no-low-gpu-mem", action="store_true")
+    ap.add_argument("--low-gpu-mem", action="store_true", help="low_gpu_mem_usage=true (the default is false)")
     ap.add_argument("--ours-only", action="store_true", help="only our stage (settings comparisons: time, weights hash)")
     ap.add_argument("--keep", default=None, help="copy our artifact's model.safetensors here (bench/weights_diff.py)")
     ap.add_argument("--json", default=None)
@@ -121,7 +121,7 @@ def main() -> None:
                        "per_block_s": art.manifest["quant_seconds"] / layers}  # fmt: skip
     results["settings"] = {"layers": layers, "seqlen": args.seqlen, "batch_size": args.batch_size,
                            "nsamples": args.nsamples, "iters": args.iters, "compile": args.compile,
-                           "low_gpu_mem_usage": not args.no_low_gpu_mem}  # fmt: skip
+                           "low_gpu_mem_usage": args.low_gpu_mem}  # fmt: skip
     if args.keep:
         Path(args.keep).parent.mkdir(parents=True, exist_ok=True)
         shards = sorted(art.path.glob("*.safetensors"))

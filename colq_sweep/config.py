@@ -69,7 +69,7 @@ class QuantSpec:
     format: str = "auto_awq"
     lr: float | None = None
     minmax_lr: float | None = None
-    low_gpu_mem_usage: bool = True
+    low_gpu_mem_usage: bool = False
     enable_torch_compile: bool = False
     backend: str = "auto"
     compute: str = "activation"

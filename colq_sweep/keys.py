@@ -56,12 +56,19 @@ def _digest(payload: Any, n: int) -> str:
 # ------------------------------------------------------------------------------------------------ config
 
 
+# AutoRound settings that change its speed and memory but not the weights: in no key, so toggling one reuses what
+# was built. low_gpu_mem_usage only moves cached block inputs between host and GPU: on an H200 the 4B exports with
+# it on and off had the same sha256 (docs/PERFORMANCE.md). enable_torch_compile is not one: it changed a third of
+# the int4 codes.
+SAME_WEIGHTS = ("low_gpu_mem_usage",)
+
+
 def quant_knobs(point: SweepPoint) -> dict[str, Any]:
     """Everything in the config that decides the quantized weights (the artifact key's inputs, less code versions)."""
     if not point.quant.enabled:
         return {}
     q = asdict(point.quant)
-    for k in ("backend", "compute", "allow_fewer_samples"):  # load-time / policy only
+    for k in ("backend", "compute", "allow_fewer_samples", *SAME_WEIGHTS):  # load-time / policy / speed only
         q.pop(k)
     return {
         "quant": q,
@@ -95,6 +102,8 @@ def config_hash(point: SweepPoint) -> str:
         d["eval"]["only"] = sorted(map(list, d["eval"]["only"]))
     d["model"].pop("path")
     d["calib"].pop("path")
+    for k in SAME_WEIGHTS:
+        d["quant"].pop(k)
     if not point.quant.enabled:  # knobs do not touch the baseline
         for k in ("seqlen", "batch_size", "nsamples", "iters", "seed", "calib"):
             d.pop(k)

@@ -30,7 +30,7 @@ def point_dict(fixture_paths, tmp: str | Path) -> dict[str, Any]:
             "format": "auto_awq",
             "lr": None,
             "minmax_lr": None,
-            "low_gpu_mem_usage": True,
+            "low_gpu_mem_usage": False,
             "enable_torch_compile": False,
             "backend": "auto",
             "allow_fewer_samples": False,

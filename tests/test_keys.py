@@ -51,6 +51,7 @@ def test_device_type_and_result_settings_change_the_key_bookkeeping_does_not(fix
     same = [
         make_point(fixture_paths, tmp_path / "other", name="renamed", force=True, **{"eval.page_batch_size": 2}),
         make_point(fixture_paths, tmp_path, **{"eval.tasks": ["VidoreFixtureRetrieval", "VidoreFixtureRetrieval"][:1]}),
+        make_point(fixture_paths, tmp_path, **{"quant.low_gpu_mem_usage": True}),  # speed and memory only
     ]
     assert {point_key(x, "cpu") for x in same} == {point_key(p, "cpu")}
     different = [

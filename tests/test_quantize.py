@@ -133,11 +133,13 @@ def test_artifact_key_covers_weight_inputs_only(fixture_paths, tmp_path):
     assert keys.KEY_RE.match(key) and key == keys.artifact_key(base)
     # bookkeeping and load-time choices do not change the weights
     for same in ({"name": "other"}, {"quant.backend": "dequant"}, {"quant.allow_fewer_samples": True},
-                 {"model.dtype": "bfloat16"}, {"eval.query_batch_size": 2}):  # fmt: skip
+                 {"model.dtype": "bfloat16"}, {"eval.query_batch_size": 2},
+                 {"quant.low_gpu_mem_usage": True}):  # same weights, measured on an H200  # fmt: skip
         assert keys.artifact_key(make_point(fixture_paths, tmp_path, **same)) == key, same
     # every knob that decides the weights does
     for diff in ({"seed": 1}, {"seqlen": 64}, {"nsamples": 8}, {"iters": 3}, {"batch_size": 4},
-                 {"quant.format": "auto_round"}, {"quant.lr": 0.01}, {"quant.sym": False}):  # fmt: skip
+                 {"quant.format": "auto_round"}, {"quant.lr": 0.01}, {"quant.sym": False},
+                 {"quant.enable_torch_compile": True}):  # fmt: skip
         assert keys.artifact_key(make_point(fixture_paths, tmp_path, **diff)) != key, diff
     assert keys.artifact_key(base, "sha256:" + "0" * 64) != key  # calibration content is part of the key
     # a different file with the same content would have another identity (path), and edited content another key
@@ -518,7 +520,8 @@ def test_dequant_equals_int4_times_scale_by_hand(artifact, fixture_paths):
 
 @pytest.mark.slow
 def test_export_equals_autoround_api(artifact, point, fixture_paths, tmp_path):
-    """Calling AutoRound directly on the same model, arguments, calibration file and seed gives the same tensors."""
+    """Calling AutoRound directly on the same model, arguments, calibration file and seed gives the same tensors, and
+    so does low_gpu_mem_usage=True (the setting is in no key because it does not change the weights)."""
     from auto_round import AutoRound
     from safetensors.torch import load_file
 
@@ -528,11 +531,12 @@ def test_export_equals_autoround_api(artifact, point, fixture_paths, tmp_path):
     proc = ColQwen3Processor.from_checkpoint(fixture_paths.checkpoint, 64)
     kwargs = dict(
         scheme="W4A16", bits=4, group_size=128, sym=True, iters=2, nsamples=4, seqlen=32, batch_size=2, seed=0,
-        low_gpu_mem_usage=True, enable_torch_compile=False, amp=False, device_map="cpu", dataset=str(fixture_paths.calibration),
+        low_gpu_mem_usage=False, enable_torch_compile=False, amp=False, device_map="cpu", dataset=str(fixture_paths.calibration),
         quant_nontext_module=False, to_quant_block_names="vlm.model.language_model.layers",
         layer_config={"embedding_proj_layer": {"bits": 16}},
     )  # fmt: skip
     assert build.autoround_kwargs(point, "cpu", str(fixture_paths.calibration)) == kwargs
+    kwargs["low_gpu_mem_usage"] = True
     gc.collect()
     gc.freeze()  # only speed: auto-round gc.collect()s after every layer
     try:
