@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU session's measurements on a CUDA machine without Hub access (docs/PERFORMANCE.md records the numbers):
-#   bash bench/h200.sh 4b|8b|bf16|qcost|qfast   (wheels for the missing packages in .whl/, results under $OUT)
+#   bash bench/h200.sh 4b|8b|bf16|qcost [size seqlen batch]|qfast|qstep   (wheels for the missing packages in .whl/, results under $OUT)
 # 4b/8b: the full shape through the pipeline (iters 1), the encoding benchmark (bf16 vs W4A16, with a profile) and,
 # for 4b, the corpus cache on a 6-language task; bf16: encoding eager/compiled/threads/processes at both shapes;
 # qcost: our quantize stage vs auto-round's API at the study's seqlen-1024 pairs on 2-layer real shapes; qfast:
@@ -64,7 +64,8 @@ case "$MODE" in
     step encode_bf16_4b 200 python3 bench/encode.py --checkpoint /tmp/rs/4b --pages 128 --serial-pages 16 --batch 8 \
       --compile --process --json "$RES/encode_bf16_4b.json" ;;
   qcost)  # ours vs the API (direct, ours, direct) at the study's seqlen-1024 pairs of both shapes
-    QLIMIT=240 qcost 8b 1024 50; qcost 4b 1024 80; qcost 4b 256 300 ;;
+    if [ -n "$2" ]; then qcost "$2" "$3" "$4"  # one pair: bash bench/h200.sh qcost 8b 256 300
+    else QLIMIT=240 qcost 8b 1024 50; qcost 4b 1024 80; qcost 4b 256 300; fi ;;
   qstep)  # the marginal cost of one AutoRound step at the study's largest batches: iters 10 and 40, ours alone
     for p in "8b 512 150" "4b 512 200" "8b 256 300"; do
       for it in 10 40; do ITERS=$it QLIMIT=150 qcost $p --ours-only "_it$it"; done
