@@ -14,18 +14,18 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file
 
-from colq_sweep.quantize.dequant import unpack_awq
+from colq_sweep.quantize.dequant import dequantize_linear, unpack_awq
+
+PACKED = ("qweight", "qzeros", "scales")
 
 
 def compare(a: dict, b: dict) -> dict:
     if a.keys() != b.keys():
         raise SystemExit(f"the files hold different tensors: {sorted(a.keys() ^ b.keys())[:5]}")
     codes = same = 0
-    scale_rel = step_diff = 0.0
-    other = 0.0
+    scale_rel = step_diff = other = 0.0
     for name in sorted(a):
         x, y = a[name], b[name]
         if name.endswith((".qweight", ".qzeros")):
@@ -34,14 +34,12 @@ def compare(a: dict, b: dict) -> dict:
             same += int((ux == uy).sum())
         elif name.endswith(".scales"):
             scale_rel = max(scale_rel, float(((x.float() - y.float()).abs() / y.float().abs().clamp_min(1e-12)).max()))
-            prefix = name[: -len(".scales")]
-            qa, qb = unpack_awq(a[prefix + ".qweight"]), unpack_awq(b[prefix + ".qweight"])
-            za, zb = unpack_awq(a[prefix + ".qzeros"]), unpack_awq(b[prefix + ".qzeros"])
-            group = qa.shape[0] // x.shape[0]
-            wa = (qa - za.repeat_interleave(group, 0)).float() * x.float().repeat_interleave(group, 0)
-            wb = (qb - zb.repeat_interleave(group, 0)).float() * y.float().repeat_interleave(group, 0)
-            step_diff = max(step_diff, float(((wa - wb).abs() / x.float().abs().repeat_interleave(group, 0)
-                                              .clamp_min(1e-12)).max()))  # fmt: skip
+            prefix = name[: -len("scales")]
+            la, lb = ({k: t[prefix + k] for k in PACKED} for t in (a, b))
+            group = la["qweight"].shape[0] // x.shape[0]  # input features per scale row
+            wa, wb = (dequantize_linear(layer, "awq", 4, group) for layer in (la, lb))  # (out, in)
+            step = x.float().abs().clamp_min(1e-12).repeat_interleave(group, 0).t()  # a's step of each weight
+            step_diff = max(step_diff, float(((wa - wb).abs() / step).max()))
         else:
             other = max(other, float((x.float() - y.float()).abs().max()))
     return {"int4_codes": codes, "equal_code_share": same / codes if codes else 1.0,

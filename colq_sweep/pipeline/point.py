@@ -83,12 +83,11 @@ def _who(point: SweepPoint) -> str:
     return f"{point.model.name} {point.label}"
 
 
-def _eval_summary(result) -> str:
-    n = len(result.entries)
-    avg = sum(e["ndcg_at_5"] for e in result.entries) / n if n else float("nan")
+def _eval_summary(result, metrics: dict[str, float]) -> str:
+    """The evaluate stage's result line, from the averages `R.summarise` put into `metrics`."""
     t = result.timing
     how = "all from caches" if result.from_cache else f"{int(t['pages_encoded'])} pages + {int(t['queries_encoded'])} queries encoded"
-    return f"{n} entries, avg ndcg@5 {avg:.5f}; {how}"
+    return f"{len(result.entries)} entries, avg ndcg@5 {metrics['avg_ndcg_at_5_all']:.5f}; {how}"
 
 
 def _load_base(point: SweepPoint, device: str):
@@ -163,8 +162,7 @@ def _baseline(
     with file_lock(_dirs(point)["locks"] / f"baseline-{h}.lock"):
         if not forced:
             found = tracker.find(query)
-            if found:
-                log.info("baseline of %s: reusing finished run %s", point.model.name, found[0].info.run_id)
+            if found:  # the baseline stage's line names the reused run
                 return _load_record(tracker, found[0]), False
         tracker.mark_dead_runs_killed(h)
         run_id = tracker.create_run(
@@ -300,7 +298,7 @@ def _run_quantized_point(
                                progress=f"{who} | evaluate")  # fmt: skip
             metrics.update(R.summarise(result.entries))
             metrics.update(R.eval_metrics(result.timing))
-            st["result"] = _eval_summary(result)
+            st["result"] = _eval_summary(result, metrics)
         # The baseline last: points of one model quantize side by side instead of waiting for its evaluation.
         baseline, _ = ensure_baseline(point, tracker, parent_id, who)
         metrics.update(R.compare(result.entries, baseline.entries))
@@ -315,8 +313,6 @@ def _run_quantized_point(
             tracker.finish(run_id)
             st["result"] = (f"run {run_id} FINISHED: avg ndcg@5 {metrics['avg_ndcg_at_5_all']:.5f}, "
                             f"delta {metrics.get('delta_ndcg_at_5_all', float('nan')):+.5f}")  # fmt: skip
-        log.info("point %s / %s FINISHED: avg ndcg@5 %.5f (delta %+.5f)", point.model.name, point.label,
-                 metrics["avg_ndcg_at_5_all"], metrics.get("delta_ndcg_at_5_all", float("nan")))  # fmt: skip
         return PointOutcome(point.label, point.model.name, "FINISHED", run_id, metrics)
     except KeyboardInterrupt as exc:
         _fail(tracker, run_id, exc, "KILLED", extra + logs, monitor)
