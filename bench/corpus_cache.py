@@ -73,7 +73,7 @@ def run(model, processor, task_dir: Path, cache: bool, args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", default=None, help="a ColQwen3 checkpoint (real shape: colq_sweep.realshape)")
+    ap.add_argument("--checkpoint", default=None, help="a ColQwen3 checkpoint (real shape: colq_sweep.fixtures.realshape)")
     ap.add_argument("--fixture", action="store_true", help="the tiny fixture model (CPU check)")
     ap.add_argument("--pages", type=int, default=48)
     ap.add_argument("--queries", type=int, default=16, help="per language")
@@ -85,7 +85,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="corpus_cache_"))
     if args.fixture:
-        from colq_sweep.fixtures import ensure_fixtures
+        from colq_sweep.fixtures.offline import ensure_fixtures
 
         checkpoint, tokens, size = ensure_fixtures(work / "fixtures").checkpoint, 64, (256, 320)
     elif args.checkpoint:

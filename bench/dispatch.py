@@ -41,7 +41,7 @@ def main() -> int:
     else:
         ckpt = out / "realshape" / args.size
         if not (ckpt / "config.json").is_file():
-            subprocess.run([sys.executable, "-m", "colq_sweep.realshape", "--size", args.size, "--out", str(ckpt)], check=True)
+            subprocess.run([sys.executable, "-m", "colq_sweep.fixtures.realshape", "--size", args.size, "--out", str(ckpt)], check=True)
         common += [f"model=colqwen3-{args.size}", "model.id=null", "model.revision=null", f"model.path={ckpt}", "device=cuda"]
     subprocess.run([sys.executable, "-m", "colq_sweep.fixtures", "--out", str(out / "fixtures")], check=True, cwd=ROOT)
     proc = subprocess.run([sys.executable, "-m", "colq_sweep", *common], cwd=ROOT)

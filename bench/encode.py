@@ -228,7 +228,7 @@ def main() -> None:
     args = ap.parse_args()
     tokens, size = 1280, (1024, 1280)
     if args.fixture:
-        from colq_sweep.fixtures import ensure_fixtures
+        from colq_sweep.fixtures.offline import ensure_fixtures
 
         args.checkpoint, tokens, size = str(ensure_fixtures(tempfile.mkdtemp(prefix="encode_")).checkpoint), 64, (256, 320)
     elif not args.checkpoint:

@@ -37,7 +37,7 @@ step() {  # name timeout_s command...: one measurement; a failure or overrun is 
 }
 pipeline() {  # size iters
   local size=$1 iters=$2
-  python3 -m colq_sweep.realshape --size "$size" --out "/tmp/rs/$size" 2>&1 | tail -1
+  python3 -m colq_sweep.fixtures.realshape --size "$size" --out "/tmp/rs/$size" 2>&1 | tail -1
   TAILN=8 step "pipeline_$size" 420 /usr/bin/time -v python3 -m colq_sweep -m "model=colqwen3-$size" model.id=null \
     model.revision=null "model.path=/tmp/rs/$size" calib=fixture eval=fixture quant=w4a16 "iters=$iters" nsamples=16 \
     batch_size=8 seqlen=256 device=cuda outputs_dir=/tmp/o name=h200
@@ -47,7 +47,7 @@ pipeline() {  # size iters
   du -sh "/tmp/rs/$size" "/tmp/o/models/$key" | tee "$RES/sizes_$size.txt"
 }
 qcost() {  # size seqlen batch [flags suffix]: our stage vs auto-round's API, 2-layer real shape, iters 25
-  [ -d "/tmp/rs/$1-l2" ] || python3 -m colq_sweep.realshape --size "$1" --out "/tmp/rs/$1-l2" --layers 2 2>&1 | tail -1
+  [ -d "/tmp/rs/$1-l2" ] || python3 -m colq_sweep.fixtures.realshape --size "$1" --out "/tmp/rs/$1-l2" --layers 2 2>&1 | tail -1
   step "qcost_$1_$2_$3$5" ${QLIMIT:-300} python3 bench/quantize_cost.py --checkpoint "/tmp/rs/$1-l2" --seqlen "$2" \
     --batch-size "$3" --nsamples "$3" --iters ${ITERS:-25} $4 --json "$RES/qcost_$1_$2_$3$5.json"
 }
@@ -60,7 +60,7 @@ case "$MODE" in
     [ "$MODE" = 4b ] && step corpus_cache_4b 150 python3 bench/corpus_cache.py --checkpoint /tmp/rs/4b --pages 48 \
       --queries 8 --json "$RES/corpus_cache_4b.json" ;;
   bf16)  # bf16 encoding at 4B: eager and compiled, threads and worker processes, with a profile
-    python3 -m colq_sweep.realshape --size 4b --out /tmp/rs/4b 2>&1 | tail -1
+    python3 -m colq_sweep.fixtures.realshape --size 4b --out /tmp/rs/4b 2>&1 | tail -1
     step encode_bf16_4b 200 python3 bench/encode.py --checkpoint /tmp/rs/4b --pages 128 --serial-pages 16 --batch 8 \
       --compile --process --json "$RES/encode_bf16_4b.json" ;;
   qcost)  # ours vs the API (direct, ours, direct) at the study's seqlen-1024 pairs of both shapes

@@ -5,7 +5,7 @@ GPU memory.
     python bench/quantize_cost.py --checkpoint /tmp/rs/4b-l4 --seqlen 1024 --batch-size 8 --nsamples 16 \
         --iters 50 [--compile] [--low-gpu-mem] --json out.json
 
-Use a real-shape checkpoint with a few layers (`python -m colq_sweep.realshape --size 4b --layers 4`). The order is
+Use a real-shape checkpoint with a few layers (`python -m colq_sweep.fixtures.realshape --size 4b --layers 4`). The order is
 direct, ours, direct, and ours is compared with the mean of the two direct runs: the first run in a process pays for
 CUDA's and the libraries' warm-up, which a single ours-then-direct pair charged to ours (1.08 measured that way on an
 H200, 2026-12-02). Per-block figures are whole-run seconds / layers (data caching and export included).
@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from colq_sweep.config import validate
-from colq_sweep.synthetic import calibration_texts
+from colq_sweep.fixtures.synthetic import calibration_texts
 
 
 def reset_peak() -> None:
@@ -83,7 +83,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="qcost_"))
     if args.fixture:
-        from colq_sweep.fixtures import ensure_fixtures
+        from colq_sweep.fixtures.offline import ensure_fixtures
 
         args.checkpoint = str(ensure_fixtures(work / "fixtures").checkpoint)
     elif not args.checkpoint:

@@ -24,7 +24,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # tests 
 @pytest.fixture(scope="session")
 def fixture_paths(tmp_path_factory):
     """Tiny Tomoro-layout checkpoint, ViDoRe-format task and calibration .jsonl (colq_sweep.fixtures)."""
-    from colq_sweep.fixtures import ensure_fixtures
+    from colq_sweep.fixtures.offline import ensure_fixtures
 
     # Laid out as <outputs_dir>/fixtures so configs that interpolate ${outputs_dir}/fixtures/... find them.
     return ensure_fixtures(tmp_path_factory.mktemp("outputs") / "fixtures")

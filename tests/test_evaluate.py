@@ -100,7 +100,7 @@ def base(fixture_paths, tmp_path_factory):
 def test_base_checkpoint_evaluates_offline_through_mteb(base, fixture_paths):
     from mteb.cache import ResultCache
 
-    from colq_sweep.track.records import ENTRY_COLUMNS as ENTRY_KEYS
+    from colq_sweep.contract import ENTRY_COLUMNS as ENTRY_KEYS
 
     result, rec, root = base
     assert rec.loads == 1 and not result.from_cache
@@ -137,7 +137,7 @@ def test_trained_fixture_retrieves_far_above_chance(base, fixture_paths):
     """The committed fixture checkpoint really retrieves: NDCG@5 >= 0.7 on each held-out subset through the
     evaluation stage (mteb, graded qrels), where a random ranking scores about 0.11; and mteb's numbers are the
     graded NDCG the training run recorded for this checkpoint (a binarised NDCG would differ)."""
-    from colq_sweep.fixture_train import ndcg_at_k, read_record
+    from colq_sweep.fixtures.train import ndcg_at_k, read_record
 
     result, _, _ = base
     recorded = read_record()["heldout_ndcg_at_5"]

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from colq_sweep import fixture_train as T
-from colq_sweep import synthetic as S
-from colq_sweep.fixtures import MAX_NUM_VISUAL_TOKENS, TRAINED_CHECKPOINT, heldout_split, tiny_config
+from colq_sweep.fixtures import synthetic as S
+from colq_sweep.fixtures import train as T
+from colq_sweep.fixtures.offline import MAX_NUM_VISUAL_TOKENS, TRAINED_CHECKPOINT, heldout_split, tiny_config
 from colq_sweep.fsio import file_sha256
 
 

@@ -58,7 +58,7 @@ def test_gpu_pool_spreads_jobs_over_distinct_devices(tmp_path, fixture_outputs_d
         "-m", "experiment=demo", f"outputs_dir={outputs}", "model.path=" + str(fixture_outputs_dir / "fixtures/tiny-colqwen3"),
         "calib.path=" + str(fixture_outputs_dir / "fixtures/calib.jsonl"), "eval.fixture_dir=" + str(fixture_outputs_dir / "fixtures/vidore-fixture"),
         "hydra/launcher=gpu-pool", f"hydra.launcher.devices={devices}", f"hydra.launcher.gpus_per_job={per_job}",
-        "hydra.launcher.task=colq_sweep.testing.probe_task", "seqlen=64", "seed=1,2,3,4,5",
+        "hydra.launcher.task=colq_sweep.launch.probe.probe_task", "seqlen=64", "seed=1,2,3,4,5",
     ])  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = probes(outputs)
@@ -103,7 +103,7 @@ def test_bad_value_in_a_later_job_launches_nothing(tmp_path, fixture_outputs_dir
         "-m", "experiment=demo", f"hydra/launcher={launcher}", f"outputs_dir={outputs}", "model.path=" + str(fixture_outputs_dir / "fixtures/tiny-colqwen3"),
         "calib.path=" + str(fixture_outputs_dir / "fixtures/calib.jsonl"), "eval.fixture_dir=" + str(fixture_outputs_dir / "fixtures/vidore-fixture"),
         "seqlen=64", "batch_size=2,4,64",
-    ] + (["hydra.launcher.task=colq_sweep.testing.probe_task"] if launcher == "local" else []))  # fmt: skip
+    ] + (["hydra.launcher.task=colq_sweep.launch.probe.probe_task"] if launcher == "local" else []))  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "job #2" in proc.stderr and "config error: nsamples=8: must be >= batch_size (64)" in proc.stderr
     assert not (outputs / "probe").exists()
@@ -127,7 +127,7 @@ def test_the_slurm_launcher_reports_jobs_slurm_ended_without_a_result(tmp_path, 
     from hydra.core.utils import JobReturn, JobStatus
     from submitit.core.utils import cloudpickle_dump
 
-    from colq_sweep import slurm
+    from colq_sweep.launch import slurm
     from hydra_plugins.colq_sweep_plugins import slurm_launcher as sl
 
     class Job:

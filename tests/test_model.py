@@ -46,7 +46,7 @@ def test_checkpoint_has_tomoro_layout(fixture_paths):
 
 
 def test_fixture_build_is_deterministic(fixture_paths, tmp_path):
-    from colq_sweep.fixtures import ensure_fixtures
+    from colq_sweep.fixtures.offline import ensure_fixtures
 
     again = ensure_fixtures(tmp_path / "fx")
     a = load_file(fixture_paths.checkpoint / "model.safetensors")

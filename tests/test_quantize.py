@@ -226,7 +226,7 @@ def test_hub_selection_is_autorounds_own_hub_loader_row_for_row(fixture_paths, t
     from auto_round.calib_dataset import _get_dataset_impl, get_dataloader
 
     from colq_sweep.config import CalibSpec
-    from colq_sweep.hubcache import publish_dataset
+    from colq_sweep.hub.cache import publish_dataset
     from colq_sweep.model import ColQwen3Processor
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")
@@ -582,7 +582,7 @@ def test_reuse_path_never_imports_autoround(artifact, point, quant_root):
         "import sys, json\n"
         "from tests.helpers import make_point\n"
         "from pathlib import Path\n"
-        "from colq_sweep.fixtures import FixturePaths\n"
+        "from colq_sweep.fixtures.offline import FixturePaths\n"
         "from colq_sweep.quantize import quantize_point\n"
         f"fx = FixturePaths(Path({str(Path(point.model.path).parent)!r}))\n"
         f"art = quantize_point(make_point(fx, {str(quant_root)!r}), {str(quant_root / 'models')!r})\n"

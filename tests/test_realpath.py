@@ -1,5 +1,5 @@
 """The real path, offline: Hub ids at pinned revisions, `datasets`, mteb's own ViDoRe task classes and loaders,
-against a Hugging Face cache in the real layout built from the project's own tiny data (colq_sweep.hubfixtures)."""
+against a Hugging Face cache in the real layout built from the project's own tiny data (colq_sweep.fixtures.hub)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from colq_sweep.hubfixtures import HUB_TASKS, PILE_REVISION, build_hub_cache
+from colq_sweep.fixtures.hub import HUB_TASKS, PILE_REVISION, build_hub_cache
 from colq_sweep.tasks import DATASETS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,8 +74,8 @@ def test_wrong_cached_dataset_revision_is_refused_in_one_line(hub_home, tmp_path
     import datasets
     import mteb
 
-    from colq_sweep.hubcache import publish_dataset
-    from colq_sweep.hubdata import DatasetRevisionError, loaded_revision
+    from colq_sweep.hub.cache import publish_dataset
+    from colq_sweep.hub.inputs import DatasetRevisionError, loaded_revision
 
     other = tmp_path / "datasets"
     repo, pinned = DATASETS["VidoreArxivQARetrieval"]

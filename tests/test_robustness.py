@@ -118,7 +118,7 @@ def test_runs_of_dead_processes_are_marked_killed_and_foreign_ones_listed(tmp_pa
 @pytest.mark.slow
 def test_a_killed_sweep_leaves_nothing_running_after_the_next_sweep(tmp_path, fixture_paths):
     outputs = tmp_path / "out"
-    probe = ["hydra.launcher.task=colq_sweep.testing.probe_task"]
+    probe = ["hydra.launcher.task=colq_sweep.launch.probe.probe_task"]
     first = cli(["-m", "seqlen=32", *probe], outputs, fixture_paths.root, {"COLQ_PROBE_SECONDS": "120"}, background=True)
     deadline = time.time() + 120
     while not list(outputs.glob("hydra/demo/multirun-*/0")) and time.time() < deadline:
@@ -141,7 +141,7 @@ def test_a_killed_sweep_leaves_nothing_running_after_the_next_sweep(tmp_path, fi
 @pytest.mark.slow
 def test_two_sweeps_started_at_once_get_their_own_folder_parent_and_summary(tmp_path, fixture_paths):
     outputs = tmp_path / "out"
-    probe = ["hydra.launcher.task=colq_sweep.testing.probe_task"]
+    probe = ["hydra.launcher.task=colq_sweep.launch.probe.probe_task"]
     procs = [cli(["-m", "seqlen=32", f"seed={s}", *probe], outputs, fixture_paths.root, background=True) for s in (1, 2)]
     results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
     assert [rc for rc, _, _ in results] == [0, 0], [e[-2000:] for _, _, e in results]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from colq_sweep.track.store import Tracker, resolve_tracking_uri
+from tests.support import hold_env
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -50,7 +51,7 @@ def slurm_sweep(slurm_cluster, tmp_path_factory, fixture_paths):
 
 
 def test_the_demo_sweep_runs_through_sbatch(slurm_sweep, monkeypatch):
-    from colq_sweep.slurm import job_states
+    from colq_sweep.launch.slurm import job_states
 
     conf, outputs, proc = slurm_sweep
     monkeypatch.setenv("SLURM_CONF", conf)
@@ -93,14 +94,14 @@ def test_the_demo_sweep_runs_through_sbatch(slurm_sweep, monkeypatch):
 
 
 def test_a_cancelled_job_is_marked_killed_by_the_next_sweep_and_rerun(slurm_sweep, fixture_paths, tmp_path, monkeypatch):
-    from colq_sweep.slurm import job_states
+    from colq_sweep.launch.slurm import job_states
 
     conf, outputs, first = slurm_sweep
     monkeypatch.setenv("SLURM_CONF", conf)
     assert first.returncode == 0
     env = {**os.environ, "SLURM_CONF": conf}
     # sweep A: seqlen=64, a new point, holds after its run exists
-    a = sweep(conf, outputs, fixture_paths.root, "seqlen=64", env={"COLQ_HOLD_POINT_SECONDS": "300"}, log=tmp_path / "a.log")
+    a = sweep(conf, outputs, fixture_paths.root, "seqlen=64", env=hold_env(300), log=tmp_path / "a.log")
     deadline = time.monotonic() + 240
     held = []
     while not held and time.monotonic() < deadline:

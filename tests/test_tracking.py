@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from colq_sweep.track.records import compare, flatten, summarise
+from colq_sweep.contract import compare, flatten, summarise
 from colq_sweep.track.store import Tracker, resolve_tracking_uri
 
 
@@ -103,7 +103,7 @@ def _fake_slurm(bin_dir: Path, sacct: str | None, squeue: str = "") -> None:
 
 
 def test_slurm_job_states_from_sacct_else_squeue(tmp_path, monkeypatch):
-    from colq_sweep import slurm
+    from colq_sweep.launch import slurm
 
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
     _fake_slurm(tmp_path / "bin", sacct="12|12|CANCELLED by 0\\n14|13_1|TIMEOUT\\n15|15|RUNNING\\n")
@@ -121,7 +121,7 @@ def test_slurm_job_states_from_sacct_else_squeue(tmp_path, monkeypatch):
 def test_runs_of_slurm_jobs_are_judged_by_the_scheduler_on_any_host(tmp_path, monkeypatch):
     import socket
 
-    from colq_sweep import slurm
+    from colq_sweep.launch import slurm
 
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
     slurm.local_cluster.cache_clear()

@@ -35,7 +35,7 @@ from colq_sweep.evaluate.scores import (
     reconcile_caches,
     write_checksums,
 )
-from colq_sweep.hubdata import loaded_revision
+from colq_sweep.hub.inputs import loaded_revision
 from colq_sweep.keys import fixture_revision
 from colq_sweep.runtime import PeakMemory, resolve_device
 from colq_sweep.tasks import CATALOGUE, DATASETS, FIXTURE_TASK

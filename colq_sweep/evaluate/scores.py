@@ -12,9 +12,9 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from colq_sweep.contract import PER_QUERY_COLUMNS
 from colq_sweep.fsio import atomic_write_text, file_sha256
 from colq_sweep.tasks import CATALOGUE, subset_language
-from colq_sweep.track.records import PER_QUERY_COLUMNS
 
 if TYPE_CHECKING:
     from mteb.abstasks import AbsTaskRetrieval

@@ -27,8 +27,8 @@ def validate_or_exit(cfg: DictConfig) -> SweepPoint:
 
 def preflight_or_exit(point: SweepPoint, overrides: list[str]) -> None:
     """The checks of the world a single run makes before its point (a sweep's were made by its sweeper)."""
-    from colq_sweep.prefetch import check_lines
-    from colq_sweep.preflight import preflight
+    from colq_sweep.hub.prefetch import check_lines
+    from colq_sweep.launch.preflight import preflight
 
     try:
         preflight(point)

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from colq_sweep import contract as R
 from colq_sweep.config import SweepPoint, baseline_of
 from colq_sweep.console import say, stage
 from colq_sweep.fsio import file_lock
 from colq_sweep.keys import checkpoint_identity, eval_revision, kernel_compute, point_key
 from colq_sweep.runtime import resolve_device
-from colq_sweep.track import records as R
 from colq_sweep.track import sysmetrics
 from colq_sweep.track.store import Tracker, resolve_tracking_uri
 from colq_sweep.track.tags import device_tags, point_tags
@@ -268,12 +268,10 @@ def _run_quantized_point(
         tracker.log(run_id, params=R.flatten(point.to_dict()))
         if point.fail_point:
             raise RuntimeError("fail_point=true: this point was made to fail on purpose (a testing aid)")
-        from colq_sweep import testing
         from colq_sweep.model import resolve_checkpoint_dir
         from colq_sweep.quantize.sizes import size_report
         from colq_sweep.quantize.stage import quantize_point
 
-        testing.hold_point()
         # Before hours of quantization: can this machine serve the exported checkpoint at all?
         kernel, compute = kernel_compute(point, device)
         tracker.log(run_id, tags={R.KERNEL_BACKEND: kernel, R.KERNEL_COMPUTE: compute})

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from colq_sweep.report.points import PointResults
-from colq_sweep.track.records import (  # the contract the sweep writes
+from colq_sweep.contract import (  # the contract the sweep writes
     BASELINE_REF,
     ENTRIES_ARTIFACT,
     ERROR,
@@ -31,7 +30,8 @@ from colq_sweep.track.records import (  # the contract the sweep writes
     PER_QUERY_ARTIFACT,
     ROLE,
 )
-from colq_sweep.track.records import RUN_KEY as CONFIG_HASH
+from colq_sweep.contract import RUN_KEY as CONFIG_HASH
+from colq_sweep.report.points import PointResults
 
 
 class ReportError(RuntimeError):

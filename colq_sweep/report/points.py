@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from colq_sweep.track.records import (  # the columns the sweep writes
+from colq_sweep.contract import (  # the columns the sweep writes
     ENTRY_COLUMNS,
     FINISHED,
     NUMERIC_ENTRY,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from colq_sweep.track import records as R
+from colq_sweep import contract as R
 
 log = logging.getLogger("colq_sweep")
 STATUS_FILE = "colq_status.json"

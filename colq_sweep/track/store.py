@@ -18,10 +18,10 @@ from typing import Any
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
+from colq_sweep import contract as R
 from colq_sweep.fsio import file_lock
+from colq_sweep.launch.slurm import current_job_tags, run_job_states
 from colq_sweep.runtime import process_alive, process_start
-from colq_sweep.slurm import current_job_tags, run_job_states
-from colq_sweep.track import records as R
 
 
 def resolve_tracking_uri(outputs_dir: str | os.PathLike, explicit: str | None = None) -> str:

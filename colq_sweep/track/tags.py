@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from colq_sweep import contract as R
 from colq_sweep.config import SweepPoint
 from colq_sweep.keys import eval_hash
-from colq_sweep.track import records as R
 
 VERSIONED_PACKAGES = ("torch", "transformers", "auto-round", "mteb", "mlflow", "hydra-core")
 

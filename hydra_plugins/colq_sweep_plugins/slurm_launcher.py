@@ -63,7 +63,7 @@ class ColqSlurmLauncher(SlurmLauncher):
         ended without one (cancelled, timed out, out of memory, node failure, ...)."""
         from submitit.core.utils import pickle_load
 
-        from colq_sweep.slurm import job_states
+        from colq_sweep.launch.slurm import job_states
 
         results: dict[int, JobReturn] = {}
         ended_at: dict[int, float] = {}

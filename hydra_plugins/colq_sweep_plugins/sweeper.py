@@ -32,7 +32,7 @@ class ColqSweeper(BasicSweeper):
         """Compose (and validate) every job's config; return (number, job directory, overrides) per job. The
         validated points are kept in `self.points` for the checks that look at all of them at once."""
         from colq_sweep.config import ConfigError, validate
-        from colq_sweep.preflight import preflight
+        from colq_sweep.launch.preflight import preflight
 
         assert self.config is not None and self.hydra_context is not None
         jobs = []
@@ -57,7 +57,7 @@ class ColqSweeper(BasicSweeper):
         reachable (online, within seconds): else one line per missing item and exit 2, nothing launched."""
         if not self.validate:
             return
-        from colq_sweep.prefetch import check_lines
+        from colq_sweep.hub.prefetch import check_lines
 
         lines = check_lines(self.points, arguments)
         if lines:

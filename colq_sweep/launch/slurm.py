@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from colq_sweep.track import records as R
+from colq_sweep import contract as R
 
 # Job states after which no process of the job runs any more (sacct/squeue spelling). A run still RUNNING whose
 # job is in one of these lost its process. COMPLETED too: the job's program ended without closing the run.

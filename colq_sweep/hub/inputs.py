@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from colq_sweep.config import SweepPoint
-from colq_sweep.hubcache import datasets_cache
+from colq_sweep.hub.cache import datasets_cache
 from colq_sweep.tasks import DATASETS, FIXTURE_TASK, dataset_configs
 
 ONLINE_TIMEOUT_S = 5.0

@@ -1,6 +1,6 @@
 """Diagnostic task functions for the launcher (used by tests, handy on a new GPU node).
 
-`python -m colq_sweep -m hydra/launcher=gpu-pool hydra.launcher.task=colq_sweep.testing.probe_task seed=1,2,3,4`
+`python -m colq_sweep -m hydra/launcher=gpu-pool hydra.launcher.task=colq_sweep.launch.probe.probe_task seed=1,2,3,4`
 loads no model: each job records which devices it was given (and, if torch is installed, which GPUs it can
 see) and when it ran, under <outputs_dir>/probe/. It imports nothing heavy, so it also runs on a bare node.
 """
@@ -16,15 +16,6 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 PROBE_SECONDS = float(os.environ.get("COLQ_PROBE_SECONDS", "1.5"))  # tests stretch it to kill a job mid-run
-HOLD_ENV = "COLQ_HOLD_POINT_SECONDS"
-
-
-def hold_point() -> None:
-    """Testing aid: a quantized point whose run exists waits this long before quantizing when COLQ_HOLD_POINT_SECONDS
-    is set (tests cancel or kill its job there, mid-run). Unset: returns at once."""
-    seconds = float(os.environ.get(HOLD_ENV) or 0)
-    if seconds > 0:
-        time.sleep(seconds)
 
 
 def _visible_gpus() -> list[str]:
