@@ -179,7 +179,7 @@ def run_variant(name, model, processor, images, queries, args, floor_pages_per_s
         floor_s = 1 / floor_pages_per_s
     r = {
         "variant": name, "pages": len(images), "batch": args.batch, "tokens_per_page": tokens,
-        "preprocess_workers": fast.preprocess_workers,
+        "preprocess_workers": fast.pages.workers,
         "pages_per_s": len(images) / t_pages, "serial_pages_per_s": len(few) / t_serial,
         "plain_pages_per_s": len(few) / t_plain, "max_abs_diff_vs_plain": max_diff(page_embs, plain_embs),
         "queries_per_s": len(queries) / t_queries, "peak_gib": peak,

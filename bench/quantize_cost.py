@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -78,8 +79,10 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     from colq_sweep.model import ColQwen3Processor, load_colqwen3
-    from colq_sweep.quantize.build import autoround_entry, autoround_kwargs, checkpoint_dtype
-    from colq_sweep.quantize.stage import quantize_point
+    from colq_sweep.pipeline.plan import resolve
+    from colq_sweep.quantize.export import checkpoint_dtype
+    from colq_sweep.quantize.methods.autoround.build import autoround_entry, autoround_kwargs
+    from colq_sweep.quantize.stage import quantize
 
     work = Path(tempfile.mkdtemp(prefix="qcost_"))
     if args.fixture:
@@ -98,7 +101,7 @@ def main() -> None:
 
     def direct(tag: str) -> dict:
         # the same AutoRound call on the same calibration rows, same process and GPU
-        kwargs = autoround_kwargs(point, "cuda:0" if args.device == "cuda" else args.device, str(calib_rows))
+        kwargs = autoround_kwargs(point.quant, point.seed, "cuda:0" if args.device == "cuda" else args.device, str(calib_rows))
         fresh = copy.deepcopy(model)  # AutoRound changes the model it is given; copying is not part of the cost
         reset_peak()
         t0 = time.perf_counter()
@@ -112,7 +115,7 @@ def main() -> None:
     # ours: the whole stage (calibration selection, AutoRound, export fix-ups, manifest)
     reset_peak()
     t0 = time.perf_counter()
-    art = quantize_point(point, work / "models")
+    art = quantize(dataclasses.replace(resolve(point).quant, models_dir=(work / "models").resolve()))
     results["ours"] = {"stage_s": time.perf_counter() - t0, "autoround_s": art.manifest["quant_seconds"],
                        "peak_gib": peak_gib(),
                        # equal hashes across settings = the settings do not change the quantized weights

@@ -99,7 +99,7 @@ def adopt_library_loggers() -> None:
     logging.captureWarnings(True)  # warnings.warn(...) -> logger py.warnings -> the log file
     for name in LIBRARY_LOGGERS:
         lg = logging.getLogger(name)
-        # their own plain stderr handlers go; anything else attached (e.g. quantize.build's AutoRoundLogWatch) stays
+        # their own plain stderr handlers go; anything else attached (e.g. the autoround method's AutoRoundLogWatch) stays
         lg.handlers = [h for h in lg.handlers if type(h) is not logging.StreamHandler]
         lg.propagate = True
 

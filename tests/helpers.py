@@ -88,3 +88,38 @@ def make_point(fixture_paths, tmp: str | Path, **overrides: Any) -> SweepPoint:
     """A validated `SweepPoint` for the fixtures. Python keywords cannot hold dots, so pass dotted overrides
     with `**{"quant.format": "auto_round"}`, or as group dicts: `make_point(fx, tmp, quant={"format": ...})`."""
     return validate(apply_overrides(point_dict(fixture_paths, tmp), overrides))
+
+
+def make_plan(fixture_paths, tmp: str | Path, **overrides: Any):
+    """The resolved plan (pipeline/plan.py) of `make_point(...)`."""
+    from colq_sweep.pipeline.plan import resolve
+
+    return resolve(make_point(fixture_paths, tmp, **overrides))
+
+
+def artifact_key(point: SweepPoint, calib_rev: str | None = None) -> str:
+    """The artifact key the plan gives `point` (with `calib_rev` standing in for the calibration set's pin)."""
+    from colq_sweep import keys
+    from colq_sweep.quantize import calibration
+    from colq_sweep.runtime import resolve_device
+
+    rev = calibration.pin(point.calib) if calib_rev is None else calib_rev
+    return keys.artifact_key(point, rev, calibration.SEMANTICS[point.calib.source], resolve_device(point.device).split(":")[0])
+
+
+def point_key(point: SweepPoint, device: str) -> str:
+    """The run key the plan gives `point` on `device`."""
+    from colq_sweep import keys
+    from colq_sweep.quantize import calibration
+
+    return keys.point_key(point, device, calibration.pin(point.calib) if point.quant.enabled else None)
+
+
+def quantize_point(point: SweepPoint, models_dir: str | Path):
+    """The quantize stage on `point`'s plan, building into `models_dir`."""
+    import dataclasses
+
+    from colq_sweep.pipeline.plan import resolve
+    from colq_sweep.quantize.stage import quantize
+
+    return quantize(dataclasses.replace(resolve(point).quant, models_dir=Path(models_dir).resolve()))

@@ -69,7 +69,7 @@ def test_demo_experiment(fixture_outputs_dir):
     cfg = composed(["experiment=demo"], fixture_outputs_dir)
     point = validate(cfg)
     assert (point.model.name, point.eval.tasks, point.device) == ("tiny", (FIXTURE_TASK,), "cpu")
-    assert point.calib.source == "jsonl" and point.iters <= 50 and point.nsamples <= 16
+    assert point.calib.source == "jsonl" and point.quant.iters <= 50 and point.quant.nsamples <= 16
     assert str(cfg.hydra.sweeper.params.seqlen) == "32,64,128"
 
 
@@ -91,7 +91,7 @@ def test_seed_report_matrix_matches_the_study(fixture_outputs_dir):
         point = validate(composed(["experiment=seed-report", f"+study={study}"], fixture_outputs_dir))
         assert point.model.name == f"colqwen3-{size}" and point.model.id == want["model_id"]
         assert point.model.revision == want["base_revision"]
-        assert (point.seqlen, point.nsamples, point.batch_size, point.iters) == (
+        assert (point.quant.seqlen, point.quant.nsamples, point.quant.batch_size, point.quant.iters) == (
             int(seqlen), int(want["nsamples"]), int(want["batch_size"]), int(want["iters"]))
         assert (point.quant.bits, point.quant.group_size, point.quant.sym) == (4, 128, True)
         assert point.calib.dataset == want["calibration"] and len(point.eval.entries()) == 71

@@ -39,7 +39,7 @@ def test_the_job_logging_config_follows_hydra_verbose():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from colq_sweep.cli import CONF_DIR
+    from colq_sweep.config import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for overrides, want in (([], False), (["hydra.verbose=true"], True), (["hydra.verbose=[mteb]"], ["mteb"])):

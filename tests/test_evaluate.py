@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from colq_sweep.config import EvalSpec
+from colq_sweep.config import EncoderSpec, EvalSpec
 from colq_sweep.tasks import FIXTURE_TASK, benchmark_tasks
 
 MODEL_NAME = "local/tiny-colqwen3"
@@ -62,16 +62,11 @@ def _never_load():
 
 
 def _spec(fixture_paths, **kw) -> EvalSpec:
-    args = dict(
-        tasks=(FIXTURE_TASK,),
-        languages=None,
-        query_batch_size=8,
-        page_batch_size=4,
-        corpus_cache=True,
-        fixture_dir=str(fixture_paths.task),
-    )
+    """The fixture task's EvalSpec; encoder settings (`corpus_cache=False`, ...) go into its EncoderSpec."""
+    enc = {k: kw.pop(k) for k in list(kw) if k in EncoderSpec.FIELDS}
+    args = dict(tasks=(FIXTURE_TASK,), languages=None, fixture_dir=str(fixture_paths.task))
     args.update(kw)
-    return EvalSpec(**args)
+    return EvalSpec(**args, encoder=EncoderSpec(**{"query_batch_size": 8, "page_batch_size": 4, **enc}))
 
 
 def _by_subset(entries: list[dict]) -> dict[str, dict]:
@@ -233,9 +228,9 @@ def test_pipelined_pages_equal_the_plain_forward(fixture_paths, tmp_path):
                 assert torch.equal(a, b.float()), (dtype, workers, mode)
             if mode == "process":  # the stored-page path: items decoded in the worker processes
                 process_cached = enc._corpus_cached(corpus, task.metadata)
-                assert enc._processes is not None
+                assert enc.pages._processes is not None
                 enc.release()
-                assert enc._processes is None
+                assert enc.pages._processes is None
         # the cached corpus path sorts missing pages by size before batching
         padding: list[int] = []
         enc = ColQwen3Encoder(
@@ -299,7 +294,8 @@ def test_compiled_blocks_equal_eager_to_bf16_round_off(fixture_paths, tmp_path):
 
     point = make_point(fixture_paths, tmp_path)
     on = make_point(fixture_paths, tmp_path, eval={"compile": True})
-    assert eval_revision("abc", on).endswith("-compiled") and not eval_revision("abc", point).endswith("compiled")
+    assert eval_revision("abc", on, "float32").endswith("-compiled")
+    assert not eval_revision("abc", point, "float32").endswith("compiled")
     assert config_hash(on) != config_hash(point)
 
 

@@ -9,9 +9,8 @@ import shutil
 
 import pytest
 
-from colq_sweep.config import ConfigError
-from colq_sweep.keys import artifact_key, point_key
-from tests.helpers import make_point
+from colq_sweep.config import ConfigError, QuantSpec
+from tests.helpers import artifact_key, make_point, point_key
 
 
 def test_respelled_or_moved_paths_keep_the_key(fixture_paths, tmp_path):
@@ -39,7 +38,7 @@ def test_edited_calibration_or_weights_change_the_keys(fixture_paths, tmp_path):
     assert len(keys) == 3
     assert len({artifact_key(x) for x in (p, edited_calib, edited_model)}) == 3
     # the baseline does not read the calibration text: its key ignores it
-    base = dataclasses.replace(p, quant=dataclasses.replace(p.quant, method="none"))
+    base = dataclasses.replace(p, quant=QuantSpec())
     base2 = dataclasses.replace(edited_calib, quant=base.quant)
     assert point_key(base, "cpu") == point_key(base2, "cpu")
 

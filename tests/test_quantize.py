@@ -18,8 +18,9 @@ import pytest
 import torch
 
 from colq_sweep import keys, runtime
-from colq_sweep.quantize import artifacts, build, calibration, dequant, errors, load, sizes, stage
-from tests.helpers import make_point
+from colq_sweep.quantize import artifacts, calibration, dequant, errors, export, kernels, load, sizes
+from colq_sweep.quantize.methods.autoround import build
+from tests.helpers import artifact_key, make_point, quantize_point
 
 LM_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 INT32_EIGHTS = -2004318072  # 0x88888888: eight 4-bit zero points of 8, as a signed int32
@@ -38,7 +39,7 @@ def _lm_linear_names(tensors) -> set[str]:
     return {
         k[: -len(".weight")]
         for k in tensors
-        if k.startswith(build.QUANT_BLOCKS + ".") and k.endswith(".weight") and k.split(".")[-2] in LM_LINEARS
+        if k.startswith(export.QUANT_BLOCKS + ".") and k.endswith(".weight") and k.split(".")[-2] in LM_LINEARS
     }
 
 
@@ -101,7 +102,7 @@ def point(fixture_paths, quant_root):
 @pytest.fixture(scope="session")
 def artifact(point, quant_root):
     """The fixture quantized once per session (AWQ export)."""
-    return stage.quantize_point(point, quant_root / "models")
+    return quantize_point(point, quant_root / "models")
 
 
 @pytest.fixture(scope="session")
@@ -122,31 +123,31 @@ def test_make_point_overrides(fixture_paths, tmp_path):
         fixture_paths, tmp_path, seqlen=64, **{"quant.format": "auto_round"}, calib={"text_field": "text"}
     )
     assert (
-        p.seqlen == 64 and p.quant.format == "auto_round" and p.calib.path == str(fixture_paths.calibration)
+        p.quant.seqlen == 64 and p.quant.format == "auto_round" and p.calib.path == str(fixture_paths.calibration)
     )
     assert make_point(fixture_paths, tmp_path).quant.format == "auto_awq"
 
 
 def test_artifact_key_covers_weight_inputs_only(fixture_paths, tmp_path):
     base = make_point(fixture_paths, tmp_path)
-    key = keys.artifact_key(base)
-    assert keys.KEY_RE.match(key) and key == keys.artifact_key(base)
+    key = artifact_key(base)
+    assert keys.KEY_RE.match(key) and key == artifact_key(base)
     # bookkeeping and load-time choices do not change the weights
     for same in ({"name": "other"}, {"quant.backend": "dequant"}, {"quant.allow_fewer_samples": True},
                  {"model.dtype": "bfloat16"}, {"eval.query_batch_size": 2},
                  {"quant.low_gpu_mem_usage": True}):  # same weights, measured on an H200  # fmt: skip
-        assert keys.artifact_key(make_point(fixture_paths, tmp_path, **same)) == key, same
+        assert artifact_key(make_point(fixture_paths, tmp_path, **same)) == key, same
     # every knob that decides the weights does
     for diff in ({"seed": 1}, {"seqlen": 64}, {"nsamples": 8}, {"iters": 3}, {"batch_size": 4},
                  {"quant.format": "auto_round"}, {"quant.lr": 0.01}, {"quant.sym": False},
                  {"quant.enable_torch_compile": True}):  # fmt: skip
-        assert keys.artifact_key(make_point(fixture_paths, tmp_path, **diff)) != key, diff
-    assert keys.artifact_key(base, "sha256:" + "0" * 64) != key  # calibration content is part of the key
+        assert artifact_key(make_point(fixture_paths, tmp_path, **diff)) != key, diff
+    assert artifact_key(base, "sha256:" + "0" * 64) != key  # calibration content is part of the key
     # a different file with the same content would have another identity (path), and edited content another key
     copy = _write_jsonl(tmp_path / "copy.jsonl", ["a b c"])
-    k1 = keys.artifact_key(make_point(fixture_paths, tmp_path, **{"calib.path": str(copy)}))
+    k1 = artifact_key(make_point(fixture_paths, tmp_path, **{"calib.path": str(copy)}))
     _write_jsonl(copy, ["a b c d"])
-    assert keys.artifact_key(make_point(fixture_paths, tmp_path, **{"calib.path": str(copy)})) != k1
+    assert artifact_key(make_point(fixture_paths, tmp_path, **{"calib.path": str(copy)})) != k1
 
 
 def test_calib_revision_resolution(monkeypatch, tmp_path):
@@ -154,7 +155,7 @@ def test_calib_revision_resolution(monkeypatch, tmp_path):
 
     sha = "a" * 40
     assert (
-        keys.calib_revision(CalibSpec(source="hub", dataset="NeelNanda/pile-10k", revision=sha))
+        calibration.pin(CalibSpec(source="hub", dataset="NeelNanda/pile-10k", revision=sha))
         == sha
     )
     import huggingface_hub
@@ -165,12 +166,12 @@ def test_calib_revision_resolution(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", offline)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     spec = CalibSpec(source="hub", dataset="NeelNanda/pile-10k", revision="main")
-    with pytest.raises(keys.CalibrationError, match="commit sha"):
-        keys.calib_revision(spec)
+    with pytest.raises(errors.CalibrationError, match="commit sha"):
+        calibration.pin(spec)
     refs = tmp_path / "datasets--NeelNanda--pile-10k" / "refs"
     refs.mkdir(parents=True)
     (refs / "main").write_text("b" * 40)
-    assert keys.calib_revision(spec) == "b" * 40  # the locally cached ref, recorded as a sha
+    assert calibration.pin(spec) == "b" * 40  # the locally cached ref, recorded as a sha
 
 
 def test_selection_is_what_autoround_uses(fixture_paths, tmp_path, monkeypatch):
@@ -241,7 +242,7 @@ def test_hub_selection_is_autorounds_own_hub_loader_row_for_row(fixture_paths, t
         sel = calibration.select_samples(texts, tok, seqlen=seqlen, nsamples=nsamples, seed=seed, source="hub")
         theirs = _get_dataset_impl(tok, seqlen, "NeelNanda/pile-10k", seed=seed, nsamples=nsamples)
         assert [r.tolist() for r in theirs["input_ids"]] == sel.token_ids and sel.used == nsamples
-        assert sel.semantics == keys.CALIB_SELECTION["hub"] and sel.dropped_short and sel.dropped_repetitive
+        assert sel.semantics == calibration.SEMANTICS["hub"] and sel.dropped_short and sel.dropped_repetitive
         local = calibration.select_samples(texts, tok, seqlen=seqlen, nsamples=nsamples, seed=seed, source="jsonl")
         assert local.source_indices != sel.source_indices  # the local-file semantics pick other rows
         handoff = calibration.write_for_autoround(sel, tmp_path / f"handoff-{seed}.jsonl")
@@ -255,12 +256,12 @@ def test_insufficient_samples_is_a_clear_error(fixture_paths, tmp_path, monkeypa
     p = make_point(fixture_paths, tmp_path, nsamples=4, **{"calib.path": str(mixed)})
     models = tmp_path / "models"
     with pytest.raises(
-        keys.CalibrationError, match=r"only 3 of the requested nsamples=4.*allow_fewer_samples"
+        errors.CalibrationError, match=r"only 3 of the requested nsamples=4.*allow_fewer_samples"
     ):
-        stage.quantize_point(p, models)
+        quantize_point(p, models)
     assert [e.name for e in models.iterdir()] == [".locks"]  # no artifact, no temp dir left behind
-    with pytest.raises(keys.CalibrationError, match="only 0 of"):  # zero is never allowed
-        stage.quantize_point(
+    with pytest.raises(errors.CalibrationError, match="only 0 of"):  # zero is never allowed
+        quantize_point(
             make_point(fixture_paths, tmp_path, seqlen=4096, **{"quant.allow_fewer_samples": True}), models
         )
 
@@ -296,31 +297,31 @@ def test_clean_incomplete_removes_only_dead_leftovers(tmp_path):
 def test_missing_backend_is_a_clear_error(monkeypatch):
     if not runtime.module_available("gptqmodel"):
         with pytest.raises(errors.BackendUnavailableError, match="gptqmodel.*not installed"):
-            load.resolve_backend("gptqmodel", "cuda")
+            kernels.resolve_backend("gptqmodel", "cuda")
     if not runtime.module_available("humming"):
         with pytest.raises(errors.BackendUnavailableError, match="humming-kernels, which is not installed"):
-            load.resolve_backend("humming", "cuda")
+            kernels.resolve_backend("humming", "cuda")
     with pytest.raises(errors.BackendUnavailableError, match="needs a CUDA device"):
-        load.resolve_backend("humming", "cpu")
+        kernels.resolve_backend("humming", "cpu")
     # auto on CUDA: the first kernel package installed, humming before gptqmodel; none -> a clear error
-    monkeypatch.setattr(load, "module_available", lambda name: name in ("humming", "gptqmodel"))
-    assert load.resolve_backend("auto", "cuda:0") == "humming"
-    monkeypatch.setattr(load, "module_available", lambda name: name == "gptqmodel")
-    assert load.resolve_backend("auto", "cuda") == "gptqmodel"
-    monkeypatch.setattr(load, "module_available", lambda name: False)
+    monkeypatch.setattr(kernels, "module_available", lambda name: name in ("humming", "gptqmodel"))
+    assert kernels.resolve_backend("auto", "cuda:0") == "humming"
+    monkeypatch.setattr(kernels, "module_available", lambda name: name == "gptqmodel")
+    assert kernels.resolve_backend("auto", "cuda") == "gptqmodel"
+    monkeypatch.setattr(kernels, "module_available", lambda name: False)
     with pytest.raises(errors.BackendUnavailableError, match="none is installed.*humming-kernels"):
-        load.resolve_backend("auto", "cuda")
+        kernels.resolve_backend("auto", "cuda")
     monkeypatch.undo()
     with pytest.raises(errors.BackendUnavailableError, match="CUDA"):
-        load.resolve_backend("gptqmodel", "cpu")
+        kernels.resolve_backend("gptqmodel", "cpu")
     with pytest.raises(errors.BackendUnavailableError, match="CPU only"):
-        load.resolve_backend("ark", "cuda")
-    assert load.resolve_backend("auto", "cpu") == "ark" and load.resolve_backend("dequant", "cuda") == "dequant"
-    monkeypatch.setattr(load, "module_available", lambda name: False)
+        kernels.resolve_backend("ark", "cuda")
+    assert kernels.resolve_backend("auto", "cpu") == "ark" and kernels.resolve_backend("dequant", "cuda") == "dequant"
+    monkeypatch.setattr(kernels, "module_available", lambda name: False)
     with pytest.raises(errors.BackendUnavailableError, match="auto-round-lib"):
-        load.resolve_backend("ark", "cpu")
+        kernels.resolve_backend("ark", "cpu")
     with pytest.raises(ValueError, match="unknown backend"):
-        load.resolve_backend("marlin", "cpu")
+        kernels.resolve_backend("marlin", "cpu")
 
 
 def test_autoround_warnings_are_watched():
@@ -339,9 +340,9 @@ def test_learning_rates_reach_signround(fixture_paths, tmp_path):
     from colq_sweep.model import ColQwen3Processor, load_colqwen3
 
     p = make_point(fixture_paths, tmp_path, **{"quant.lr": 0.0123, "quant.minmax_lr": 0.0456, "iters": 3})
-    kwargs = build.autoround_kwargs(p, "cpu", str(fixture_paths.calibration))
+    kwargs = build.autoround_kwargs(p.quant, p.seed, "cpu", str(fixture_paths.calibration))
     assert "lr" not in build.autoround_kwargs(
-        make_point(fixture_paths, tmp_path), "cpu", "x.jsonl"
+        make_point(fixture_paths, tmp_path).quant, 0, "cpu", "x.jsonl"
     )  # null = default
     model = load_colqwen3(fixture_paths.checkpoint, dtype="bfloat16")
     proc = ColQwen3Processor.from_checkpoint(fixture_paths.checkpoint, 64)
@@ -352,7 +353,7 @@ def test_learning_rates_reach_signround(fixture_paths, tmp_path):
     assert (cfg.lr, cfg.minmax_lr, cfg.iters) == (0.0123, 0.0456, 3)
     # on a CPU the tuning runs in float32 whether or not the CPU has bf16 (auto-round's amp would use it if so)
     assert ar.model_context.amp is False and ar.model_context.amp_dtype == torch.float32
-    assert build.autoround_kwargs(p, "cuda:0", "x.jsonl")["amp"] is True
+    assert build.autoround_kwargs(p.quant, p.seed, "cuda:0", "x.jsonl")["amp"] is True
     assert (cfg.bits, cfg.group_size, cfg.sym) == (4, 128, True)
 
 
@@ -420,18 +421,18 @@ def test_export_layout_and_kept_modules(artifact, fixture_paths):
 @pytest.mark.slow
 def test_manifest_records_inputs_files_and_costs(artifact, point):
     m = artifact.manifest
-    assert not artifact.reused and artifact.path.name == artifact.key == m["key"] == keys.artifact_key(point)
+    assert not artifact.reused and artifact.path.name == artifact.key == m["key"] == artifact_key(point)
     assert artifacts.verify_artifact(artifact.path, check_hashes=True) == (True, "")
     on_disk = {f.name for f in artifact.path.iterdir() if f.is_file()} - {artifacts.MANIFEST}
     assert set(m["files"]) == on_disk and {"model.safetensors", "config.json", artifacts.CALIB_FILE} <= on_disk
     assert m["samples_used"] == m["samples_requested"] == 4
     assert m["calibration"]["rows_seen_by_model"] == 4 and m["calibration"]["samples_used"] == 4
-    assert m["calibration"]["semantics"] == keys.CALIB_SELECTION["jsonl"]  # which loader's selection was replayed
+    assert m["calibration"]["semantics"] == calibration.SEMANTICS["jsonl"]  # which loader's selection was replayed
     assert m["inputs"]["quant_knobs"] == json.loads(json.dumps(keys.quant_knobs(point)))
     assert m["inputs"]["calib_revision"].startswith("sha256:")
     ak = m["inputs"]["autoround_kwargs"]
     assert (ak["iters"], ak["nsamples"], ak["seqlen"], ak["batch_size"], ak["seed"]) == (2, 4, 32, 2, 0)
-    assert ak["to_quant_block_names"] == build.QUANT_BLOCKS and ak["quant_nontext_module"] is False
+    assert ak["to_quant_block_names"] == export.QUANT_BLOCKS and ak["quant_nontext_module"] is False
     assert m["versions"]["auto_round"] == "0.16.1" and m["versions"]["torch"].count(".") == 1
     assert m["quant_seconds"] > 0 and m["memory"]["peak_rss_bytes"] > 50 * 2**20
     # the hand-off file holds exactly the samples used
@@ -477,8 +478,8 @@ def test_kernels_and_dequant_agree_and_differ_from_base(artifact, fixture_paths,
 def test_ark_auto_compute_is_opt_in_and_its_own_evaluation(artifact, fixture_paths, tmp_path, page_image):
     """ark's own `auto` compute mode (int8 activations on AMX/VNNI CPUs) stays selectable, is recorded with the CPU
     feature that decides it, and never counts as the same evaluation (or the same run) as the exact W4A16 path."""
-    from colq_sweep.keys import eval_revision, point_key
     from colq_sweep.model import ColQwen3Processor
+    from colq_sweep.pipeline.plan import resolve
 
     isa = runtime.cpu_int8_isa()
     auto = load.load_quantized(artifact.path, backend="ark", device="cpu", dtype="float32", compute="auto")
@@ -487,8 +488,11 @@ def test_ark_auto_compute_is_opt_in_and_its_own_evaluation(artifact, fixture_pat
     with pytest.raises(errors.BackendUnavailableError, match="do not compute in float32"):
         load.check_ark_compute(auto, artifact.path, "float32")
     exact, chosen = make_point(fixture_paths, tmp_path), make_point(fixture_paths, tmp_path, **{"quant.compute": "auto"})
-    assert eval_revision("k", exact) != eval_revision("k", chosen) and isa in eval_revision("k", chosen)
-    assert point_key(exact, "cpu") != point_key(chosen, "cpu")
+    plan_exact, plan_chosen = resolve(exact), resolve(chosen)
+    assert plan_exact.eval.revision != plan_chosen.eval.revision and isa in plan_chosen.eval.revision
+    assert plan_chosen.eval.compute_dtype == f"ark-auto-{isa}" and plan_exact.eval.compute_dtype == "float32"
+    assert plan_exact.quant.artifact_key == plan_chosen.quant.artifact_key
+    assert plan_exact.run_key != plan_chosen.run_key
     assert keys.quant_knobs(exact) == keys.quant_knobs(chosen)  # the same artifact serves both
     if isa == "amx_int8":  # measured: int8 activations move the embeddings by ~1e-2 on AMX CPUs
         proc = ColQwen3Processor.from_checkpoint(artifact.path, 64)
@@ -535,7 +539,7 @@ def test_export_equals_autoround_api(artifact, point, fixture_paths, tmp_path):
         quant_nontext_module=False, to_quant_block_names="vlm.model.language_model.layers",
         layer_config={"embedding_proj_layer": {"bits": 16}},
     )  # fmt: skip
-    assert build.autoround_kwargs(point, "cpu", str(fixture_paths.calibration)) == kwargs
+    assert build.autoround_kwargs(point.quant, point.seed, "cpu", str(fixture_paths.calibration)) == kwargs
     kwargs["low_gpu_mem_usage"] = True
     gc.collect()
     gc.freeze()  # only speed: auto-round gc.collect()s after every layer
@@ -559,7 +563,7 @@ def test_export_equals_autoround_api(artifact, point, fixture_paths, tmp_path):
 @pytest.mark.slow
 def test_second_run_reuses_without_autoround(artifact, point, quant_root, monkeypatch):
     _forbid_autoround(monkeypatch)
-    again = stage.quantize_point(point, quant_root / "models")
+    again = quantize_point(point, quant_root / "models")
     assert again.reused and again.path == artifact.path and again.key == artifact.key
     assert again.manifest == json.loads(json.dumps(artifact.manifest, default=str))
 
@@ -572,7 +576,7 @@ def test_force_rebuilds_the_artifact(artifact, point, tmp_path):
     models = tmp_path / "models"
     shutil.copytree(artifact.path, models / artifact.key)
     before = (models / artifact.key / "manifest.json").stat().st_mtime_ns
-    again = stage.quantize_point(dataclasses.replace(point, force=True), models)
+    again = quantize_point(dataclasses.replace(point, force=True), models)
     assert again.key == artifact.key and not again.reused
     assert (again.path / "manifest.json").stat().st_mtime_ns != before
 
@@ -580,10 +584,9 @@ def test_force_rebuilds_the_artifact(artifact, point, tmp_path):
 def test_reuse_path_never_imports_autoround(artifact, point, quant_root):
     code = (
         "import sys, json\n"
-        "from tests.helpers import make_point\n"
+        "from tests.helpers import make_point, quantize_point\n"
         "from pathlib import Path\n"
         "from colq_sweep.fixtures.offline import FixturePaths\n"
-        "from colq_sweep.quantize import quantize_point\n"
         f"fx = FixturePaths(Path({str(Path(point.model.path).parent)!r}))\n"
         f"art = quantize_point(make_point(fx, {str(quant_root)!r}), {str(quant_root / 'models')!r})\n"
         "print(json.dumps([art.reused, 'auto_round' in sys.modules]))\n"
@@ -610,7 +613,7 @@ def test_incomplete_artifact_is_never_reused(artifact, point, tmp_path, monkeypa
             f.truncate(1000)
     _forbid_autoround(monkeypatch)
     with pytest.raises(_Forbidden):  # it rebuilds (and fails here on purpose) instead of reusing
-        stage.quantize_point(point, models)
+        quantize_point(point, models)
     assert sorted(e.name for e in models.iterdir()) == [".locks"]  # the damaged copy is gone, no temp left
 
 
@@ -652,7 +655,7 @@ def test_allow_fewer_samples_proceeds_and_records_count(fixture_paths, tmp_path)
     p = make_point(
         fixture_paths, tmp_path, nsamples=4, **{"calib.path": str(mixed), "quant.allow_fewer_samples": True}
     )
-    art = stage.quantize_point(p, tmp_path / "models")
+    art = quantize_point(p, tmp_path / "models")
     m = art.manifest
     assert m["samples_used"] == 2 and m["samples_requested"] == 4
     assert m["calibration"]["rows_seen_by_model"] == 2  # what reached the model during calibration
@@ -669,13 +672,12 @@ def test_partial_calibration_batch_is_refused_up_front(fixture_paths, tmp_path, 
     _forbid_autoround(monkeypatch)
     with pytest.raises(ConfigError, match=r"nsamples=5: must be a multiple of batch_size \(2\).*use 4 or 6"):
         make_point(fixture_paths, tmp_path, nsamples=5, batch_size=2)
-    # and the stage itself refuses a point that bypassed validation
-    bypass = dataclasses.replace(make_point(fixture_paths, tmp_path, nsamples=4, batch_size=2), nsamples=5)
+    # and the method's spec refuses it however it is made (its check runs in __post_init__): nothing reaches the stage
     with pytest.raises(ConfigError, match=r"multiple of batch_size \(2\).*use 4 or 6.*allow_fewer_samples"):
-        stage.quantize_point(bypass, tmp_path / "models")
+        dataclasses.replace(make_point(fixture_paths, tmp_path, nsamples=4, batch_size=2).quant, nsamples=5)
     # allowed: it gets as far as AutoRound (then trims to full batches, as the allow_fewer test shows)
     with pytest.raises(_Forbidden):
-        stage.quantize_point(
+        quantize_point(
             make_point(
                 fixture_paths, tmp_path, nsamples=5, batch_size=2, **{"quant.allow_fewer_samples": True}
             ),

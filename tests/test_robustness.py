@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from colq_sweep.track.store import Tracker, resolve_tracking_uri, sweep_id_for
-from tests.helpers import make_point
+from tests.helpers import make_point, quantize_point
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_ENABLE_ASYNC_LOGGING": "false"}
@@ -160,16 +160,16 @@ def test_two_sweeps_started_at_once_get_their_own_folder_parent_and_summary(tmp_
 
 @pytest.mark.slow
 def test_artifact_content_is_verified_before_reuse_cheaply(fixture_paths, tmp_path, monkeypatch, caplog):
-    from colq_sweep.quantize import artifacts, stage
+    from colq_sweep.quantize import artifacts
 
     point = make_point(fixture_paths, tmp_path)
-    art = stage.quantize_point(point, tmp_path / "models")
+    art = quantize_point(point, tmp_path / "models")
     stamp = artifacts.stamp_path(art.path)
     assert stamp.is_file() and not (art.path / stamp.name).exists()  # the stamp lives outside the artifact
     hashed: list[str] = []
     real = artifacts.file_sha256
     monkeypatch.setattr(artifacts, "file_sha256", lambda f: hashed.append(Path(f).name) or real(f))
-    again = stage.quantize_point(point, tmp_path / "models")
+    again = quantize_point(point, tmp_path / "models")
     assert again.reused and hashed == ["manifest.json", "manifest.json"]  # unchanged files: stats, no re-read
     # an edited sha256 in the manifest is noticed (the stamp no longer vouches for the files)
     manifest = json.loads((art.path / "manifest.json").read_text())
@@ -177,7 +177,7 @@ def test_artifact_content_is_verified_before_reuse_cheaply(fixture_paths, tmp_pa
     (art.path / "manifest.json").write_text(json.dumps(manifest))
     hashed.clear()
     caplog.set_level("WARNING")
-    rebuilt = stage.quantize_point(point, tmp_path / "models")
+    rebuilt = quantize_point(point, tmp_path / "models")
     assert not rebuilt.reused and "config.json sha256 differs from the manifest" in caplog.text
     assert json.loads((rebuilt.path / "manifest.json").read_text())["files"]["config.json"]["sha256"] != "0" * 64
 

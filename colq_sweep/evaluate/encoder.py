@@ -1,40 +1,25 @@
-"""ColQwen3 as an mteb encoder, with a content-addressed page-embedding cache.
+"""ColQwen3 as an mteb encoder, with the content-addressed page cache (pagecache.py) and the page pipeline
+(pagepipe.py).
 
 `ColQwen3Encoder` is an mteb `AbsEncoder` whose `ModelMeta` declares MaxSim similarity, so mteb scores
 queries against pages by late interaction itself. It wraps any `ColQwen3` (bf16 base or quantized) with its
 `ColQwen3Processor`, which builds Tomoro's exact query and page prompts; the model is either handed over
 already loaded or loaded lazily, on the first input that really needs a forward pass.
 
-Page embeddings are keyed by `sha256(model key, task, dataset revision, sha256(image bytes))`. Within a run
-they are kept in memory for the current task, so a task's corpus is encoded once although mteb asks for it
-once per language subset; on disk (`PageStore`) one atomically written file per page lets an interrupted
-evaluation resume without re-encoding finished pages, and a different checkpoint, dataset revision or image
-can never hit a stale entry.
+Within a run page embeddings are kept in memory for the current task, so a task's corpus is encoded once although
+mteb asks for it once per language subset; on disk (`PageStore`) they persist across runs.
 
 Embeddings are returned as ragged lists of `(tokens, dim)` float32 tensors without padding positions, so the
-scores do not depend on how pages or queries were batched (mteb zero-pads ragged inputs itself for MaxSim).
-
-Pages are a pipeline: worker threads decode and preprocess the next batches (PIL resize and normalise, the
-tokenizer; all release the GIL) while the current batch runs on the device, so the forward pass, not the host,
-sets the pace; missing pages are batched in order of size, so a batch holds pages of (nearly) one token count and
-little padding; each batch's embeddings come back to the host in one copy. Batch composition is all that the
-pipeline decides: a batch's embeddings are the same with any number of workers.
+scores do not depend on how pages or queries were batched (mteb zero-pads ragged inputs itself for MaxSim); each
+batch's embeddings come back to the host in one copy.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
-import io
-import itertools
 import logging
-import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -43,7 +28,15 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ScoringFunction
 from mteb.types import PromptType
 
-from colq_sweep.fsio import atomic_write
+from colq_sweep.evaluate.pagecache import PageStore, image_index, page_key
+from colq_sweep.evaluate.pagepipe import (
+    PagePipeline,
+    Source,
+    chunks,
+    default_preprocess_workers,
+    size_order,
+    stored_pages,
+)
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -54,13 +47,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Bump when the stored embedding format or what goes into a page changes (e.g. the prompt): old entries then
-# simply stop matching.
-PAGE_CACHE_FORMAT = "colq_sweep-pages-v2"  # v2: every entry carries a sha256 of its tensor
-
 ModelLoader = Callable[[], "tuple[ColQwen3, ColQwen3Processor]"]
 BatchObserver = Callable[[str, Mapping[str, torch.Tensor]], None]
-
+STATS = ("pages_encoded", "queries_encoded", "pages_from_memory", "pages_from_disk", "page_seconds", "query_seconds",
+         "load_seconds", "encode_calls")  # fmt: skip
 
 DEFAULT_ORG = "colq_sweep"
 
@@ -98,149 +88,6 @@ def colqwen3_model_meta(name: str, revision: str, embed_dim: int | None = None) 
         modalities=["image", "text"],
         model_type=["late-interaction"],
     )
-
-
-def page_key(model_key: str, task: str, dataset_revision: str, image_sha256: str) -> str:
-    """Cache key of one page's embedding: any change of checkpoint, task data or image bytes changes it."""
-    parts = (PAGE_CACHE_FORMAT, model_key, task, dataset_revision, image_sha256)
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
-
-
-class PageStore:
-    """One safetensors file per page under `root/<key[:2]>/<key>.safetensors`, each written atomically."""
-
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    def path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.safetensors"
-
-    def __contains__(self, key: str) -> bool:
-        return self.path(key).is_file()
-
-    def get(self, key: str) -> torch.Tensor | None:
-        """The stored embedding, or None (a miss) when absent, unreadable or not matching its checksum: a damaged
-        entry is removed and re-encoded, never an error and never a wrong embedding."""
-        from safetensors import safe_open
-
-        p = self.path(key)
-        if not p.is_file():
-            return None
-        try:
-            with safe_open(str(p), framework="pt") as f:
-                want = (f.metadata() or {}).get("sha256")
-                embedding = f.get_tensor("embedding")
-            if want != _tensor_sha256(embedding):
-                raise ValueError("checksum mismatch")
-            return embedding
-        except Exception as e:  # noqa: BLE001
-            log.warning("page cache entry %s is damaged (%s); re-encoding it", p, e)
-            with contextlib.suppress(OSError):
-                p.unlink()
-            return None
-
-    def put(self, key: str, embedding: torch.Tensor) -> None:
-        from safetensors.torch import save_file
-
-        embedding = embedding.contiguous()
-        meta = {"sha256": _tensor_sha256(embedding)}
-        atomic_write(self.path(key), lambda tmp: save_file({"embedding": embedding}, str(tmp), metadata=meta))
-
-
-def _tensor_sha256(t: torch.Tensor) -> str:
-    """Checksum of a tensor's dtype, shape and bytes."""
-    h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def _image_pixel_digest(image: Any) -> str:
-    """Digest of a decoded image (used only when the raw file bytes are not reachable)."""
-    h = hashlib.sha256()
-    h.update(f"{image.mode}:{image.size}".encode())
-    h.update(image.tobytes())
-    return h.hexdigest()
-
-
-def _undecoded(dataset: Dataset, column: str):
-    """(the dataset with `column` read as stored bytes/path dicts, the `datasets.Image` feature that decodes them),
-    or None when the column is not a `datasets.Image` (its values are then images already)."""
-    from datasets import Image
-
-    feature = dataset.features.get(column)
-    if not isinstance(feature, Image):
-        return None
-    return dataset.cast_column(column, Image(decode=False, mode=feature.mode)), Image(mode=feature.mode)
-
-
-def image_index(dataset: Dataset, column: str = "image", chunk: int = 64) -> list[tuple[str, int]]:
-    """(sha256 of the encoded image bytes, pixel count) of each row, read without decoding any image.
-
-    A `datasets.Image` column is read with `decode=False` (embedded bytes, or the file at its path) and the size
-    comes from the image header; anything else is decoded and its pixels hashed.
-    """
-    from PIL import Image as PILImage
-
-    undecoded = _undecoded(dataset, column)
-    if undecoded is None:
-        return [(_image_pixel_digest(im), im.size[0] * im.size[1]) for im in dataset[column]]
-    out = []
-    for batch in undecoded[0].select_columns([column]).iter(batch_size=chunk):
-        for item in batch[column]:
-            data = item.get("bytes")
-            if data is None:
-                data = Path(item["path"]).read_bytes()
-            with PILImage.open(io.BytesIO(data)) as im:  # reads the header only
-                pixels = im.size[0] * im.size[1]
-            out.append((hashlib.sha256(data).hexdigest(), pixels))
-    return out
-
-
-def default_preprocess_workers(device: str) -> int:
-    """Threads that preprocess pages ahead of the forward pass: on a GPU up to 8 (leaving a core for the loop that
-    feeds it); on a CPU one, which overlaps with the forward without taking the cores its matmuls use."""
-    if not str(device).startswith("cuda"):
-        return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
-    return max(1, min(8, cores - 1))  # the cores this process may use (cgroup / Slurm allocation), not the host's
-
-
-def decode_pages(feature: Any, items: Sequence[Any]) -> list[Any]:
-    """Images of one batch: `items` as stored (bytes/path dicts) decoded by their `datasets.Image` feature, exactly
-    as `datasets` would decode them; with `feature=None` the items are images already."""
-    return list(items) if feature is None else [feature.decode_example(item) for item in items]
-
-
-def prepare_batch(processor: ColQwen3Processor, feature: Any, items: Sequence[Any], dtype: torch.dtype | None):
-    """Decode and preprocess one batch of pages; returns (pages, processor outputs). Pixels are cast to the vision
-    tower's dtype here, as its patch embedding would do first thing, so half as many bytes cross to the device."""
-    images = decode_pages(feature, items)
-    batch = dict(processor.process_images(images))
-    pixels = batch.get("pixel_values")
-    if pixels is not None and dtype is not None and pixels.is_floating_point() and pixels.dtype != dtype:
-        batch["pixel_values"] = pixels.to(dtype)
-    return len(images), batch
-
-
-_WORKER_PROCESSOR: ColQwen3Processor | None = None
-
-
-def _init_worker(processor: ColQwen3Processor) -> None:
-    global _WORKER_PROCESSOR
-    torch.set_num_threads(1)  # one core per worker process
-    _WORKER_PROCESSOR = processor
-
-
-def _prepare_in_worker(feature: Any, items: Sequence[Any], dtype: torch.dtype | None):
-    # tensors go back through torch's shared-memory pickling (torch.multiprocessing), not through the pipe
-    return prepare_batch(_WORKER_PROCESSOR, feature, items, dtype)
-
-
-def size_order(pixels: Sequence[int], indices: Sequence[int]) -> list[int]:
-    """`indices` sorted by the page's pixel count, largest first (stable): consecutive pages then have (nearly) the
-    same number of visual tokens, so a batch carries little padding."""
-    return sorted(indices, key=lambda i: -pixels[i])
 
 
 class ColQwen3Encoder(AbsEncoder):
@@ -297,34 +144,15 @@ class ColQwen3Encoder(AbsEncoder):
         self.corpus_cache = corpus_cache
         self.dataset_revisions = dict(dataset_revisions or {})
         self.compile = bool(compile)
-        if preprocess_workers is not None and int(preprocess_workers) < 0:
-            raise ValueError(f"preprocess_workers must be >= 0; got {preprocess_workers}")
-        self.preprocess_workers = (
-            default_preprocess_workers(device) if preprocess_workers is None else int(preprocess_workers)
-        )
-        if preprocess_mode not in ("thread", "process"):
-            raise ValueError(f"preprocess_mode must be 'thread' or 'process'; got {preprocess_mode!r}")
-        self.preprocess_mode = preprocess_mode
-        self._processes = None  # the worker-process pool, started on first use, ended by release()
+        workers = default_preprocess_workers(device) if preprocess_workers is None else int(preprocess_workers)
+        self.pages = PagePipeline(workers, preprocess_mode)  # its worker processes live until release()
         self.mteb_model_meta = colqwen3_model_meta(model_name, model_revision)
         self.model_key = f"{self.mteb_model_meta.name}@{model_revision}"
         self.observer: BatchObserver | None = None  # sees every processed batch before its forward pass
         self.progress = None  # console.EvalProgress: advanced by every page and query handled (cached ones too)
         self._memo: dict[str, torch.Tensor] = {}
         self._memo_task: str | None = None
-        self.stats: dict[str, float] = dict.fromkeys(
-            (
-                "pages_encoded",
-                "queries_encoded",
-                "pages_from_memory",
-                "pages_from_disk",
-                "page_seconds",
-                "query_seconds",
-                "load_seconds",
-                "encode_calls",
-            ),
-            0,
-        )
+        self.stats: dict[str, float] = dict.fromkeys(STATS, 0)
         if model is not None:
             self._prepare_model()
 
@@ -340,9 +168,7 @@ class ColQwen3Encoder(AbsEncoder):
         if self._loader is not None:
             self.model = self.processor = None
         self._memo, self._memo_task = {}, None
-        if self._processes is not None:
-            self._processes.shutdown(wait=True, cancel_futures=True)
-            self._processes = None
+        self.pages.close()
         if torch.cuda.is_available() and hasattr(torch._C, "_host_emptyCache"):
             torch._C._host_emptyCache()  # the pinned host blocks the page pipeline used (up to ~2 GB at 8 workers)
 
@@ -418,57 +244,17 @@ class ColQwen3Encoder(AbsEncoder):
         """Tomoro's page inputs (one image per chat prompt), `page_batch_size` at a time, in the given order; no
         caching."""
         out: list[torch.Tensor] = []
-        for embs in self._page_pipeline((None, c) for c in _chunks(list(images), self.page_batch_size)):
+        for embs in self._page_pipeline((None, c) for c in chunks(list(images), self.page_batch_size)):
             out.extend(embs)
         return [e.float() for e in out]
 
-    def _preparer(self) -> tuple[Callable[..., Any], Any]:
-        """(prepare(feature, items) -> (pages, batch), the pool that runs it ahead of the forward or None).
-        Pixels are cast to the vision tower's dtype; on CUDA, thread-prepared batches are pinned. Threads live
-        for one pipeline; worker processes (preprocess_mode="process") are spawned, never forked (the parent
-        holds a CUDA context), once, and kept until `release()`."""
-        dtype = self.model.vlm.model.visual.patch_embed.proj.weight.dtype
-        if self.preprocess_mode == "process" and self.preprocess_workers:
-            if self._processes is None:
-                import multiprocessing
-                from concurrent.futures import ProcessPoolExecutor
-
-                self._processes = ProcessPoolExecutor(
-                    self.preprocess_workers,
-                    mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_init_worker,
-                    initargs=(self.processor,),
-                )
-            return functools.partial(_prepare_in_worker, dtype=dtype), contextlib.nullcontext(self._processes)
-        pin = torch.device(self.model.device).type == "cuda"
-        prepare = functools.partial(_prepare_in_thread, self.processor, dtype=dtype, pin=pin)
-        if not self.preprocess_workers:
-            return prepare, None
-        return prepare, ThreadPoolExecutor(self.preprocess_workers, thread_name_prefix="colq-pages")
-
-    def _page_pipeline(self, sources: Iterable[tuple[Any, Sequence[Any]]]) -> Iterator[list[torch.Tensor]]:
-        """Encode one batch per source `(datasets Image feature or None, items)`, in order, with up to
-        2 x `preprocess_workers` batches prepared ahead."""
+    def _page_pipeline(self, sources: Iterable[Source]) -> Iterator[list[torch.Tensor]]:
+        """Encode one batch per source `(datasets Image feature or None, items)`, in order, through the pipeline.
+        Pixels are cast to the vision tower's dtype; on CUDA, thread-prepared batches are pinned."""
         self._ensure_loaded()
-        prepare, pool_cm = self._preparer()
-        sources = iter(sources)
-        if pool_cm is None:
-            for source in sources:
-                t0 = time.perf_counter()
-                yield self._forward_pages(*prepare(*source), t0)
-            return
-        depth = 2 * self.preprocess_workers
-        with pool_cm as pool:
-            pending: deque = deque(pool.submit(prepare, *source) for source in itertools.islice(sources, depth))
-            try:
-                while pending:
-                    t0 = time.perf_counter()
-                    n, batch = pending.popleft().result()
-                    pending.extend(pool.submit(prepare, *source) for source in itertools.islice(sources, 1))
-                    yield self._forward_pages(n, batch, t0)
-            finally:
-                for f in pending:
-                    f.cancel()
+        dtype = self.model.vlm.model.visual.patch_embed.proj.weight.dtype
+        pin = torch.device(self.model.device).type == "cuda"
+        yield from self.pages.run(self.processor, dtype, pin, sources, self._forward_pages)
 
     def _forward_pages(self, n: int, batch: Mapping[str, torch.Tensor], t0: float) -> list[torch.Tensor]:
         embs = self._forward("page", batch)
@@ -526,10 +312,10 @@ class ColQwen3Encoder(AbsEncoder):
                 len(keys),
                 len(keys) - len(missing),
             )
-        chunks = list(_chunks(size_order([p for _, p in index], missing), self.page_batch_size))
-        if not chunks:  # all from memory or disk: no model, no workers
+        groups = list(chunks(size_order([p for _, p in index], missing), self.page_batch_size))
+        if not groups:  # all from memory or disk: no model, no workers
             return out  # type: ignore[return-value]
-        for idx, embs in zip(chunks, self._page_pipeline(_stored_pages(dataset, chunks)), strict=True):
+        for idx, embs in zip(groups, self._page_pipeline(stored_pages(dataset, groups)), strict=True):
             for i, emb in zip(idx, embs, strict=True):
                 if self.page_store is not None:
                     self.page_store.put(keys[i], emb)
@@ -567,25 +353,3 @@ class ColQwen3Encoder(AbsEncoder):
         return self._corpus_uncached(inputs)
 
 
-def _prepare_in_thread(processor, feature, items, dtype, pin: bool):
-    """`prepare_batch`, then page-locked on CUDA."""
-    n, batch = prepare_batch(processor, feature, items, dtype)
-    if pin:  # page-locked: the copy to the device runs without a staging copy and without blocking this thread
-        batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    return n, batch
-
-
-def _stored_pages(dataset: Dataset, chunks: Iterable[list[int]], column: str = "image"):
-    """(feature, items) per chunk of row indices: a `datasets.Image` column yields its stored bytes/path dicts,
-    read here without decoding (workers decode them); any other column its values."""
-    undecoded = _undecoded(dataset, column)
-    for idx in chunks:
-        if undecoded is None:
-            yield None, dataset.select(idx)[column]
-        else:
-            yield undecoded[1], undecoded[0].select(idx)[column]
-
-
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

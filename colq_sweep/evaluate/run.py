@@ -202,12 +202,10 @@ def evaluate_model(
     `force=True` recomputes everything: this checkpoint's page embeddings and results are not read from disk.
     `progress` is the label of the progress bar over every page and query of the selected entries (None: no bar).
     """
-    import mteb
     import torch
     from mteb.cache import ResultCache
 
     from colq_sweep.console import EvalProgress
-    from colq_sweep.evaluate.encoder import ColQwen3Encoder, PageStore
 
     t0 = time.perf_counter()
     if force:
@@ -218,74 +216,90 @@ def evaluate_model(
     use_cuda = str(device).startswith("cuda") and torch.cuda.is_available()
     mem = PeakMemory(str(device) if use_cuda else "cpu")
     cache = ResultCache(Path(results_dir))
-    encoder = ColQwen3Encoder(
-        model_name=model_name,
-        model_revision=model_revision,
-        loader=load_model,
-        device=device,
-        query_batch_size=eval_spec.query_batch_size,
-        page_batch_size=eval_spec.page_batch_size,
-        page_store=PageStore(page_cache_dir(cache_dir, model_name, model_revision))
-        if eval_spec.corpus_cache
-        else None,
-        corpus_cache=eval_spec.corpus_cache,
-        preprocess_workers=eval_spec.preprocess_workers,
-        preprocess_mode=eval_spec.preprocess_mode,
-        compile=eval_spec.compile,
-    )
-    meta = encoder.mteb_model_meta
-    entries: list[dict] = []
-    per_query: list[dict] = []
-    revisions: dict[str, str] = {}  # task -> the dataset revision really evaluated
+    encoder = _encoder(load_model, eval_spec, model_name, model_revision, cache_dir, device)
     tasks = build_tasks(eval_spec)
     sizes = [task_size(t) for t in tasks]
     bar = EvalProgress(progress or "", sum(sizes), enabled=progress is not None)
     encoder.progress = bar
+    out = EvalResult(entries=[], per_query=[], timing={}, from_cache=False, results_dir=str(Path(cache.cache_path) / "results"))
     with mem:  # this stage's peak memory, not the process's (which includes quantization)
         try:
             for task, size in zip(tasks, sizes, strict=True):
                 bar.begin_task(size)
-                name = task.metadata.name
-                pq_path = per_query_path(cache, name, meta)
-                revisions[name] = loaded_revision(task, eval_spec.allow_revision_mismatch)
-                if revisions[name] != DATASETS.get(name, (None, revisions[name]))[1]:
-                    log.warning("%s: evaluating cached dataset revision %s, not mteb's pin (allowed)", name, revisions[name])
-                strategy = "always" if force else reconcile_caches(task, cache, meta)
-                install_per_query_hook(task, pq_path)
-                calls_before = encoder.stats["encode_calls"]
-                result = mteb.evaluate(
-                    encoder,
-                    task,
-                    cache=cache,
-                    overwrite_strategy=strategy,
-                    encode_kwargs={"batch_size": eval_spec.page_batch_size, "show_progress_bar": False},
-                    co2_tracker=False,
-                    show_progress_bar=False,
-                    raise_error=True,
-                )
+                _evaluate_task(task, encoder, cache, eval_spec, force, out)
                 bar.end_task()  # subsets served from the result cache, pages from the page cache: done too
-                if task.data_loaded:  # loaded here to count it, so mteb left it loaded
-                    task.unload_data()
-                if result.exceptions:
-                    raise RuntimeError(f"{name}: {result.exceptions[0].exception}")
-                write_checksums(cache.get_task_result_path(name, meta), pq_path)
-                ran = encoder.stats["encode_calls"] > calls_before
-                log.info("%s: %s", name, "evaluated" if ran else "served from the result cache")
-                task_entries_, records = entries_for_task(
-                    task, result.task_results[0], read_per_query(pq_path, task.metadata.revision)
-                )
-                entries.extend(task_entries_)
-                per_query.extend(records)
         finally:
             bar.close()
             encoder.progress = None
             encoder.release()  # it loaded the model, so it is the only holder: free the memory for what runs next
             if use_cuda:
                 torch.cuda.empty_cache()
+    out.timing = _timing(encoder.stats, time.perf_counter() - t0, mem)
+    out.from_cache = encoder.stats["encode_calls"] == 0
+    log.info(
+        "evaluated %s@%s on %d entries in %.1fs (%s; %d pages, %d queries encoded)",
+        model_name, model_revision, len(out.entries), out.timing["eval_seconds"],
+        "all from cache" if out.from_cache else "encoded", encoder.stats["pages_encoded"], encoder.stats["queries_encoded"],
+    )  # fmt: skip
+    return out
 
-    s = encoder.stats
-    timing = {
-        "eval_seconds": time.perf_counter() - t0,
+
+def _encoder(load_model, eval_spec: EvalSpec, model_name: str, model_revision: str, cache_dir: Path, device: str):
+    from colq_sweep.evaluate.encoder import ColQwen3Encoder, PageStore
+
+    enc = eval_spec.encoder
+    return ColQwen3Encoder(
+        model_name=model_name,
+        model_revision=model_revision,
+        loader=load_model,
+        device=device,
+        query_batch_size=enc.query_batch_size,
+        page_batch_size=enc.page_batch_size,
+        page_store=PageStore(page_cache_dir(cache_dir, model_name, model_revision)) if enc.corpus_cache else None,
+        corpus_cache=enc.corpus_cache,
+        preprocess_workers=enc.preprocess_workers,
+        preprocess_mode=enc.preprocess_mode,
+        compile=enc.compile,
+    )
+
+
+def _evaluate_task(task, encoder, cache, eval_spec: EvalSpec, force: bool, out: EvalResult) -> None:
+    """One task through mteb (or its result cache); its entries and per-query scores appended to `out`."""
+    import mteb
+
+    meta = encoder.mteb_model_meta
+    name = task.metadata.name
+    pq_path = per_query_path(cache, name, meta)
+    out.dataset_revisions[name] = loaded_revision(task, eval_spec.allow_revision_mismatch)
+    if out.dataset_revisions[name] != DATASETS.get(name, (None, out.dataset_revisions[name]))[1]:
+        log.warning("%s: evaluating cached dataset revision %s, not mteb's pin (allowed)", name, out.dataset_revisions[name])
+    strategy = "always" if force else reconcile_caches(task, cache, meta)
+    install_per_query_hook(task, pq_path)
+    calls_before = encoder.stats["encode_calls"]
+    result = mteb.evaluate(
+        encoder,
+        task,
+        cache=cache,
+        overwrite_strategy=strategy,
+        encode_kwargs={"batch_size": eval_spec.encoder.page_batch_size, "show_progress_bar": False},
+        co2_tracker=False,
+        show_progress_bar=False,
+        raise_error=True,
+    )
+    if task.data_loaded:  # loaded here to count it, so mteb left it loaded
+        task.unload_data()
+    if result.exceptions:
+        raise RuntimeError(f"{name}: {result.exceptions[0].exception}")
+    write_checksums(cache.get_task_result_path(name, meta), pq_path)
+    log.info("%s: %s", name, "evaluated" if encoder.stats["encode_calls"] > calls_before else "served from the result cache")
+    entries, records = entries_for_task(task, result.task_results[0], read_per_query(pq_path, task.metadata.revision))
+    out.entries.extend(entries)
+    out.per_query.extend(records)
+
+
+def _timing(s: dict[str, float], seconds: float, mem: PeakMemory) -> dict[str, float]:
+    return {
+        "eval_seconds": seconds,
         "load_seconds": float(s["load_seconds"]),
         "pages_encoded": float(s["pages_encoded"]),
         "queries_encoded": float(s["queries_encoded"]),
@@ -299,17 +313,3 @@ def evaluate_model(
         "peak_rss_mb": mem.peak_rss / 2**20 if mem.peak_rss is not None else float("nan"),
         "peak_cuda_mb": mem.peak_cuda / 2**20 if mem.peak_cuda is not None else float("nan"),
     }
-    from_cache = s["encode_calls"] == 0
-    log.info(
-        "evaluated %s@%s on %d entries in %.1fs (%s; %d pages, %d queries encoded)",
-        model_name, model_revision, len(entries), timing["eval_seconds"],
-        "all from cache" if from_cache else "encoded", s["pages_encoded"], s["queries_encoded"],
-    )  # fmt: skip
-    return EvalResult(
-        entries=entries,
-        per_query=per_query,
-        timing=timing,
-        from_cache=from_cache,
-        dataset_revisions=revisions,
-        results_dir=str(Path(cache.cache_path) / "results"),
-    )

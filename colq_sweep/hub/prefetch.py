@@ -13,7 +13,7 @@ import argparse
 import shlex
 import sys
 
-from colq_sweep.cli import CONF_DIR
+from colq_sweep.config.specs import CONF_DIR
 
 
 def compose_points(overrides: list[str]) -> list:
@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="verify only (seconds); exit 2 listing what is missing")
     ap.add_argument("overrides", nargs="*", help="the sweep's overrides, e.g. experiment=seed-report")
     args = ap.parse_args(argv)
-    from colq_sweep.cli import unknown_key
     from colq_sweep.config import ConfigError
+    from colq_sweep.config.overrides import unknown_key
 
     bad = unknown_key(args.overrides)
     if bad:

@@ -24,7 +24,8 @@ _CALIB_COUNTS: dict[tuple, tuple[int, str]] = {}
 def preflight(point: SweepPoint, jobs_run_here: bool = True) -> None:
     if jobs_run_here:
         check_device(point.device)
-    if point.quant.enabled and point.calib.source == "jsonl" and not point.quant.allow_fewer_samples:
+    q = point.quant
+    if q.needs_calibration and point.calib.source == "jsonl" and not getattr(q, "allow_fewer_samples", False):
         check_calibration_count(point)
 
 
@@ -60,13 +61,14 @@ def check_calibration_count(point: SweepPoint) -> None:
     if tok_dir is None:
         log.info("preflight: %s is not cached; calibration counted when the point runs", point.model.id)
         return
-    key = (file_sha256(point.calib.path), str(tok_dir.resolve()), point.calib.text_field, point.seqlen,
-           point.nsamples, point.seed)  # fmt: skip
+    q = point.quant
+    key = (file_sha256(point.calib.path), str(tok_dir.resolve()), point.calib.text_field, q.seqlen, q.nsamples,
+           point.seed)  # fmt: skip
     if key not in _CALIB_COUNTS:
         from transformers import AutoTokenizer
 
-        from colq_sweep.keys import CalibrationError
         from colq_sweep.quantize import calibration
+        from colq_sweep.quantize.errors import CalibrationError
 
         quiet = logging.getLogger("transformers")
         level, quiet.level = quiet.level, logging.ERROR  # its config-type notice is noise before a one-line error
@@ -78,15 +80,15 @@ def check_calibration_count(point: SweepPoint) -> None:
             texts = calibration.load_texts(point.calib)
         except CalibrationError as err:
             raise ConfigError("calib.path", point.calib.path, str(err)) from err
-        sel = calibration.select_samples(texts, tokenizer, seqlen=point.seqlen, nsamples=point.nsamples, seed=point.seed,
+        sel = calibration.select_samples(texts, tokenizer, seqlen=q.seqlen, nsamples=q.nsamples, seed=point.seed,
                                          source=point.calib.source)
-        why = (f"{sel.dropped_short} of {sel.candidates_total} texts are shorter than seqlen={point.seqlen} tokens, "
+        why = (f"{sel.dropped_short} of {sel.candidates_total} texts are shorter than seqlen={q.seqlen} tokens, "
                f"{sel.dropped_repetitive} repetitive")  # fmt: skip
         _CALIB_COUNTS[key] = (sel.used, why)
     used, why = _CALIB_COUNTS[key]
-    if used < point.nsamples:
+    if used < q.nsamples:
         raise ConfigError(
             "calib.path", point.calib.path,
-            f"only {used} usable calibration samples for nsamples={point.nsamples} ({why}); lower nsamples or "
+            f"only {used} usable calibration samples for nsamples={q.nsamples} ({why}); lower nsamples or "
             "seqlen, give more or longer texts, or set quant.allow_fewer_samples=true",
         )  # fmt: skip

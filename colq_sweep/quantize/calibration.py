@@ -37,22 +37,81 @@ from pathlib import Path
 from typing import Any
 
 from colq_sweep.config import CalibSpec
-from colq_sweep.fsio import atomic_write
-from colq_sweep.keys import CALIB_SELECTION as SEMANTICS  # which loader a source replays (manifest, key)
-from colq_sweep.keys import CalibrationError, calib_revision
+from colq_sweep.fsio import atomic_write, file_sha256
+from colq_sweep.quantize.errors import CalibrationError
 
 log = logging.getLogger(__name__)
+
+SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+# which auto-round loader's row selection a calibration source replays: a change of semantics changes the rows, so
+# it is part of the artifact key (keys.artifact_key) and recorded in the manifest
+SEMANTICS = {
+    "hub": "auto-round hub loader: datasets Dataset.shuffle(seed), text unstripped",
+    "jsonl": "auto-round local-file loader: random.Random(seed).shuffle, text right-stripped",
+}
 
 # auto-round strips spaces from a dataset string and splits it on "," and ":" (multi-dataset syntax), so the
 # .jsonl path handed to it must contain none of these.
 _UNSAFE_PATH_CHARS = re.compile(r"[\s,:]")
 
 
+# ------------------------------------------------------------------------------------------------- pinning
+
+
+def _cached_hub_ref(repo_id: str, revision: str, repo_type: str = "dataset") -> str | None:
+    """The commit sha a branch/tag pointed to when it was last downloaded (HF cache `refs/`), if any."""
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+    except Exception:  # pragma: no cover - very old huggingface_hub
+        return None
+    ref = Path(HF_HUB_CACHE) / f"{repo_type}s--{repo_id.replace('/', '--')}" / "refs" / revision
+    if ref.is_file():
+        sha = ref.read_text().strip()
+        return sha if SHA_RE.match(sha) else None
+    return None
+
+
+def pin(calib: CalibSpec) -> str:
+    """What pins the calibration text: a Hub commit sha, or `sha256:<hex>` of a local file's bytes.
+
+    A Hub branch/tag (e.g. `main`) is resolved through the Hub API; offline (HF_HUB_OFFLINE=1) it falls back to
+    the sha the local HF cache recorded for that ref, else it fails: an unpinned calibration set would make the
+    artifact key meaningless.
+    """
+    if calib.source == "jsonl":
+        return "sha256:" + file_sha256(str(calib.path))
+    rev = str(calib.revision or "main")
+    if SHA_RE.match(rev):
+        return rev
+    from huggingface_hub import HfApi
+
+    try:
+        sha = HfApi().dataset_info(str(calib.dataset), revision=rev).sha
+        if sha and SHA_RE.match(sha):
+            log.info("calibration %s@%s resolved to commit %s", calib.dataset, rev, sha)
+            return sha
+        raise CalibrationError(f"the Hub returned no commit sha for {calib.dataset}@{rev}")
+    except CalibrationError:
+        raise
+    except Exception as err:
+        cached = _cached_hub_ref(str(calib.dataset), rev)
+        if cached:
+            log.warning(
+                "could not reach the Hub (%s); using the locally cached ref %s@%s -> %s",
+                type(err).__name__, calib.dataset, rev, cached,
+            )  # fmt: skip
+            return cached
+        raise CalibrationError(
+            f"cannot resolve calibration revision {calib.dataset}@{rev} to a commit sha ({type(err).__name__}: "
+            f"{err}); go online once, or set calib.revision to a 40-hex commit sha"
+        ) from err
+
+
 # ------------------------------------------------------------------------------------------------- loading
 
 
 def load_texts(calib: CalibSpec, revision: str | None = None) -> list[str]:
-    """All candidate texts of the source, in source order."""
+    """All candidate texts of the source, in source order (a Hub source at `revision`, its pin)."""
     field_name = calib.text_field
     if calib.source == "jsonl":
         texts = []
@@ -72,7 +131,7 @@ def load_texts(calib: CalibSpec, revision: str | None = None) -> list[str]:
         return texts
     import datasets
 
-    rev = revision or calib_revision(calib)
+    rev = revision or pin(calib)
     ds = datasets.load_dataset(str(calib.dataset), revision=rev, split=calib.split or "train")
     if field_name not in ds.column_names:
         raise CalibrationError(f"{calib.dataset} has no column {field_name!r} (columns: {ds.column_names})")
@@ -297,7 +356,7 @@ def prepare(
     batch_size: int = 1,
 ) -> CalibrationData:
     """Load the source, select like auto-round, check the count, keep full batches, write the hand-off .jsonl."""
-    rev = revision or calib_revision(calib)
+    rev = revision or pin(calib)
     texts = load_texts(calib, rev)
     selection = select_samples(texts, tokenizer, seqlen=seqlen, nsamples=nsamples, seed=seed, source=calib.source)
     check_enough(selection, allow_fewer)

@@ -1,5 +1,6 @@
-"""The two ways the quantize stage refuses: a result that is not what the config asked for, or a backend that
-cannot serve the checkpoint here. Both are raised before anything wrong is used."""
+"""The ways the quantize stage refuses: calibration data that cannot give what the config asks for, a result that
+is not what the config asked for, or a backend that cannot serve the checkpoint here. Each is raised before anything
+wrong is used."""
 
 from __future__ import annotations
 
@@ -10,3 +11,7 @@ class QuantizationError(RuntimeError):
 
 class BackendUnavailableError(RuntimeError):
     """The requested inference backend cannot serve this checkpoint on this machine."""
+
+
+class CalibrationError(RuntimeError):
+    """Calibration data cannot give what the config asks for (too few usable samples, missing field, no pin, ...)."""

@@ -1,6 +1,9 @@
-"""auto-round's export turned into a Tomoro-layout checkpoint: found in its subfolder, config named with Tomoro
+"""A method's export turned into a Tomoro-layout checkpoint: found in its subfolder, config named with Tomoro
 module names, every kept tensor byte-identical to the base's, packed tensors for exactly the decoder Linear
-layers, and the base's tokenizer + image processor files copied in (the artifact is self-contained)."""
+layers, and the base's tokenizer + image processor files copied in (the artifact is self-contained).
+
+auto-round upcasts the whole model to float32 on a CPU and exports those float32 copies of the modules it keeps;
+the export gets the base tensors back after checking that every one is a plain cast of the base's."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from colq_sweep.quantize.tensors import (
 
 log = logging.getLogger(__name__)
 
+QUANT_BLOCKS = "vlm.model.language_model.layers"  # what is quantized: the Qwen3-VL text decoder blocks
 KEPT_MODULES = ["vlm.model.visual", "vlm.lm_head", "embedding_proj_layer"]  # Tomoro names, stay 16-bit
 PROCESSOR_FILES = (
     "tokenizer.json",
@@ -35,6 +39,26 @@ PROCESSOR_FILES = (
     "preprocessor_config.json",
     "video_preprocessor_config.json",
 )
+
+
+def checkpoint_dtype(ckpt_dir: str | os.PathLike) -> str:
+    """The float dtype the checkpoint was saved in (config `dtype`/`torch_dtype`), default bfloat16."""
+    try:
+        cfg = json.loads((Path(ckpt_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return "bfloat16"
+    for d in (cfg, cfg.get("text_config") or {}):
+        for k in ("dtype", "torch_dtype"):
+            if d.get(k) in ("bfloat16", "float16", "float32"):
+                return d[k]
+    return "bfloat16"
+
+
+def decoder_linears(model) -> list[str]:
+    """The names of the Linear layers a quantization of `model` must replace: every one in the decoder blocks."""
+    from torch import nn
+
+    return sorted(n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith(QUANT_BLOCKS + "."))
 
 
 def find_export_dir(raw_dir: Path, result: Any) -> Path:
@@ -55,13 +79,16 @@ def find_export_dir(raw_dir: Path, result: Any) -> Path:
 
 
 def postprocess_export(out: Path, base_dir: Path, expected: list[str]) -> dict:
-    """Tomoro-layout config, kept modules restored to the base dtype, processor files, layout check."""
-    import torch
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    """Tomoro-layout config, kept modules restored to the base dtype, layout check, processor files."""
+    info = _tomoro_config(out)
+    info.update(_restore_kept_tensors(out, base_dir))
+    info["quantized_layers"] = _check_layout(out, expected)
+    info["processor_files_from_base"] = _copy_processor_files(out, base_dir)
+    return info
 
-    info: dict[str, Any] = {}
-    # 1. config: model_type/embed_dim must survive; name the kept modules with Tomoro names.
+
+def _tomoro_config(out: Path) -> dict[str, Any]:
+    """model_type/embed_dim must survive; the kept modules are named with Tomoro names."""
     cfg_path = out / "config.json"
     cfg = json.loads(cfg_path.read_text())
     if cfg.get("model_type") != "colqwen3" or "embed_dim" not in cfg:
@@ -69,7 +96,6 @@ def postprocess_export(out: Path, base_dir: Path, expected: list[str]) -> dict:
     qc = cfg.get("quantization_config")
     if not isinstance(qc, dict):
         raise QuantizationError("exported config has no quantization_config")
-    info["modules_to_not_convert_autoround"] = qc.get("modules_to_not_convert")
     for path in (cfg_path, out / "quantization_config.json"):
         if not path.is_file():
             continue
@@ -77,57 +103,62 @@ def postprocess_export(out: Path, base_dir: Path, expected: list[str]) -> dict:
         target = d["quantization_config"] if path == cfg_path else d
         target["modules_to_not_convert"] = list(KEPT_MODULES)
         path.write_text(json.dumps(d, indent=2) + "\n")
-    info["quant_method"] = qc.get("quant_method")
-    info["packing_format"] = qc.get(
-        "packing_format", "auto_round:auto_awq" if qc.get("quant_method") == "awq" else None
-    )
+    return {
+        "modules_to_not_convert_autoround": qc.get("modules_to_not_convert"),
+        "quant_method": qc.get("quant_method"),
+        "packing_format": qc.get("packing_format", "auto_round:auto_awq" if qc.get("quant_method") == "awq" else None),
+    }
 
-    # 2. tensors: every non-quantized tensor must equal the base's; store it in the base's dtype.
-    base_tensors: dict[str, Any] = {}
-    for f in safetensors_files(base_dir):
-        with safe_open(str(f), "pt") as sf:
-            for k in sf.keys():
-                base_tensors[k] = (f, None)
+
+def _restore_kept_tensors(out: Path, base_dir: Path) -> dict[str, Any]:
+    """Every non-quantized tensor must equal the base's (through a dtype cast); store it in the base's dtype."""
+    base_file = {k: f for f in safetensors_files(base_dir) for k in read_safetensors_header(f)}
     restored, changed, new = 0, [], []
-    all_names: list[str] = []
     for f in safetensors_files(out):
-        with safe_open(str(f), "pt") as sf:
-            metadata = sf.metadata() or {"format": "pt"}
-        tensors = load_file(str(f))
-        all_names += list(tensors)
-        prefixes = quant_prefixes(tensors)
-        dirty = False
-        for name, t in tensors.items():
-            if is_quant_tensor(name, prefixes) or not t.is_floating_point():
-                continue
-            if name not in base_tensors:
-                new.append(name)
-                continue
-            with safe_open(str(base_tensors[name][0]), "pt") as sf:
-                b = sf.get_tensor(name)
-            # the exported tensor is the base tensor passed through a dtype cast (float32 on CPU; a float16
-            # export would be a lossy cast): store the base tensor itself
-            if b.shape != t.shape or not torch.equal(t, b.to(t.dtype)):
-                changed.append(name)
-                continue
-            if t.dtype != b.dtype or not torch.equal(t, b):
-                tensors[name] = b
-                restored += 1
-                dirty = True
-        if dirty:
-            part = f.with_name(f.name + ".part")
-            save_file(tensors, str(part), metadata=metadata)
-            part.replace(f)
+        n, ch, nw = _restore_file(f, base_file)
+        restored, changed, new = restored + n, changed + ch, new + nw
     if changed:
-        log.warning(
-            "%d non-quantized tensors differ from the base checkpoint (kept as exported): %s",
-            len(changed),
-            changed[:5],
-        )
+        log.warning("%d non-quantized tensors differ from the base checkpoint (kept as exported): %s", len(changed),
+                    changed[:5])  # fmt: skip
     fix_index_total_size(out)
-    info.update(restored_to_base_dtype=restored, float_tensors_changed=changed, tensors_not_in_base=new)
+    return {"restored_to_base_dtype": restored, "float_tensors_changed": changed, "tensors_not_in_base": new}
 
-    # 3. layout: packed tensors for exactly the decoder Linear layers, no dense weight left for them.
+
+def _restore_file(f: Path, base_file: dict[str, Path]) -> tuple[int, list[str], list[str]]:
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(f), "pt") as sf:
+        metadata = sf.metadata() or {"format": "pt"}
+    tensors = load_file(str(f))
+    prefixes = quant_prefixes(tensors)
+    restored, changed, new = 0, [], []
+    for name, t in tensors.items():
+        if is_quant_tensor(name, prefixes) or not t.is_floating_point():
+            continue
+        if name not in base_file:
+            new.append(name)
+            continue
+        with safe_open(str(base_file[name]), "pt") as sf:
+            b = sf.get_tensor(name)
+        # the exported tensor is the base tensor passed through a dtype cast (float32 on CPU; a float16 export would
+        # be a lossy cast): store the base tensor itself
+        if b.shape != t.shape or not torch.equal(t, b.to(t.dtype)):
+            changed.append(name)
+        elif t.dtype != b.dtype or not torch.equal(t, b):
+            tensors[name] = b
+            restored += 1
+    if restored:
+        part = f.with_name(f.name + ".part")
+        save_file(tensors, str(part), metadata=metadata)
+        part.replace(f)
+    return restored, changed, new
+
+
+def _check_layout(out: Path, expected: list[str]) -> int:
+    """Packed tensors for exactly the decoder Linear layers, no dense weight left for them."""
+    all_names = [n for f in safetensors_files(out) for n in read_safetensors_header(f)]
     prefixes = quant_prefixes(all_names)
     missing, extra = sorted(set(expected) - prefixes), sorted(prefixes - set(expected))
     dense_left = sorted(p for p in expected if f"{p}.weight" in all_names)
@@ -136,17 +167,18 @@ def postprocess_export(out: Path, base_dir: Path, expected: list[str]) -> dict:
             f"export layout wrong: {len(missing)} decoder Linear layers not quantized {missing[:3]}, "
             f"{len(extra)} unexpected quantized layers {extra[:3]}, {len(dense_left)} with a dense weight left"
         )
-    info["quantized_layers"] = len(prefixes)
+    return len(prefixes)
 
-    # 4. self-contained: the base's tokenizer + image processor files.
+
+def _copy_processor_files(out: Path, base_dir: Path) -> list[str]:
+    """Self-contained: the base's tokenizer + image processor files."""
     copied = []
     for name in PROCESSOR_FILES:
         src = base_dir / name
         if src.is_file():
             shutil.copyfile(src, out / name)
             copied.append(name)
-    info["processor_files_from_base"] = copied
-    return info
+    return copied
 
 
 def fix_index_total_size(ckpt: Path) -> None:

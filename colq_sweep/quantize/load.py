@@ -1,13 +1,6 @@
-"""Loading a quantized export back, strictly, with the kernels the config asks for.
+"""Loading a quantized export back, strictly, with the kernels the config asks for (the table of kernels and how
+`auto` picks one: quantize/kernels.py).
 
-- `ark`: auto-round-lib's CPU W4A16 kernels (transformers + `AutoRoundConfig(backend="ark")`), pinned to compute in
-  the model dtype (see `kernel_compute_dtype`);
-- `humming`: auto-round's `auto_round:humming(_awq)` CUDA kernels (package humming-kernels, JIT-compiled at
-  load: nothing compiles at install), the `gpu` extra; `auto` takes it first on CUDA;
-- `gptqmodel`: gptqmodel's CUDA kernels (AWQ: exllamav2 AWQ kernels, auto_round format: Marlin), the `gptqmodel`
-  extra (source-only: its CUDA extensions compile at install);
-- `dequant`: our own unpacking into plain 16-bit `nn.Linear` weights (quantize/dequant.py); any device;
-- `auto`: humming, else gptqmodel on CUDA; ark on CPU.
 A backend that cannot serve raises `BackendUnavailableError`; a load that leaves any tensor missing/unexpected,
 any decoder Linear unquantized, or lands on auto-round's `auto_round:fake` fallback raises: auto-round would
 otherwise happily run random weights.
@@ -23,6 +16,7 @@ from typing import Any
 
 from colq_sweep.quantize.dequant import dequantized_state_dict, load_dequantized
 from colq_sweep.quantize.errors import BackendUnavailableError, QuantizationError
+from colq_sweep.quantize.kernels import KERNELS, kernel_compute_dtype, resolve_backend
 from colq_sweep.quantize.tensors import (
     packing_of,
     quant_config,
@@ -30,77 +24,11 @@ from colq_sweep.quantize.tensors import (
     read_safetensors_header,
     safetensors_files,
 )
-from colq_sweep.runtime import cpu_int8_isa, module_available
 
 log = logging.getLogger(__name__)
 
 # auto-round-lib's names for the dtypes its CPU kernels can compute in
 _ARK_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-
-
-# CUDA W4A16 kernels in the order `auto` tries them (fastest first, as measured on an H200: docs/PERFORMANCE.md)
-CUDA_BACKENDS = ("humming", "gptqmodel")
-
-
-def resolve_backend(backend: str, device: str) -> str:
-    """`auto` -> the first CUDA kernel package installed (humming, then gptqmodel) on CUDA, ark on CPU; checks the
-    named backend can serve here."""
-    dev = str(device)
-    if backend == "auto":
-        if dev.startswith("cuda"):
-            for candidate in CUDA_BACKENDS:
-                if module_available(candidate):
-                    return candidate
-            raise BackendUnavailableError(
-                "backend=auto on CUDA needs real W4A16 kernels and none is installed: pip install 'colq_sweep[gpu]' "
-                "(humming-kernels); or use quant.backend=dequant (16-bit weights, accuracy only)"
-            )
-        backend = "ark"
-    if backend == "humming":
-        if not dev.startswith("cuda"):
-            raise BackendUnavailableError(f"backend=humming needs a CUDA device (device={dev}); use ark on CPU")
-        if not module_available("humming"):
-            raise BackendUnavailableError(
-                "backend=humming needs humming-kernels, which is not installed: pip install 'colq_sweep[gpu]'; or use "
-                "quant.backend=dequant"
-            )
-    elif backend == "ark":
-        if not dev.startswith("cpu"):
-            raise BackendUnavailableError(
-                f"backend=ark runs on CPU only (device={dev}); use gptqmodel or dequant"
-            )
-        if not module_available("auto_round_kernel"):
-            raise BackendUnavailableError(
-                "backend=ark needs auto-round-lib (module auto_round_kernel), which is not installed: "
-                "pip install auto-round-lib; or use quant.backend=dequant"
-            )
-    elif backend == "gptqmodel":
-        if not dev.startswith("cuda"):
-            raise BackendUnavailableError(
-                f"backend=gptqmodel needs a CUDA device (device={dev}); use ark on CPU"
-            )
-        if not module_available("gptqmodel"):
-            raise BackendUnavailableError(
-                "backend=gptqmodel needs gptqmodel, which is not installed: pip install 'colq_sweep[gpu]' "
-                "(gptqmodel>=7.6,<7.7 for torch 2.13); or use quant.backend=dequant"
-            )
-    elif backend != "dequant":
-        raise ValueError(f"unknown backend {backend!r}; allowed: auto, ark, gptqmodel, dequant")
-    return backend
-
-
-def kernel_compute_dtype(backend: str, dtype: str, compute: str = "activation") -> str:
-    """What the quantized matmuls effectively compute in, recorded with every run and part of the eval revision.
-
-    `activation`: the model dtype, whatever the backend (ark is pinned to it; dequant and the CUDA kernels run
-    in it), so the result does not depend on the CPU. ark's `auto` mode lets auto-round-lib choose per CPU (int8
-    activations where AMX/VNNI exist): recorded with the CPU feature that decides it, so runs on different CPUs
-    never count as the same evaluation."""
-    if compute == "auto":
-        if backend != "ark":
-            raise ValueError(f"compute=auto exists only for the ark CPU kernels, not backend={backend}")
-        return f"ark-auto-{cpu_int8_isa()}"
-    return dtype
 
 
 def load_quantized(
@@ -121,20 +49,15 @@ def load_quantized(
     effective = kernel_compute_dtype(which, dtype, compute)
     qc = quant_config(path)
     packing = packing_of(qc)
+    kernel = KERNELS[which]
     if which == "dequant":
         model = load_dequantized(path, device, dtype)
-    elif which == "ark":
-        pin = contextlib.nullcontext() if compute == "auto" else _ark_compute_dtype(_ARK_DTYPES[dtype])
-        with pin:
-            model = load_with_autoround_backend(path, "ark", device, dtype, "auto_round_kernel")
-        if compute != "auto":
-            check_ark_compute(model, path, dtype)
-    elif which == "humming":
-        ar_backend = "auto_round:humming_awq" if packing == "awq" else "auto_round:humming"
-        model = load_with_autoround_backend(path, ar_backend, device, dtype, "auto_round_extension.humming")
     else:
-        ar_backend = "gptqmodel:awq" if packing == "awq" else "gptqmodel"
-        model = load_with_autoround_backend(path, ar_backend, device, dtype, "gptqmodel")
+        pin = _ark_compute_dtype(_ARK_DTYPES[dtype]) if which == "ark" and compute != "auto" else contextlib.nullcontext()
+        with pin:
+            model = load_with_autoround_backend(path, kernel.autoround_backend(packing), device, dtype, kernel.layer_module)
+        if which == "ark" and compute != "auto":
+            check_ark_compute(model, path, dtype)
     model.colq_backend = which
     model.colq_compute_dtype = effective
     log.info("loaded %s with backend=%s on %s (%s, computing in %s)", path, which, device, dtype, effective)

@@ -1,5 +1,5 @@
-"""The quantize stage: reuse the complete artifact of the point's key, or calibrate then build it, under the
-key's lock. A plain function of a validated `SweepPoint` and a folder (tests call it without Hydra)."""
+"""The quantize stage: reuse the complete artifact of the job's key, or calibrate then build it, under the key's
+lock. A plain function of the plan's `QuantJob` (tests call it without Hydra)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from colq_sweep.config import SweepPoint, check_full_batches
 from colq_sweep.fsio import fsync_dir, remove
-from colq_sweep.keys import artifact_key, calib_revision
 from colq_sweep.quantize import calibration
 from colq_sweep.quantize.artifacts import (
     CALIB_FILE,
@@ -30,32 +29,31 @@ from colq_sweep.quantize.artifacts import (
 )
 from colq_sweep.quantize.build import build
 
+if TYPE_CHECKING:
+    from colq_sweep.pipeline.plan import QuantJob
+
 log = logging.getLogger(__name__)
 
 
-def quantize_point(point: SweepPoint, models_dir: str | os.PathLike) -> QuantArtifact:
-    """Build the point's W4A16 artifact, or reuse the complete one with the same key."""
-    from colq_sweep.model import resolve_checkpoint_dir
-
-    if not point.quant.enabled:
-        raise ValueError("quantize_point: quant.method=none has nothing to quantize")
-    check_full_batches(point.nsamples, point.batch_size, point.quant.allow_fewer_samples)
-    models_dir = Path(models_dir).resolve()
+def quantize(job: QuantJob) -> QuantArtifact:
+    """Build the job's artifact, or reuse the complete one with the same key."""
+    if job.problem is not None:  # the calibration set could not be pinned (pipeline/plan.py)
+        raise job.problem
+    models_dir = job.models_dir
     models_dir.mkdir(parents=True, exist_ok=True)
     clean_incomplete(models_dir)  # leftovers of killed builds (live builds of other processes are locked)
-    base_dir = resolve_checkpoint_dir(point.model.source, point.model.revision)
-    calib_rev = calib_revision(point.calib)
-    key = artifact_key(point, calib_rev)
+    base_dir = job.checkpoint.dir()
+    key = job.artifact_key
     final = models_dir / key
     with key_lock(models_dir, key):
         clean_key(models_dir, key)
-        if final.exists() and point.force:
+        if final.exists() and job.force:
             log.info("force=true: rebuilding artifact %s", final)
             remove(final)
         if final.exists():
             ok, why = verify_artifact(final, check_hashes=True)  # never reused unverified
             if ok:
-                log.info("reusing quantized artifact %s (%s; content verified)", final, point.label)
+                log.info("reusing quantized artifact %s (%s; content verified)", final, job.label)
                 return QuantArtifact(key=key, path=final, manifest=read_manifest(final) or {}, reused=True)
             log.warning("artifact %s failed verification (%s): removing and rebuilding", final, why)
             remove(final)
@@ -63,7 +61,7 @@ def quantize_point(point: SweepPoint, models_dir: str | os.PathLike) -> QuantArt
         tmp = models_dir / f".{key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            manifest = _calibrate_and_build(point, base_dir, calib_rev, key, tmp)
+            manifest = _calibrate_and_build(job, base_dir, tmp)
             os.rename(tmp, final)
             fsync_dir(models_dir)
             write_stamp(final)  # the manifest's hashes were just computed from these very files
@@ -74,27 +72,21 @@ def quantize_point(point: SweepPoint, models_dir: str | os.PathLike) -> QuantArt
     return QuantArtifact(key=key, path=final, manifest=manifest, reused=False)
 
 
-def _calibrate_and_build(point: SweepPoint, base_dir: Path, calib_rev: str, key: str, tmp: Path) -> dict:
-    """Calibration first (a shortfall fails in seconds, before any model is loaded), then one AutoRound run."""
+def _calibrate_and_build(job: QuantJob, base_dir: Path, tmp: Path) -> dict:
+    """Calibration first (a shortfall fails in seconds, before any model is loaded), then one run of the method."""
     from colq_sweep.model import ColQwen3Processor
 
     started = time.perf_counter()
-    processor = ColQwen3Processor.from_checkpoint(base_dir, point.model.max_num_visual_tokens)
+    processor = ColQwen3Processor.from_checkpoint(base_dir, job.checkpoint.max_visual_tokens)
+    q = job.spec
     with _calibration_file(tmp) as calib_path:
         calib = calibration.prepare(
-            point.calib,
-            processor.tokenizer,
-            seqlen=point.seqlen,
-            nsamples=point.nsamples,
-            seed=point.seed,
-            out_path=calib_path,
-            allow_fewer=point.quant.allow_fewer_samples,
-            revision=calib_rev,
-            batch_size=point.batch_size,
-        )
+            job.calib, processor.tokenizer, seqlen=q.seqlen, nsamples=q.nsamples, seed=job.seed, out_path=calib_path,
+            allow_fewer=q.allow_fewer_samples, revision=job.calib_revision, batch_size=q.batch_size,
+        )  # fmt: skip
         if calib.path != tmp / CALIB_FILE:  # the artifact keeps the exact file auto-round read
             shutil.copyfile(calib.path, tmp / CALIB_FILE)
-        return build(point, base_dir, processor, calib, key, tmp, started=started)
+        return build(job, base_dir, processor, calib, tmp, started=started)
 
 
 @contextlib.contextmanager
@@ -109,6 +101,3 @@ def _calibration_file(tmp: Path) -> Iterator[Path]:
         yield scratch / CALIB_FILE
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-

@@ -10,9 +10,10 @@
     build.py     the entry points: build_report_from_points (pure) and build_report (MLflow in, MLflow out)
 """
 
-from colq_sweep.report.analysis import ModelAnalysis, analyze
+from colq_sweep.report.analysis import analyze
 from colq_sweep.report.build import build_report, build_report_from_points
 from colq_sweep.report.load import ReportError
+from colq_sweep.report.numbers import ModelAnalysis
 from colq_sweep.report.points import PointResults
 
 __all__ = ["ModelAnalysis", "PointResults", "ReportError", "analyze", "build_report", "build_report_from_points"]

@@ -10,12 +10,20 @@ common entries, the paired query bootstrap (`stats.py`), entry-level significanc
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from colq_sweep.report import stats
+from colq_sweep.report.numbers import (
+    ConfigStats,
+    EffectRow,
+    EntryKey,
+    FactorEffect,
+    MissingEntry,
+    ModelAnalysis,
+    SeedGroup,
+)
 from colq_sweep.report.points import PointResults, clean_entries, clean_per_query, is_english
 
 EXCLUDE_EXACT = {
@@ -27,144 +35,12 @@ PREFERRED = ["seqlen", "batch_size", "nsamples", "iters", "seed", "quant.bits", 
              "quant.scheme", "quant.format"]
 SHORT = {"batch_size": "bs", "nsamples": "n", "quant.bits": "bits", "quant.group_size": "group",
          "quant.sym": "sym", "quant.format": "format", "quant.scheme": "scheme"}
-EntryKey = tuple[str, str]
 
 
 def factor_candidates(params: list[dict]) -> list[str]:
     keys = {k for p in params for k in p}
     keys = {k for k in keys if k not in EXCLUDE_EXACT and not k.startswith(EXCLUDE_PREFIX)}
     return [k for k in PREFERRED if k in keys] + sorted(keys - set(PREFERRED))
-
-
-@dataclass
-class ConfigStats:
-    point: PointResults = field(repr=False)
-    key: str  # unique display label within the model
-    short: str  # short label (the varying factors) for plots and wide tables
-    scores: np.ndarray  # NDCG@5 per common entry (entries.csv)
-    ndcg10: np.ndarray  # NDCG@10 per common entry (NaN where absent)
-    avg_all: float = math.nan
-    avg_en: float = math.nan
-    delta_entry: np.ndarray | None = None
-    delta_all: float = math.nan
-    delta_en: float = math.nan
-    rel_all: float = math.nan
-    rel_en: float = math.nan
-    ci: dict[str, tuple[float, float]] = field(default_factory=dict)
-    boot: bool = False  # part of the bootstrap (has per-query scores, and so has the original)
-    entry_ci: np.ndarray | None = None  # (E, 2)
-    entry_sig: list[str] = field(default_factory=list)
-    pq_max_abs_diff: float | None = None  # per-query means vs entries.csv on the common entries
-    se_avg_all: float | None = None  # bootstrap standard error of the average (query sampling)
-    base_bytes: float | None = None
-    quant_bytes: float | None = None
-    reduction_pct: float | None = None
-
-    @property
-    def is_baseline(self) -> bool:
-        return self.point.is_baseline
-
-    def count_direction(self) -> tuple[int, int, int]:
-        """Entries whose point estimate is higher / lower / equal vs the original."""
-        d = self.delta_entry
-        if d is None:
-            return (0, 0, 0)
-        return int((d > 0).sum()), int((d < 0).sum()), int((d == 0).sum())
-
-    def count_significance(self) -> tuple[int, int, int] | None:
-        """Entries improved significantly / degraded significantly / not significant (None: no bootstrap)."""
-        if not self.boot or self.is_baseline:
-            return None
-        return (self.entry_sig.count("improved"), self.entry_sig.count("degraded"),
-                self.entry_sig.count("not significant"))
-
-
-@dataclass
-class MissingEntry:
-    task: str
-    subset: str
-    benchmark: str
-    language: str
-    missing_in: list[str]
-    reason: str
-
-
-@dataclass
-class EffectRow:
-    level: str
-    n_configs: int
-    mean: float
-    lo: float | None
-    hi: float | None
-    contrast: float | None
-    c_lo: float | None
-    c_hi: float | None
-
-
-@dataclass
-class FactorEffect:
-    factor: stats.Factor
-    ref: str
-    rows: list[EffectRow]
-
-
-@dataclass
-class SeedGroup:
-    fixed: str  # the shared settings
-    members: list[ConfigStats]
-    seeds: list[str]
-    mean: float
-    std: float
-    vmin: float
-    vmax: float
-    boot_se: float | None  # typical bootstrap SE (query sampling) of one member's average
-
-    @property
-    def spread(self) -> float:
-        return self.vmax - self.vmin
-
-
-@dataclass
-class ModelAnalysis:
-    model: str
-    n_boot: int
-    seed: int
-    baseline: ConfigStats | None
-    configs: list[ConfigStats]
-    entries: pd.DataFrame  # common entries in report order: task, subset, benchmark, language, english, n_queries
-    missing: list[MissingEntry]
-    notes: list[str] = field(default_factory=list)
-    design: stats.Design | None = None
-    effects: list[FactorEffect] = field(default_factory=list)
-    seed_groups: list[SeedGroup] = field(default_factory=list)
-    best: ConfigStats | None = None
-    indistinguishable: list[tuple[ConfigStats, float, float, float]] = field(default_factory=list)
-    distinguishable: list[tuple[ConfigStats, float, float, float]] = field(default_factory=list)
-    smaller_alternative: ConfigStats | None = None
-    boot_ok: bool = False
-    boot_avg: np.ndarray | None = None  # (B, C) replicate averages over all common entries
-    boot_cols: dict[str, int] = field(default_factory=dict)  # config key -> column of boot_avg
-
-    @property
-    def all_configs(self) -> list[ConfigStats]:
-        return ([self.baseline] if self.baseline else []) + self.configs
-
-    @property
-    def n_entries(self) -> int:
-        return len(self.entries)
-
-    @property
-    def n_entries_en(self) -> int:
-        return int(self.entries["english"].sum()) if len(self.entries) else 0
-
-    @property
-    def n_queries(self) -> int | None:
-        q = self.entries["n_queries"] if len(self.entries) else pd.Series(dtype=float)
-        return int(q.sum()) if len(q) and q.notna().all() else None
-
-    @property
-    def entry_keys(self) -> list[EntryKey]:
-        return list(zip(self.entries["task"], self.entries["subset"], strict=True))
 
 
 def _unique_keys(points: list[PointResults]) -> list[str]:
@@ -204,8 +80,43 @@ def _size_fields(p: PointResults, base_fallback: float | None) -> tuple[float | 
 
 
 def analyze_model(model: str, points: list[PointResults], n_boot: int = 2000, seed: int = 0) -> ModelAnalysis:
-    """All numbers of one model (only FINISHED points are used)."""
+    """All numbers of one model (only FINISHED points are used): order the configurations, find the entries all of
+    them have, then each configuration's averages and changes, the bootstrap, the design's effects, the best."""
     notes: list[str] = []
+    base, quantized, cands = _configurations(points, notes)
+    ordered = ([base] if base else []) + quantized
+    if not ordered:
+        return ModelAnalysis(model, n_boot, seed, None, [], pd.DataFrame(
+            columns=["task", "subset", "benchmark", "language", "english", "n_queries"]), [], notes)
+    keys = _unique_keys(ordered)
+    design = stats.detect_design([p.params for p in quantized], cands) if len(quantized) > 1 else None
+    shorts = (["original"] if base else []) + _short_labels(quantized, design.varying if design else [], keys[1 if base else 0:])
+    ent = {k: clean_entries(p.entries) for k, p in zip(keys, ordered, strict=True)}
+    pq = {k: clean_per_query(p.per_query) for k, p in zip(keys, ordered, strict=True)}
+    common, missing, meta = _common_entries(keys, ent)
+    boot_keys = _bootstrap_participants(keys, pq, base is not None, notes)
+    qmaps = {k: {e: dict(zip(g["query_id"].tolist(), g["ndcg_at_5"].to_numpy(dtype=float).tolist(), strict=True))
+                 for e, g in pq[k].groupby(["task", "subset"])} for k in boot_keys}
+    qids = _shared_queries(common, boot_keys, qmaps, meta, missing, notes)
+    order = sorted(common, key=lambda e: (meta[e][0], e[0], e[1]))
+    missing.sort(key=lambda m: (m.benchmark, m.task, m.subset))
+    entries = _entry_table(order, meta, qids if boot_keys else None, ent[keys[0]])
+    en_mask = entries["english"].to_numpy(dtype=bool)
+    cs = _config_stats(keys, shorts, ordered, ent, order, en_mask, set(boot_keys))
+    bstats = cs[0] if base else None
+    if bstats is not None:
+        _deltas(bstats, cs[1:])
+    ma = ModelAnalysis(model, n_boot, seed, bstats, cs[1:] if base else cs, entries, missing, notes, design)
+    if boot_keys and order:
+        _bootstrap(ma, [c for c in cs if c.boot], qmaps, order, qids, en_mask)
+    _design_effects(ma)
+    _seed_groups(ma, cands)
+    _best(ma)
+    return ma
+
+
+def _configurations(points: list[PointResults], notes: list[str]):
+    """(the original, the quantized configurations in factor order, the factor candidates)."""
     finished = [p for p in points if p.finished]
     baselines = sorted([p for p in finished if p.is_baseline], key=lambda p: -(p.start_time or 0))
     base = baselines[0] if baselines else None
@@ -215,16 +126,11 @@ def analyze_model(model: str, points: list[PointResults], n_boot: int = 2000, se
     quantized = [p for p in finished if not p.is_baseline]
     cands = factor_candidates([p.params for p in quantized])
     quantized.sort(key=lambda p: _order_key(p, cands))
-    ordered = ([base] if base else []) + quantized
-    if not ordered:
-        return ModelAnalysis(model, n_boot, seed, None, [], pd.DataFrame(
-            columns=["task", "subset", "benchmark", "language", "english", "n_queries"]), [], notes)
-    keys = _unique_keys(ordered)
-    design = stats.detect_design([p.params for p in quantized], cands) if len(quantized) > 1 else None
-    shorts = _short_labels(quantized, design.varying if design else [], keys[1 if base else 0:])
-    shorts = (["original"] if base else []) + shorts
-    ent = {k: clean_entries(p.entries) for k, p in zip(keys, ordered, strict=True)}
-    pq = {k: clean_per_query(p.per_query) for k, p in zip(keys, ordered, strict=True)}
+    return base, quantized, cands
+
+
+def _common_entries(keys: list[str], ent: dict[str, pd.DataFrame]):
+    """(entries every configuration has, the others as MissingEntry rows, entry -> (benchmark, language))."""
     sets = {k: set(zip(df["task"], df["subset"], strict=True)) for k, df in ent.items()}
     union = set().union(*sets.values())
     common = set.intersection(*sets.values())
@@ -232,22 +138,26 @@ def analyze_model(model: str, points: list[PointResults], n_boot: int = 2000, se
     for k in keys:
         for r in ent[k].itertuples(index=False):
             meta.setdefault((r.task, r.subset), (r.benchmark, r.language))
-    missing: list[MissingEntry] = []
-    for e in sorted(union - common):
-        lacking = [k for k in keys if e not in sets[k]]
-        missing.append(MissingEntry(e[0], e[1], *meta[e], lacking, "no NDCG@5 in results/entries.csv"))
+    missing = [MissingEntry(e[0], e[1], *meta[e], [k for k in keys if e not in sets[k]], "no NDCG@5 in results/entries.csv")
+               for e in sorted(union - common)]  # fmt: skip
+    return common, missing, meta
 
-    # bootstrap participants: the original and every configuration with per-query scores
-    boot_keys: list[str] = []
-    if base is not None and len(pq[keys[0]]):
-        boot_keys = [keys[0]] + [k for k in keys[1:] if len(pq[k])]
+
+def _bootstrap_participants(keys: list[str], pq: dict[str, pd.DataFrame], has_base: bool, notes: list[str]) -> list[str]:
+    """The original and every configuration with per-query scores (none without an original that has them)."""
+    if has_base and len(pq[keys[0]]):
         for k in keys[1:]:
             if not len(pq[k]):
                 notes.append(f"`{k}` has no per-query scores: no confidence intervals for it.")
-    elif base is not None:
+        return [keys[0]] + [k for k in keys[1:] if len(pq[k])]
+    if has_base:
         notes.append("The original has no per-query scores: no confidence intervals for this model.")
-    qmaps = {k: {e: dict(zip(g["query_id"].tolist(), g["ndcg_at_5"].to_numpy(dtype=float).tolist(), strict=True))
-                 for e, g in pq[k].groupby(["task", "subset"])} for k in boot_keys}
+    return []
+
+
+def _shared_queries(common: set, boot_keys: list[str], qmaps, meta, missing: list[MissingEntry], notes: list[str]):
+    """entry -> the query ids every bootstrap participant has; entries without per-query scores or shared queries
+    leave `common` for `missing`."""
     qids: dict[EntryKey, list[str]] = {}
     n_trimmed = 0
     for e in sorted(common):
@@ -269,20 +179,24 @@ def analyze_model(model: str, points: list[PointResults], n_boot: int = 2000, se
     if n_trimmed:
         notes.append(f"{n_trimmed} common entries have query ids missing in some configuration; the bootstrap "
                      "uses the queries shared by all configurations.")
-    order = sorted(common, key=lambda e: (meta[e][0], e[0], e[1]))
-    missing.sort(key=lambda m: (m.benchmark, m.task, m.subset))
+    return qids
+
+
+def _entry_table(order: list[EntryKey], meta, qids: dict | None, first: pd.DataFrame) -> pd.DataFrame:
     entries = pd.DataFrame({
         "task": [e[0] for e in order], "subset": [e[1] for e in order],
         "benchmark": [meta[e][0] for e in order], "language": [meta[e][1] for e in order],
     })
     entries["english"] = entries["language"].map(is_english).astype(bool)
-    if boot_keys:
+    if qids is not None:
         entries["n_queries"] = [len(qids[e]) for e in order]
     else:
-        ref = ent[keys[0]].set_index(["task", "subset"])["n_queries"]
+        ref = first.set_index(["task", "subset"])["n_queries"]
         entries["n_queries"] = [ref.get(e, math.nan) for e in order]
-    en_mask = entries["english"].to_numpy(dtype=bool)
+    return entries
 
+
+def _config_stats(keys, shorts, ordered, ent, order, en_mask, boot_keys: set) -> list[ConfigStats]:
     base_bytes_fallback = None
     for p in ordered:
         b = p.metric("total_bytes") if p.is_baseline else p.metric("base_total_bytes")
@@ -300,22 +214,16 @@ def analyze_model(model: str, points: list[PointResults], n_boot: int = 2000, se
         c.base_bytes, c.quant_bytes, c.reduction_pct = _size_fields(p, base_bytes_fallback)
         c.boot = k in boot_keys
         cs.append(c)
-    bstats = cs[0] if base else None
-    if bstats is not None:
-        for c in cs[1:]:
-            c.delta_entry = c.scores - bstats.scores
-            c.delta_all = c.avg_all - bstats.avg_all
-            c.delta_en = c.avg_en - bstats.avg_en
-            c.rel_all = c.delta_all / bstats.avg_all * 100.0 if bstats.avg_all else math.nan
-            c.rel_en = c.delta_en / bstats.avg_en * 100.0 if bstats.avg_en else math.nan
+    return cs
 
-    ma = ModelAnalysis(model, n_boot, seed, bstats, cs[1:] if base else cs, entries, missing, notes, design)
-    if boot_keys and order:
-        _bootstrap(ma, [c for c in cs if c.boot], qmaps, order, qids, en_mask)
-    _design_effects(ma)
-    _seed_groups(ma, cands)
-    _best(ma)
-    return ma
+
+def _deltas(bstats: ConfigStats, configs: list[ConfigStats]) -> None:
+    for c in configs:
+        c.delta_entry = c.scores - bstats.scores
+        c.delta_all = c.avg_all - bstats.avg_all
+        c.delta_en = c.avg_en - bstats.avg_en
+        c.rel_all = c.delta_all / bstats.avg_all * 100.0 if bstats.avg_all else math.nan
+        c.rel_en = c.delta_en / bstats.avg_en * 100.0 if bstats.avg_en else math.nan
 
 
 def _bootstrap(ma: ModelAnalysis, bcs: list[ConfigStats], qmaps, order, qids, en_mask) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from colq_sweep.report import tables as T
-from colq_sweep.report.analysis import ConfigStats
+from colq_sweep.report.numbers import ConfigStats
 from colq_sweep.report.points import PointResults
 from colq_sweep.report.stats import CI_LEVEL, significance
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from colq_sweep.report.analysis import ModelAnalysis
 from colq_sweep.report.cells import SPEED, sig_of, speed_metric
+from colq_sweep.report.numbers import ModelAnalysis
 from colq_sweep.report.points import PointResults
 
 

@@ -137,7 +137,6 @@ def _split_by_original(client, model: str, refs: list[str], chosen: list, group_
 def load_experiment(name: str, tracking_uri: str) -> Loaded:
     from mlflow import MlflowClient
 
-
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(name)
     if exp is None:
@@ -151,6 +150,30 @@ def load_experiment(name: str, tracking_uri: str) -> Loaded:
     parent = sweeps[0].info.run_id if sweeps else None
 
     point_runs = [r for r in runs if r.data.tags.get(ROLE) in ("baseline", "quantized")]
+    chosen = _latest_quantized(point_runs, notes)
+    models = sorted({r.data.tags.get(MODEL) for r in point_runs if r.data.tags.get(MODEL)})
+    group_of: dict[str, str] = {}  # run id -> comparison group, when one model has several originals
+    for model in list(models):
+        refs = sorted({r.data.tags.get(BASELINE_REF) for r in chosen
+                       if r.data.tags.get(MODEL) == model and r.data.tags.get(BASELINE_REF)})  # fmt: skip
+        if len(refs) > 1 and _split_by_original(client, model, refs, chosen, group_of, notes):
+            models.remove(model)
+    for model in models:
+        pick = _original_of(client, model, point_runs, chosen, notes)
+        if pick is not None:
+            chosen.append(pick)
+
+    unfinished = [r for r in point_runs if r.info.status != FINISHED]
+    with tempfile.TemporaryDirectory(prefix="colq-report-") as tmp, _quiet_downloads():
+        points = [_point(client, r, Path(tmp), notes) for r in chosen + unfinished]
+    for p in points:
+        p.model = group_of.get(p.run_id, p.model)
+    points.sort(key=lambda p: (p.model, p.role != "baseline", p.start_time or 0))
+    return Loaded(points=points, parent_run_id=parent, notes=notes)
+
+
+def _latest_quantized(point_runs: list, notes: list[str]) -> list:
+    """The newest FINISHED quantized run of each configuration (model, run key, entries asked for)."""
     finished_q: dict[tuple, object] = {}
     for r in _latest([r for r in point_runs if r.data.tags.get(ROLE) == "quantized"]):
         if r.info.status != FINISHED:
@@ -161,49 +184,35 @@ def load_experiment(name: str, tracking_uri: str) -> Loaded:
     n_dup = sum(1 for r in point_runs if r.data.tags.get(ROLE) == "quantized" and r.info.status == FINISHED) - len(chosen)
     if n_dup:
         notes.append(f"{n_dup} older finished run(s) of an already reported configuration were left out")
+    return chosen
 
-    models = sorted({r.data.tags.get(MODEL) for r in point_runs if r.data.tags.get(MODEL)})
-    group_of: dict[str, str] = {}  # run id -> comparison group, when one model has several originals
-    for model in list(models):
-        refs = sorted({r.data.tags.get(BASELINE_REF) for r in chosen
-                       if r.data.tags.get(MODEL) == model and r.data.tags.get(BASELINE_REF)})  # fmt: skip
-        if len(refs) > 1 and _split_by_original(client, model, refs, chosen, group_of, notes):
-            models.remove(model)
-    for model in models:
-        eval_hashes = Counter(r.data.tags.get(EVAL_HASH) for r in chosen if r.data.tags.get(MODEL) == model)
-        cands = _latest([r for r in point_runs if r.data.tags.get(ROLE) == "baseline" and r.info.status == FINISHED
-                         and r.data.tags.get(MODEL) == model])
-        if not cands:
-            filt = f"tags.`{ROLE}` = 'baseline' and tags.`{MODEL}` = '{model}' and attributes.status = 'FINISHED'"
-            all_ids = [e.experiment_id for e in client.search_experiments()]
-            cands = _latest(_all_runs(client, all_ids, filt))
-            if cands:
-                notes.append(f"{model}: the original (baseline) run {cands[0].info.run_id} comes from another experiment")
-        if not cands:
-            notes.append(f"{model}: no finished original (baseline) run found")
-            continue
-        pick = None
-        refs = Counter(r.data.tags.get(BASELINE_REF) for r in chosen
-                       if r.data.tags.get(MODEL) == model and r.data.tags.get(BASELINE_REF))
-        for ref, _ in refs.most_common():
-            pick = next((r for r in cands if r.info.run_id == ref), None)
-            if pick is not None:
-                break
-        for h, _ in ([] if pick is not None else eval_hashes.most_common()):
-            pick = next((r for r in cands if r.data.tags.get(EVAL_HASH) == h), None)
-            if pick is not None:
-                break
-        if pick is None:
-            pick = cands[0]
-            if eval_hashes:
-                notes.append(f"{model}: no original run with the eval hash of its quantized runs; using "
-                             f"{pick.info.run_id} (eval hash {pick.data.tags.get(EVAL_HASH)})")
-        chosen.append(pick)
 
-    unfinished = [r for r in point_runs if r.info.status != FINISHED]
-    with tempfile.TemporaryDirectory(prefix="colq-report-") as tmp, _quiet_downloads():
-        points = [_point(client, r, Path(tmp), notes) for r in chosen + unfinished]
-    for p in points:
-        p.model = group_of.get(p.run_id, p.model)
-    points.sort(key=lambda p: (p.model, p.role != "baseline", p.start_time or 0))
-    return Loaded(points=points, parent_run_id=parent, notes=notes)
+def _original_of(client, model: str, point_runs: list, chosen: list, notes: list[str]):
+    """The original a model's configurations are compared with: the one they name, else one with their eval hash,
+    else the newest (from another experiment if this one has none)."""
+    eval_hashes = Counter(r.data.tags.get(EVAL_HASH) for r in chosen if r.data.tags.get(MODEL) == model)
+    cands = _latest([r for r in point_runs if r.data.tags.get(ROLE) == "baseline" and r.info.status == FINISHED
+                     and r.data.tags.get(MODEL) == model])  # fmt: skip
+    if not cands:
+        filt = f"tags.`{ROLE}` = 'baseline' and tags.`{MODEL}` = '{model}' and attributes.status = 'FINISHED'"
+        all_ids = [e.experiment_id for e in client.search_experiments()]
+        cands = _latest(_all_runs(client, all_ids, filt))
+        if cands:
+            notes.append(f"{model}: the original (baseline) run {cands[0].info.run_id} comes from another experiment")
+    if not cands:
+        notes.append(f"{model}: no finished original (baseline) run found")
+        return None
+    refs = Counter(r.data.tags.get(BASELINE_REF) for r in chosen
+                   if r.data.tags.get(MODEL) == model and r.data.tags.get(BASELINE_REF))  # fmt: skip
+    for ref, _ in refs.most_common():
+        pick = next((r for r in cands if r.info.run_id == ref), None)
+        if pick is not None:
+            return pick
+    for h, _ in eval_hashes.most_common():
+        pick = next((r for r in cands if r.data.tags.get(EVAL_HASH) == h), None)
+        if pick is not None:
+            return pick
+    if eval_hashes:
+        notes.append(f"{model}: no original run with the eval hash of its quantized runs; using "
+                     f"{cands[0].info.run_id} (eval hash {cands[0].data.tags.get(EVAL_HASH)})")
+    return cands[0]

@@ -8,8 +8,8 @@ import math
 from typing import Any
 
 from colq_sweep.report import tables as T
-from colq_sweep.report.analysis import ModelAnalysis
 from colq_sweep.report.cells import PCT, SPEED, ci_text, sig_of, sig_words, size_text, speed_metric
+from colq_sweep.report.numbers import ModelAnalysis
 from colq_sweep.report.points import PointResults
 from colq_sweep.report.published import section as published_section
 from colq_sweep.report.sections import (

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from colq_sweep.report.analysis import ModelAnalysis  # noqa: E402
+from colq_sweep.report.numbers import ModelAnalysis  # noqa: E402
 
 DPI = 100
 MAX_WIDTH_IN = 40.0

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pandas as pd
 
 from colq_sweep.report import tables as T
-from colq_sweep.report.analysis import ModelAnalysis
 from colq_sweep.report.cells import MARK, PCT, ci_text, sig_of, size_text
+from colq_sweep.report.numbers import ModelAnalysis
 from colq_sweep.report.plots import entry_label
 
 

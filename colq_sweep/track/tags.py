@@ -5,23 +5,25 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from colq_sweep import contract as R
-from colq_sweep.config import SweepPoint
-from colq_sweep.keys import eval_hash
+
+if TYPE_CHECKING:
+    from colq_sweep.pipeline.plan import PointPlan
 
 VERSIONED_PACKAGES = ("torch", "transformers", "auto-round", "mteb", "mlflow", "hydra-core")
 
 
-def point_tags(point: SweepPoint, role: str, run_key: str) -> dict[str, str]:
+def point_tags(plan: PointPlan) -> dict[str, str]:
     from colq_sweep import __version__
 
     return {
-        R.ROLE: role,
-        R.MODEL: point.model.name,
-        R.LABEL: point.label,
-        R.RUN_KEY: run_key,
-        R.EVAL_HASH: eval_hash(point),
+        R.ROLE: plan.role,
+        R.MODEL: plan.model,
+        R.LABEL: plan.label,
+        R.RUN_KEY: plan.run_key,
+        R.EVAL_HASH: plan.eval_hash,
         R.VERSION: __version__,
         **environment_tags(),
     }

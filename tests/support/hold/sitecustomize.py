@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-MODULE, FUNCTION = "colq_sweep.quantize.stage", "quantize_point"
+MODULE, FUNCTION = "colq_sweep.quantize.stage", "quantize"
 SECONDS = float(os.environ.get("COLQ_HOLD_POINT_SECONDS") or 0)
 
 

@@ -1,0 +1,201 @@
+"""The typed, frozen specs a composed config becomes: one per config group, and the sweep point that holds them.
+
+A quantization method's own spec lives with its method (quantize/methods/<name>/spec.py) and derives from
+`QuantizedSpec`; this module knows only what every method shares. Each spec field says which identity it is part
+of (`knob(..., key=...)`): what decides the quantized weights (the artifact key and the run key), what decides
+results but not weights (the run key only: load-back kernels, a sampling policy), or only speed and memory (no key:
+toggling it reuses what was built; a test shows the results equal). keys.py reads these marks; nothing else needs
+to list a new field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields
+from functools import cache
+from pathlib import Path
+from typing import Any, ClassVar
+
+from colq_sweep.config.checks import ConfigError, choice
+from colq_sweep.contract import flatten
+from colq_sweep.quantize.kernels import BACKENDS, COMPUTE_MODES
+from colq_sweep.tasks import select_entries
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+WEIGHTS = "weights"  # decides the quantized weights: in the artifact key and the run key
+RESULTS = "results"  # decides results but not the weights: in the run key only
+SPEED = "speed"  # speed and memory only: in no key
+
+
+def knob(default: Any, key: str = WEIGHTS, root: bool = False) -> Any:
+    """A spec field with its identity mark; `root=True`: set at the config's top level (`seqlen=512`)."""
+    return field(default=default, metadata={"key": key, "root": root})
+
+
+def key_of(f: dataclasses.Field) -> str:
+    return f.metadata.get("key", WEIGHTS)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    id: str | None
+    revision: str | None
+    path: str | None
+    dtype: str = "bfloat16"
+    max_num_visual_tokens: int = 1280
+
+    @property
+    def source(self) -> str:
+        """Where weights are read from: a local directory or a Hub id."""
+        return self.path if self.path else str(self.id)
+
+    @property
+    def identity(self) -> str:
+        """Hub id@revision, or `local` (a local checkpoint is identified by its content:
+        keys.checkpoint_fingerprint)."""
+        return f"{self.id}@{self.revision}" if self.id else "local"
+
+
+@dataclass(frozen=True)
+class CalibSpec:
+    source: str = "hub"
+    dataset: str | None = "NeelNanda/pile-10k"
+    revision: str | None = "main"
+    split: str | None = "train"
+    text_field: str = "text"
+    path: str | None = None
+
+    @property
+    def identity(self) -> str:
+        """What the calibration text is, less its content pin (quantize.calibration.pin adds the Hub commit or the
+        local file's sha256): a moved or re-spelled .jsonl path is the same calibration set."""
+        if self.source == "hub":
+            return f"hub:{self.dataset}@{self.revision}:{self.split}:{self.text_field}"
+        return f"jsonl:{self.text_field}"
+
+
+@cache
+def encoder_defaults() -> dict[str, Any]:
+    """The encoder settings' defaults, written once: conf/encoder/default.yaml (composed into `eval` by
+    conf/config.yaml, so the command line spells them `eval.page_batch_size=16`)."""
+    from omegaconf import OmegaConf
+
+    return dict(OmegaConf.to_container(OmegaConf.load(CONF_DIR / "encoder" / "default.yaml")))
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """How pages and queries are encoded. Speed only (no key), except `compile`: fused kernels change embeddings by
+    float round-off, so compiled and eager runs are keyed apart."""
+
+    query_batch_size: int = knob(64, SPEED)
+    page_batch_size: int = knob(8, SPEED)
+    corpus_cache: bool = knob(True, SPEED)
+    preprocess_workers: int | None = knob(None, SPEED)  # workers preparing pages ahead of the forward (None: auto)
+    preprocess_mode: str = knob("thread", SPEED)  # thread | process
+    compile: bool = knob(False, RESULTS)  # torch.compile each decoder layer and vision block
+
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "query_batch_size", "page_batch_size", "corpus_cache", "preprocess_workers", "preprocess_mode", "compile",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    tasks: tuple[str, ...] = ()
+    languages: tuple[str, ...] | None = None
+    encoder: EncoderSpec = field(default_factory=EncoderSpec)
+    fixture_dir: str | None = None
+    only: tuple[tuple[str, str], ...] | None = None  # config `eval.entries`: evaluate only these (task, subset)
+    allow_revision_mismatch: bool = False  # offline: use a cached dataset of another revision (recorded)
+    notices: tuple[str, ...] = field(default=(), compare=False)
+
+    def entries(self) -> list[tuple[str, str]]:
+        selected = select_entries(list(self.tasks), list(self.languages) if self.languages else None)
+        return selected if self.only is None else [e for e in selected if e in set(self.only)]
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """What a point does to the checkpoint's weights. This base is `quant=none`: the unquantized original."""
+
+    method: str = "none"
+
+    enabled: ClassVar[bool] = False
+    needs_calibration: ClassVar[bool] = False
+
+    @classmethod
+    def root_fields(cls) -> tuple[str, ...]:
+        """Fields the config sets at its top level (`seqlen=512`, not `quant.seqlen=512`)."""
+        return tuple(f.name for f in fields(cls) if f.metadata.get("root"))
+
+    def values(self, *keys: str, root: bool | None = None) -> dict[str, Any]:
+        """The fields whose identity mark is among `keys` (all marks when none are given); `root` filters top-level
+        fields in (True) or out (False)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if (not keys or key_of(f) in keys) and (root is None or bool(f.metadata.get("root")) == root)}  # fmt: skip
+
+    def label(self, seed: int) -> str:
+        return "original"
+
+
+@dataclass(frozen=True)
+class QuantizedSpec(QuantSpec):
+    """What every quantization method shares: how its export is loaded back for evaluation (quantize/kernels.py)."""
+
+    backend: str = knob("auto", RESULTS)  # load-back kernels: auto | a name in quantize.kernels.KERNELS
+    compute: str = knob("activation", RESULTS)  # activation: kernels compute in model.dtype | auto: ark's own choice
+
+    enabled: ClassVar[bool] = True
+    needs_calibration: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise a ConfigError for the first bad value (methods extend this, calling super().check())."""
+        choice("quant.backend", self.backend, BACKENDS)
+        choice("quant.compute", self.compute, COMPUTE_MODES)
+        if self.compute == "auto" and self.backend not in ("auto", "ark"):
+            raise ConfigError("quant.compute", self.compute,
+                              f"only the ark CPU kernels have an auto compute mode (backend={self.backend})")  # fmt: skip
+
+    def mteb_suffix(self) -> str:
+        """What the quantized checkpoint's mteb model name adds to the model's (`tiny-w4`)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    model: ModelSpec
+    quant: QuantSpec
+    calib: CalibSpec
+    eval: EvalSpec
+    seed: int = 42
+    name: str = "default"
+    outputs_dir: str = "outputs"
+    device: str = "auto"
+    force: bool = False
+    fail_point: bool = False
+    tracking_uri: str | None = None
+    system_metrics: str = "auto"  # auto (on for CUDA) | true | false: MLflow system metrics on each point's run
+
+    @property
+    def label(self) -> str:
+        """Short human label of the point within its model, e.g. `w4g128 seqlen=512 bs=8 n=512 iters=1000 seed=42`."""
+        return self.quant.label(self.seed)
+
+    def params(self) -> dict[str, Any]:
+        """The point's settings as flat MLflow params (`quant.bits`, `eval.page_batch_size`), a method's top-level
+        knobs under their top-level names (`seqlen`), lists joined with commas."""
+        d = asdict(self)
+        d["eval"].update(d["eval"].pop("encoder"))
+        root = {k: d["quant"].pop(k) for k in self.quant.root_fields()}
+        return flatten({**d, **root})
+
+
+def baseline_of(point: SweepPoint) -> SweepPoint:
+    """The unquantized point of the same model and evaluation: what every quantized point is compared with."""
+    return dataclasses.replace(point, quant=QuantSpec(), fail_point=False)

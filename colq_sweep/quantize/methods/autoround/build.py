@@ -1,0 +1,175 @@
+"""One AutoRound run: the Qwen3-VL language-model decoder blocks of a ColQwen3 checkpoint, tuned on the calibration
+file the stage prepared and exported by auto-round into a folder of the build (quantize/build.py turns that export
+into the artifact and writes its manifest).
+
+Only `vlm.model.language_model.layers` is quantized; the vision tower, `embedding_proj_layer`, the token
+embeddings and `vlm.lm_head` keep their 16-bit weights. The rows that really reach the model during calibration
+are recorded and must equal the stage's selection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from colq_sweep.quantize.artifacts import CALIB_FILE
+from colq_sweep.quantize.calibration import CalibrationData
+from colq_sweep.quantize.errors import QuantizationError
+from colq_sweep.quantize.export import QUANT_BLOCKS, find_export_dir
+from colq_sweep.quantize.methods import MethodRun
+from colq_sweep.quantize.methods.autoround.spec import AutoRoundSpec
+from colq_sweep.runtime import PeakMemory, env, gc_frozen
+
+if TYPE_CHECKING:
+    from colq_sweep.pipeline.plan import QuantJob
+
+log = logging.getLogger(__name__)
+
+LAYER_CONFIG = {"embedding_proj_layer": {"bits": 16}}  # the 320-d projection stays 16-bit
+
+
+def autoround_kwargs(q: AutoRoundSpec, seed: int, device: str, dataset: str) -> dict[str, Any]:
+    """Every AutoRound argument the config decides (plus the fixed ColQwen3 scoping)."""
+    kw: dict[str, Any] = dict(
+        scheme=q.scheme,
+        bits=q.bits,
+        group_size=q.group_size,
+        sym=q.sym,
+        iters=q.iters,
+        nsamples=q.nsamples,
+        seqlen=q.seqlen,
+        batch_size=q.batch_size,
+        seed=seed,
+        low_gpu_mem_usage=q.low_gpu_mem_usage,
+        enable_torch_compile=q.enable_torch_compile,
+        # auto-round's default amp tunes in bf16 on a CPU with AVX512-BF16/AMX and in float32 on one without, so
+        # the same config gave different weights on different CPUs: on a CPU it always tunes in float32.
+        amp=not device.startswith("cpu"),
+        # "cuda:N" as a string is parsed by auto-round as a per-layer map ("<regex>:<device>") and warns;
+        # an int index is its own default form for one accelerator
+        device_map=int(device.split(":")[1]) if device.startswith("cuda:") else device,
+        dataset=dataset,
+        quant_nontext_module=False,
+        to_quant_block_names=QUANT_BLOCKS,
+        layer_config={k: dict(v) for k, v in LAYER_CONFIG.items()},
+    )
+    if q.lr is not None:
+        kw["lr"] = q.lr
+    if q.minmax_lr is not None:
+        kw["minmax_lr"] = q.minmax_lr
+    return kw
+
+
+def autoround_entry():
+    """auto-round's entry point, imported only when a build really happens."""
+    from auto_round import AutoRound
+
+    from colq_sweep.console import adopt_library_loggers
+
+    adopt_library_loggers()  # auto-round installs its own stderr handler at import: its lines go to the job's log
+    return AutoRound
+
+
+class RowRecorder:
+    """Every distinct token row that reaches the language model's input embedding while installed."""
+
+    def __init__(self, embedding):
+        self.rows: set[tuple[int, ...]] = set()
+        self.calls = 0
+        self.handle = embedding.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args):
+        ids = args[0] if args else None
+        if ids is not None and hasattr(ids, "dim") and ids.dim() == 2:
+            self.calls += 1
+            self.rows.update(tuple(r) for r in ids.tolist())
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+class AutoRoundLogWatch(logging.Handler):
+    """Collect auto-round's warnings during a build; some of them mean calibration data was silently skipped."""
+
+    FATAL = ("Calibration forward pass failed",)
+
+    def __init__(self):
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+        self.logger = logging.getLogger("autoround")  # auto_round.logger: propagate=False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            msg = record.getMessage()
+            if msg not in self.messages and len(self.messages) < 50:
+                self.messages.append(msg)
+
+    def __enter__(self):
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self)
+        return False
+
+    def fatal(self) -> list[str]:
+        return [m for m in self.messages if any(f in m for f in self.FATAL)]
+
+
+def build(job: QuantJob, base_dir: Path, processor, calib: CalibrationData, out: Path) -> MethodRun:
+    """Quantize `base_dir` on the prepared calibration `calib`; auto-round's export lands in `out`."""
+    AutoRound = autoround_entry()  # import before freezing: its module objects are long-lived too
+    with gc_frozen():
+        return _run(AutoRound, job, base_dir, processor, calib, out)
+
+
+def _run(AutoRound, job: QuantJob, base_dir: Path, processor, calib: CalibrationData, out: Path) -> MethodRun:
+    from colq_sweep.model import load_colqwen3
+    from colq_sweep.quantize.export import checkpoint_dtype, decoder_linears
+
+    load_dtype = checkpoint_dtype(base_dir)
+    model = load_colqwen3(base_dir, dtype=load_dtype, device="cpu")
+    expected = decoder_linears(model)
+    kwargs = autoround_kwargs(job.spec, job.seed, job.device, str(calib.path))
+    raw_dir = out / "_autoround_out"
+    recorder = RowRecorder(model.get_input_embeddings())
+    log.info("quantizing %s (%s) on %s: %d decoder Linear layers", job.checkpoint.name, job.label, job.device, len(expected))
+    with PeakMemory(job.device) as mem, AutoRoundLogWatch() as watch:
+        t0 = time.perf_counter()
+        with env(AR_DISABLE_DATASET_SUBPROCESS="1", AR_WORK_SPACE=str(out / "_ar_work")):
+            ar = AutoRound(model, tokenizer=processor.tokenizer, processor=processor,
+                           image_processor=processor.image_processor, **kwargs)  # fmt: skip
+            try:
+                result = ar.quantize_and_save(str(raw_dir), format=job.spec.format)
+            except SystemExit as exc:  # auto-round calls sys.exit() on some failures
+                raise QuantizationError(f"auto-round exited (code {exc.code}) while quantizing") from exc
+        quant_seconds = time.perf_counter() - t0
+    recorder.remove()
+    _check_calibrated_on(calib, recorder, watch)
+    del model, ar
+    return MethodRun(
+        export_dir=find_export_dir(raw_dir, result),
+        scratch=[raw_dir, out / "_ar_work"],
+        expected_layers=expected,
+        quant_seconds=quant_seconds,
+        memory=mem,
+        load_dtype=load_dtype,
+        arguments={**{k: v for k, v in kwargs.items() if k != "dataset"}, "dataset": CALIB_FILE},
+        warnings=watch.messages,
+        calibration={"rows_seen_by_model": len(recorder.rows), "calibration_forward_calls": recorder.calls},
+    )
+
+
+def _check_calibrated_on(calib: CalibrationData, recorder: RowRecorder, watch: AutoRoundLogWatch) -> None:
+    """The samples auto-round really calibrated on must be exactly our selection."""
+    if watch.fatal():
+        raise QuantizationError(f"auto-round skipped calibration data: {watch.fatal()[:3]}")
+    selected = {tuple(ids) for ids in calib.selection.token_ids}
+    if recorder.rows != selected:
+        raise QuantizationError(
+            f"auto-round calibrated on {len(recorder.rows)} distinct samples, {len(recorder.rows - selected)} of them "
+            f"not in our selection of {len(selected)}: the recorded sample count would be wrong"
+        )
