@@ -15,7 +15,8 @@ def main(cfg: DictConfig) -> None:
     run_job(cfg)
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """`python -m colq_sweep` and the `colq-sweep` script: the overrides checked before Hydra composes."""
     import sys
 
     from colq_sweep.cli import check_overrides_or_exit
@@ -24,3 +25,7 @@ if __name__ == "__main__":
     sys.argv = take_verbose_flag(sys.argv)  # -v: third-party logs and loading bars on the console too
     check_overrides_or_exit()
     main()
+
+
+if __name__ == "__main__":
+    entry()

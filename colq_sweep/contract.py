@@ -33,7 +33,7 @@ GIT_DIRTY = "colq.git_dirty"
 DEVICE, DEVICE_NAME, CUDA_VISIBLE = "colq.device", "colq.device_name", "colq.cuda_visible_devices"
 GPU_UUID = "colq.gpu_uuid"  # the physical GPU a job ran on (what the dispatch benchmark checks for overlaps)
 HOST, PID, PID_START = "colq.host", "colq.pid", "colq.pid_start"  # the process that owns a RUNNING run
-# the Slurm job that owns a run made inside one (raw job id, its array form 12_3, the cluster): colq_sweep/slurm.py
+# the Slurm job that owns a run made inside one (raw job id, its array form 12_3, the cluster): colq_sweep/launch/slurm.py
 SLURM_JOB_ID, SLURM_ARRAY_JOB, SLURM_CLUSTER = "colq.slurm_job_id", "colq.slurm_array_job", "colq.slurm_cluster"
 SWEEP_ID, SWEEP_DIR, OVERRIDES = "colq.sweep_id", "colq.sweep_dir", "colq.overrides"
 PARENT = "mlflow.parentRunId"

@@ -462,7 +462,7 @@ def test_kernels_and_dequant_agree_and_differ_from_base(artifact, fixture_paths,
         torch.testing.assert_close(a, d, atol=1e-6, rtol=1e-6)
         assert (a - b).abs().max() > 1e-3  # quantization changed something ...
         # ... but kept most of each vector: iters=2 is close to round-to-nearest, which the fixture's activation
-        # outliers make lossy on purpose (colq_sweep/fixture_train.py; measured mean cosine ~0.7-0.8)
+        # outliers make lossy on purpose (colq_sweep/fixtures/train.py; measured mean cosine ~0.7-0.8)
         assert _cos(a, b).mean() > 0.5
     # bfloat16 activations: the kernels compute in bfloat16 and equal a bfloat16 dequantized model
     ark16 = load.load_quantized(artifact.path, backend="ark", device="cpu", dtype="bfloat16")

@@ -1,8 +1,9 @@
 """Comparison report of a quantization sweep: `python -m colq_sweep.report --name <experiment>`.
 
-    load.py      MLflow runs -> PointResults (reads the contract in colq_sweep/track/records.py); ReportError
+    load.py      MLflow runs -> PointResults (reads the contract in colq_sweep/contract.py); ReportError
     points.py    PointResults: one sweep point's entries and per-query scores, typed
     analysis.py  every number per model (common entries, deltas, bootstrap intervals, factors, the best)
+    numbers.py   what that analysis holds (ModelAnalysis, ConfigStats, ...), read by the sections and plots
     stats.py     the bootstrap, intervals, designs and factor contrasts (pure numpy)
     markdown.py  report.md as a whole; sections.py its per-model sections; cells.py / tables.py formatting
     frames.py    entries.csv and summary.csv
