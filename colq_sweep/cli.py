@@ -18,12 +18,37 @@ def refuse(*lines: str) -> NoReturn:
     sys.exit(2)
 
 
-def check_overrides_or_exit(argv: list[str] | None = None) -> None:
-    from colq_sweep.config.overrides import unknown_key
+def check_overrides_or_exit(argv: list[str] | None = None):
+    """Before Hydra composes or creates a folder: every overridden key exists, and every job's outputs_dir can be
+    written and its tracking server answers. Returns the reading of the command line (config/overrides.py)."""
+    from colq_sweep.config.overrides import read_command_line
 
-    msg = unknown_key(sys.argv[1:] if argv is None else argv)
-    if msg:
-        refuse(msg)
+    line = read_command_line(sys.argv[1:] if argv is None else argv)
+    if line.error:
+        refuse(line.error)
+    for outputs_dir, tracking_uri in line.results:
+        check_results_or_exit(outputs_dir, tracking_uri)
+    return line
+
+
+def check_results_or_exit(outputs_dir: str, tracking_uri: str | None) -> None:
+    """outputs_dir (and a sqlite store's folder) writable; an http(s) tracking server answering MLflow's API."""
+    import os
+    from pathlib import Path
+
+    from colq_sweep.launch.preflight import check_tracking_server, check_writable
+    from colq_sweep.track.store import resolve_tracking_uri
+
+    field = "tracking_uri" if tracking_uri else "MLFLOW_TRACKING_URI"
+    try:
+        uri = resolve_tracking_uri(outputs_dir, tracking_uri)
+        if uri.startswith(("http://", "https://")):
+            check_tracking_server(field, uri)
+        check_writable("outputs_dir", outputs_dir)
+        if uri.startswith("sqlite:///") and (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+            check_writable(field, str(Path(uri[len("sqlite:///") :]).parent))
+    except ConfigError as err:
+        refuse(f"colq_sweep: {err} [nothing was run]")
 
 
 def validate_or_exit(cfg) -> SweepPoint:

@@ -94,13 +94,16 @@ def free_port() -> int:
 class _Server:
     """An `mlflow server` process (sqlite backend, proxied artifacts under a temp dir) on a free local port."""
 
-    def __init__(self):
+    def __init__(self, directory: Path | None = None, port: int | None = None):
+        """A new server; with the `directory` and `port` of a killed one, the same server again."""
         import tempfile
 
-        self.dir = Path(tempfile.mkdtemp(prefix="colq-mlflow-server-"))
-        self.url = f"http://127.0.0.1:{free_port()}"
+        self.dir = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="colq-mlflow-server-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.url = f"http://127.0.0.1:{port or free_port()}"
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-        self.log = (self.dir / "server.log").open("w")
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no huey job consumers (GenAI jobs): 7 fewer processes
+        self.log = (self.dir / "server.log").open("a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.dir}/mlflow.db",
              "--artifacts-destination", str(self.dir / "artifacts"), "--serve-artifacts", "--host", "127.0.0.1",
@@ -123,6 +126,11 @@ class _Server:
                 pytest.fail(f"mlflow server: no answer on {self.url}/health in {timeout:.0f} s: "
                             f"{(self.dir / 'server.log').read_text()[-1500:]}")  # fmt: skip
             time.sleep(0.5)
+
+    def kill(self) -> None:
+        """SIGKILL the server and its workers, as a crash would (the store on disk stays)."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -159,3 +167,22 @@ def mlflow_server():
     if not _server:
         _server.append(_Server())
     return _server[0].wait_healthy()
+
+
+@pytest.fixture
+def killable_mlflow_server(mlflow_server):
+    """The session's `mlflow server` as an object a test may kill (SIGKILL) and restart on the same store and port
+    with `restart()`; the session stops whichever process is current at its end."""
+    server = _server[0]
+
+    def restart() -> _Server:
+        server.log.close()
+        again = _Server(server.dir, int(server.url.rsplit(":", 1)[1]))
+        _server[0] = again
+        again.wait_healthy()
+        return again
+
+    server.restart = restart
+    yield server
+    if _server[0].proc.poll() is not None:  # killed and not restarted: bring it back for later tests
+        restart()

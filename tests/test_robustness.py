@@ -69,6 +69,7 @@ def dead_pid() -> int:
     ids=["unknown key", "unknown key in a sweep", "added unknown key", "short calibration", "no cuda", "bad option"],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_written(args, expect, tmp_path, fixture_paths):
+    """(Where results go, refused before Hydra makes a folder: test_results_that_cannot_be_kept_are_refused_up_front.)"""
     if "device=cuda" in args and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     outputs = tmp_path / "out"
@@ -78,6 +79,46 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(args, expect, tmp_path
     assert line.startswith("colq_sweep: ") and expect in line, line
     if "-m" in args:  # a rejected multirun writes nothing: no sweep folder, no store, no parent run
         assert not outputs.exists() or not any(outputs.iterdir()), sorted(outputs.rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def not_mlflow():
+    """A local HTTP server that is not MLflow (every path: 404)."""
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("what", ["unwritable outputs", "nothing listening", "not an MLflow server"])
+def test_results_that_cannot_be_kept_are_refused_up_front(what, tmp_path, fixture_paths, not_mlflow):
+    """Before Hydra creates any folder, whatever the launcher: one line naming the setting and the fix, exit 2,
+    within seconds (MLflow's own client would retry for minutes)."""
+    import time
+
+    outputs, args = tmp_path / "out", []
+    if what == "unwritable outputs":
+        outputs, expect = Path("/proc/colq"), "outputs_dir='/proc/colq': cannot be created or written"
+    elif what == "nothing listening":
+        args, expect = ["tracking_uri=http://127.0.0.1:9/"], "tracking_uri='http://127.0.0.1:9/': no MLflow server answers"
+    else:
+        args, expect = [f"tracking_uri={not_mlflow}"], "answered HTTP 404 to MLflow's REST API"
+    for mode in ([], ["-m"]):
+        t0 = time.monotonic()
+        proc = cli([*mode, *args], outputs, fixture_paths.root)
+        assert proc.returncode == 2 and time.monotonic() - t0 < 30, proc.stderr[-3000:]
+        line = one_line(proc)
+        assert line.startswith("colq_sweep: config error: ") and expect in line and "[nothing was run]" in line, line
+        if what != "unwritable outputs":
+            assert "mlflow server --backend-store-uri" in line and not outputs.exists()  # nothing made, not even outputs/
+    assert not list(tmp_path.rglob("mlflow.db"))
 
 
 # ------------------------------------------------------------------------------------- nothing left RUNNING

@@ -15,15 +15,23 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def sweep(outputs: Path, fixtures: Path, *overrides: str) -> subprocess.CompletedProcess:
-    args = [
-        sys.executable, "-m", "colq_sweep", "-m", "experiment=demo", f"outputs_dir={outputs}",
+def command(outputs: Path, fixtures: Path, *overrides: str, multirun: bool = True) -> list[str]:
+    return [
+        sys.executable, "-m", "colq_sweep", *(["-m"] if multirun else []), "experiment=demo", f"outputs_dir={outputs}",
         f"model.path={fixtures / 'tiny-colqwen3'}", f"calib.path={fixtures / 'calib.jsonl'}",
         f"eval.fixture_dir={fixtures / 'vidore-fixture'}", "iters=2", "nsamples=4", "batch_size=2", *overrides,
     ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_ENABLE_ASYNC_LOGGING": "false"}
+
+
+def environment(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_ENABLE_ASYNC_LOGGING": "false", **extra}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    return env
+
+
+def sweep(outputs: Path, fixtures: Path, *overrides: str, multirun: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(command(outputs, fixtures, *overrides, multirun=multirun), cwd=ROOT, env=environment(),
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
 
 
 def store(outputs: Path) -> str:
@@ -237,6 +245,65 @@ def test_rerun_quantizes_and_evaluates_nothing(first_sweep, fixture_paths):
     assert proc.stderr.count("SKIPPED") == 3
     assert (proc.stdout + proc.stderr).count("already FINISHED") == 3
     assert {p.name: p.stat().st_mtime_ns for p in (outputs / "models").iterdir()} == models
+
+
+def test_a_local_calibration_file_as_typed_gives_the_fixture_artifact(first_sweep, fixture_paths):
+    """`calib=local calib.path=<file>` from the command line (a mandatory `???` key) runs, and the same file gives
+    the same artifact as `calib=fixture` (the first sweep's seqlen=32 point): reused, not rebuilt."""
+    outputs, first = first_sweep
+    assert first.returncode == 0
+    proc = sweep(outputs, fixture_paths.root, "calib=local", f"calib.path={fixture_paths.calibration}", "seqlen=32",
+                 "name=local", multirun=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = runs(outputs)
+    ref = df[(df["tags.colq.role"] == "quantized") & (df["params.seqlen"] == "32")].iloc[0]
+    client = mlflow.tracking.MlflowClient(store(outputs))
+    (run,) = client.search_runs([client.get_experiment_by_name("local").experiment_id], "tags.`colq.role` = 'quantized'")
+    assert run.info.status == "FINISHED" and run.data.params["calib.path"] == str(fixture_paths.calibration)
+    assert run.data.tags["colq.artifact_key"] == ref["tags.colq.artifact_key"]
+    assert run.data.tags["colq.artifact_reused"] == "true"
+
+
+def test_the_tracking_server_lost_mid_sweep(first_sweep, fixture_paths, killable_mlflow_server, tmp_path):
+    """`mlflow server` killed (SIGKILL) while a point works: the console says so within seconds, the point finishes
+    its stage (its artifact stays on disk), the sweep ends with its summary and exit 1, no traceback; against the
+    restarted server the rerun finishes both points, reusing that artifact, and the lost run is marked KILLED."""
+    import time
+
+    from tests.support import hold_env
+
+    outputs, first = first_sweep
+    assert first.returncode == 0
+    server = killable_mlflow_server
+    log = tmp_path / "sweep.log"
+    args = command(outputs, fixture_paths.root, "seqlen=56,64", f"tracking_uri={server.url}", "name=lost")
+    env = environment(**hold_env(5), COLQ_SERVER_WATCH_INTERVAL_S="1")
+    with log.open("w") as fh:
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while "quantize: start" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        time.sleep(1)
+        server.kill()
+        killed = time.monotonic()
+        proc.wait(timeout=300)
+    took, out = time.monotonic() - killed, log.read_text()
+    assert proc.returncode == 1 and "Traceback" not in out, out[-4000:]
+    lost = out.index(f"the tracking server {server.url} does not answer")
+    assert lost < out.index("quantize: failed") and "colq_sweep summary" in out  # said while the point worked
+    assert out.count("FAILED (TrackingUnavailable") == 2 and "could not be closed" in out and took < 90, (took, out[-3000:])
+    models = {p.name for p in (outputs / "models").iterdir()}
+    restarted = server.restart()
+    again = subprocess.run(args, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    client = mlflow.tracking.MlflowClient(restarted.url)
+    exp = client.get_experiment_by_name("lost").experiment_id
+    points = client.search_runs([exp], "tags.`colq.role` = 'quantized'")
+    by_status = sorted((r.info.status, r.data.params["seqlen"]) for r in points)
+    assert by_status == [("FINISHED", "56"), ("FINISHED", "64"), ("KILLED", "56")], by_status
+    rerun_56 = next(r for r in points if r.info.status == "FINISHED" and r.data.params["seqlen"] == "56")
+    assert rerun_56.data.tags["colq.artifact_reused"] == "true" and rerun_56.data.tags["colq.artifact_key"] in models
 
 
 def test_a_failing_point_is_failed_and_the_others_finish(first_sweep, fixture_paths):

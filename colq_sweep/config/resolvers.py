@@ -7,7 +7,7 @@ from typing import Any
 from colq_sweep.tasks import CATALOGUE, select_entries
 
 
-def _entries_resolver(tasks: Any, languages: Any = None, only: Any = None) -> str:
+def entries_line(tasks: Any, languages: Any = None, only: Any = None) -> str:
     """`${colq_entries:${eval.tasks},${eval.languages},${eval.entries}}`: the (task, subset) entries a config
     selects, as one line (OmegaConf cannot resolve an interpolation into a list), so that `--cfg job --resolve`
     shows them. Private and unknown tasks are skipped here; validation reports them."""
@@ -33,7 +33,7 @@ def run_stamp() -> str:
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
-    OmegaConf.register_new_resolver("colq_entries", _entries_resolver, replace=True)
+    OmegaConf.register_new_resolver("colq_entries", entries_line, replace=True)
     # cached like ${now:}: Hydra copies the resolver cache into every job it re-composes (load_sweep_config), so
     # all jobs of a sweep, on this host or a Slurm node, resolve the same folder
     OmegaConf.register_new_resolver("colq_stamp", run_stamp, replace=True, use_cache=True)

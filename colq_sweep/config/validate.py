@@ -20,6 +20,7 @@ from colq_sweep.config.checks import (
     required_present,
     workers,
 )
+from colq_sweep.config.resolvers import entries_line
 from colq_sweep.config.specs import (
     CalibSpec,
     EncoderSpec,
@@ -52,8 +53,13 @@ def _spec(group: str, cls: type, d: dict):
     return cls(**d)
 
 
+NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
+
+
 def _model(d: dict) -> ModelSpec:
     spec = _spec("model", ModelSpec, d)
+    if not isinstance(spec.name, str) or not NAME_RE.fullmatch(spec.name):
+        raise ConfigError("model.name", spec.name, "use letters, digits, '.', '_' or '-' (it names runs and result folders)")
     choice("model.dtype", spec.dtype, DTYPES)
     pos_int("model.max_num_visual_tokens", spec.max_num_visual_tokens)
     if spec.path and spec.id:
@@ -88,6 +94,10 @@ def _quant(d: dict) -> QuantSpec:
 def _calib(d: dict) -> CalibSpec:
     spec = _spec("calib", CalibSpec, d)
     choice("calib.source", spec.source, CALIB_SOURCES)
+    if not isinstance(spec.text_field, str) or not spec.text_field:
+        raise ConfigError("calib.text_field", spec.text_field, "the name of the column (or .jsonl key) holding the text")
+    if spec.split is not None and (not isinstance(spec.split, str) or not spec.split):
+        raise ConfigError("calib.split", spec.split, "a split name of the dataset (e.g. train), or null for train")
     if spec.source == "hub":
         if not spec.dataset:
             raise ConfigError("calib.dataset", spec.dataset, "a Hub calibration source needs a dataset id")
@@ -158,7 +168,10 @@ def _tasks(d: dict) -> tuple[list[str], list[str]]:
 
 
 def _eval(d: dict) -> EvalSpec:
+    shown = d.get("selected")
     d = {("only" if k == "entries" else k): v for k, v in d.items() if k != "selected"}  # `selected`: display only
+    if shown is not None and shown != entries_line(d.get("tasks") or [], d.get("languages"), d.get("only")):
+        raise ConfigError("eval.selected", shown, "is derived from eval.tasks, eval.languages and eval.entries; set those")
     allowed = ({f for f in EvalSpec.__dataclass_fields__} - {"encoder", "notices"}) | set(EncoderSpec.FIELDS)
     unknown = sorted(set(d) - allowed)
     if unknown:

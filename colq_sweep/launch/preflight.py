@@ -5,7 +5,10 @@ starts (the sweeper runs it for every job; a single run runs it before its point
 - a CUDA device asked for where none is visible (only when the jobs run on this host: a Slurm sweep is
   submitted from a login node, and its jobs check their own node);
 - a local calibration .jsonl with fewer usable texts than `nsamples` at that `seqlen` (counted the way auto-round
-  counts them, with the checkpoint's tokenizer), unless `quant.allow_fewer_samples=true`.
+  counts them, with the checkpoint's tokenizer), unless `quant.allow_fewer_samples=true`;
+and, before Hydra creates any folder (cli.py runs these on the command line's values), where results go:
+- `outputs_dir` (and a sqlite store's folder) can be created and written;
+- an http(s) tracking URI answers MLflow's REST API within seconds (one request, no retries).
 Each problem is a `ConfigError`: one line naming the field and the fix, exit 2, nothing launched.
 """
 
@@ -92,3 +95,59 @@ def check_calibration_count(point: SweepPoint) -> None:
             f"only {used} usable calibration samples for nsamples={q.nsamples} ({why}); lower nsamples or "
             "seqlen, give more or longer texts, or set quant.allow_fewer_samples=true",
         )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------- where results go
+
+TRACKING_TIMEOUT_S = 5.0
+START_SERVER = ("start one, e.g. `mlflow server --backend-store-uri sqlite:///$HOME/mlflow.db --artifacts-destination "
+                "$HOME/mlartifacts --serve-artifacts --host 127.0.0.1 --port 5000`, or leave tracking_uri unset for the "
+                "sqlite store under outputs_dir")  # fmt: skip
+
+
+def check_writable(field_name: str, folder: str) -> None:
+    """`folder` can be created and written: else one ConfigError line. A probe file is written and removed, and the
+    folders made for it are removed again, so the check leaves nothing behind."""
+    import os
+    import uuid
+
+    path = Path(folder).absolute()
+    made = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".colq-write-check-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+        for p in made:  # deepest first
+            p.rmdir()
+    except OSError as err:
+        raise ConfigError(field_name, folder, f"cannot be created or written ({err.strerror or err}); choose a folder "
+                                              "this user can write") from None  # fmt: skip
+
+
+def check_tracking_server(field_name: str, uri: str, timeout: float = TRACKING_TIMEOUT_S) -> None:
+    """An http(s) tracking URI answers MLflow's REST API within `timeout` seconds (one request, no retries)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            body = r.read(1 << 16)
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):  # an MLflow behind authentication: the client brings its own credentials
+            return
+        raise ConfigError(field_name, uri, f"answered HTTP {err.code} to MLflow's REST API (GET {url}): not an MLflow "
+                                           f"tracking server; {START_SERVER}") from None  # fmt: skip
+    except (urllib.error.URLError, OSError) as err:
+        why = getattr(err, "reason", err)
+        why = f"no answer within {timeout:.0f} s" if isinstance(why, TimeoutError) or "timed out" in str(why) else str(why)
+        raise ConfigError(field_name, uri, f"no MLflow server answers ({why}); {START_SERVER}") from None
+    try:
+        ok = isinstance(json.loads(body), dict)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(field_name, uri, f"answered GET {url} with something other than MLflow's JSON: not an MLflow "
+                                           f"tracking server; {START_SERVER}")  # fmt: skip

@@ -20,7 +20,8 @@ from colq_sweep.console import say, stage
 from colq_sweep.fsio import file_lock
 from colq_sweep.pipeline.plan import EvalJob, PointPlan
 from colq_sweep.track import sysmetrics
-from colq_sweep.track.store import Tracker, resolve_tracking_uri
+from colq_sweep.track.serverwatch import ServerWatch
+from colq_sweep.track.store import Tracker, TrackingUnavailable, resolve_tracking_uri
 from colq_sweep.track.tags import device_tags, point_tags
 
 log = logging.getLogger("colq_sweep.pipeline")
@@ -106,12 +107,26 @@ def _load_quantized(plan: PointPlan, path: Path):
 def _fail(
     tracker: Tracker, run_id: str, exc: BaseException, status: str = "FAILED", artifacts: list[Path] = (), monitor=None
 ) -> str:
-    """Close a run that did not finish: its config and logs (as a FINISHED run has them), the traceback, the error."""
-    if monitor is not None:
-        monitor.finish()
+    """Close a run that did not finish: its config and logs (as a FINISHED run has them), the traceback, the error.
+    With the tracking server gone the run cannot be closed: it stays RUNNING until a later sweep, which finds its
+    process gone, marks it KILLED; what was built or evaluated stays in outputs/ and is reused then."""
+    error = f"{type(exc).__name__}: {exc}"
+    try:
+        if monitor is not None:
+            monitor.finish()
+        if not isinstance(exc, TrackingUnavailable):
+            _record_failure(tracker, run_id, exc, status, artifacts)
+    except TrackingUnavailable as lost:
+        log.error("run %s could not be marked %s: %s", run_id, status, lost)
+    return error
+
+
+def _record_failure(tracker: Tracker, run_id: str, exc: BaseException, status: str, artifacts: list[Path]) -> None:
     for f in artifacts:
         try:
             tracker.log_artifact(run_id, f)
+        except TrackingUnavailable:
+            raise
         except Exception:  # noqa: BLE001 - the traceback below matters more than a log file
             log.warning("could not log %s to the failed run %s", f, run_id)
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -123,7 +138,6 @@ def _fail(
             tracker.log(run_id, tags={R.ERROR: f"{type(exc).__name__}: {exc}"[:4000]})
         finally:
             tracker.finish(run_id, status)
-    return f"{type(exc).__name__}: {exc}"
 
 
 def ensure_baseline(
@@ -189,9 +203,19 @@ def run_point(
     """Quantize (or reuse) -> evaluate (or reuse) -> compare with the baseline -> track. Never raises for a
     failure of the point itself: its run is marked FAILED with the traceback and the outcome says so
     (KeyboardInterrupt still propagates, after marking the run KILLED). `who` names the point on the console."""
-    point = plan.point
     who = who or f"{plan.model} {plan.label}"
-    tracker = Tracker(resolve_tracking_uri(point.outputs_dir, point.tracking_uri), point.name)
+    uri = resolve_tracking_uri(plan.point.outputs_dir, plan.point.tracking_uri)
+    try:
+        with ServerWatch(uri, who):  # a server that stops answering is said within ~20 s, the work goes on
+            return _run_point(plan, uri, sweep_id, config_yaml, log_files, who)
+    except TrackingUnavailable as exc:  # before the point's run existed, or while its failure was recorded
+        log.error("%s | FAILED: %s; what finished stays in outputs/ and a rerun reuses it", who, exc)
+        return PointOutcome(plan.label, plan.model, "FAILED", None, {}, f"{type(exc).__name__}: {exc}")
+
+
+def _run_point(plan: PointPlan, uri: str, sweep_id: str | None, config_yaml: str | None, log_files: list[Path], who: str):
+    point = plan.point
+    tracker = Tracker(uri, point.name)
     parent_id = tracker.find_parent(sweep_id) if sweep_id else None
     killed = tracker.mark_dead_runs_killed(plan.run_key)
     if killed:

@@ -52,13 +52,16 @@ def open_sweep(config: DictConfig, n_jobs: int) -> str:
 
 def abort_sweep(config: DictConfig, reason: str) -> None:
     """Mark the parent run FAILED when the sweep stops before its jobs ran (e.g. no GPU slot)."""
-    from colq_sweep.track.store import sweep_id_for
+    from colq_sweep.track.store import TrackingUnavailable, sweep_id_for
 
-    tracker = _tracker(config)
-    parent = tracker.find_parent(sweep_id_for(str(config.hydra.sweep.dir)))
-    if parent:
-        tracker.log(parent, tags={R.ERROR: reason[:4000]})
-        tracker.finish(parent, "FAILED")
+    try:
+        tracker = _tracker(config)
+        parent = tracker.find_parent(sweep_id_for(str(config.hydra.sweep.dir)))
+        if parent:
+            tracker.log(parent, tags={R.ERROR: reason[:4000]})
+            tracker.finish(parent, "FAILED")
+    except TrackingUnavailable as exc:
+        print(f"colq_sweep: the sweep's parent run could not be marked FAILED: {exc}", file=sys.stderr)
 
 
 def job_status(job_dir: Path, label: str, note: str | None = None) -> dict:
@@ -71,13 +74,28 @@ def job_status(job_dir: Path, label: str, note: str | None = None) -> dict:
 
 def close_sweep(config: DictConfig, jobs: list[tuple[int, Path, str]], notes: dict[int, str] | None = None) -> int:
     """Print the summary of exactly these jobs (number, directory, overrides), close the parent run with the
-    sweep's status, and return how many points failed. `notes`: job number -> why its launcher saw it fail."""
-    from colq_sweep.track.store import sweep_id_for
-
+    sweep's status, and return how many points failed (at least 1 when the parent run could not be closed).
+    `notes`: job number -> why its launcher saw it fail."""
     notes = notes or {}
     rows = [(str(num), job_status(job_dir, overrides, notes.get(num))) for num, job_dir, overrides in jobs]
     failed = [r for r in rows if r[1]["status"] not in ("FINISHED", "SKIPPED")]
     print(format_summary(rows), file=sys.stderr)
+    if failed:
+        print(f"colq_sweep: {len(failed)} of {len(rows)} sweep points failed (see the table above)", file=sys.stderr)
+    from colq_sweep.track.store import TrackingUnavailable
+
+    try:
+        _close_parent(config, failed)
+    except TrackingUnavailable as exc:
+        print(f"colq_sweep: the sweep's parent run could not be closed: {exc}; the next sweep against that server "
+              "marks what this one left RUNNING as KILLED and reruns it, reusing what was built", file=sys.stderr)  # fmt: skip
+        return max(len(failed), 1)
+    return len(failed)
+
+
+def _close_parent(config: DictConfig, failed: list) -> None:
+    from colq_sweep.track.store import sweep_id_for
+
     tracker = _tracker(config)
     parent = tracker.find_parent(sweep_id_for(str(config.hydra.sweep.dir)))
     if parent:
@@ -91,9 +109,6 @@ def close_sweep(config: DictConfig, jobs: list[tuple[int, Path, str]], notes: di
     if foreign:
         print(f"colq_sweep: {len(foreign)} run(s) are RUNNING on other hosts (owner unknown from here): "
               + ", ".join(f"{r.info.run_id} ({r.data.tags.get(R.HOST, '?')})" for r in foreign[:10]), file=sys.stderr)
-    if failed:
-        print(f"colq_sweep: {len(failed)} of {len(rows)} sweep points failed (see the table above)", file=sys.stderr)
-    return len(failed)
 
 
 def format_summary(rows: list[tuple[str, dict]]) -> str:

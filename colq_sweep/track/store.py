@@ -4,6 +4,9 @@ The embedded default is a sqlite file under outputs/ (no server). Several job pr
 store race on schema creation and on writes ("duplicate column", "database is locked"), so every client call
 on a sqlite store is serialised by an advisory file lock next to the database; a remote server
 (`MLFLOW_TRACKING_URI=http://...`) needs no lock.
+
+A server that stops answering is `TrackingUnavailable`, raised within a bounded time: MLflow's own HTTP retry
+budget (about 3.5 minutes of retries by default) is cut to `HTTP_DEFAULTS` unless the environment sets it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,50 @@ from colq_sweep.fsio import file_lock
 from colq_sweep.launch.slurm import current_job_tags, run_job_states
 from colq_sweep.runtime import process_alive, process_start
 
+# MLflow's HTTP client settings for our processes (the environment wins): 2 retries 1 s and 2 s apart, 20 s per
+# request. A server that is gone (connection refused) is reported after ~3 s, one that hangs after ~65 s.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+                 "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}  # fmt: skip  (its "View run at" lines on stdout)
+for _k, _v in HTTP_DEFAULTS.items():
+    os.environ.setdefault(_k, _v)
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server does not answer (refused, timed out, or failing with 5xx after MLflow's retries)."""
+
+    def __init__(self, uri: str, reason: str):
+        self.uri = uri
+        super().__init__(f"the tracking server {uri} is unreachable ({reason})")
+
+
+def _unreachable(exc: BaseException) -> str | None:
+    """Why `exc` means the server is not answering, or None when it is another failure."""
+    import requests
+
+    seen, e = set(), exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError, TimeoutError)):
+            return type(e).__name__
+        e = e.__cause__ or e.__context__
+    text = str(exc)
+    for marker in ("Max retries exceeded", "Connection refused", "Read timed out", "too many 5"):
+        if marker in text:
+            return marker.lower()
+    return None
+
+
+@contextlib.contextmanager
+def _translated(uri: str):
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - re-raised as it was unless the server is unreachable
+        reason = _unreachable(exc) if uri.startswith(("http://", "https://")) else None
+        if reason is None:
+            raise
+        raise TrackingUnavailable(uri, reason) from exc
+
 
 def resolve_tracking_uri(outputs_dir: str | os.PathLike, explicit: str | None = None) -> str:
     """Explicit config value > MLFLOW_TRACKING_URI > sqlite:///<outputs_dir>/mlflow.db. A sqlite path is made
@@ -32,9 +79,7 @@ def resolve_tracking_uri(outputs_dir: str | os.PathLike, explicit: str | None = 
     if not uri:
         uri = f"sqlite:///{Path(outputs_dir).resolve() / 'mlflow.db'}"
     if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///") :]).resolve()
-        db.parent.mkdir(parents=True, exist_ok=True)
-        uri = f"sqlite:///{db}"
+        uri = f"sqlite:///{Path(uri[len('sqlite:///') :]).resolve()}"
     return uri
 
 
@@ -57,6 +102,8 @@ class Tracker:
 
     def __init__(self, tracking_uri: str, experiment: str):
         self.uri = tracking_uri
+        if tracking_uri.startswith("sqlite:///"):
+            Path(tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         with self.locked():
             self.client = MlflowClient(tracking_uri=tracking_uri)
             exp = self.client.get_experiment_by_name(experiment)
@@ -67,8 +114,11 @@ class Tracker:
         self.experiment_id = exp_id
         self.experiment = experiment
 
+    @contextlib.contextmanager
     def locked(self):
-        return store_lock(self.uri)
+        """The store's lock (sqlite) around a client call; a server that does not answer is TrackingUnavailable."""
+        with store_lock(self.uri), _translated(self.uri):
+            yield
 
     # ------------------------------------------------------------------ runs
     def create_run(self, name: str, tags: dict[str, str], parent_id: str | None = None) -> str:

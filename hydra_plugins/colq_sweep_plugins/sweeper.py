@@ -87,6 +87,7 @@ class ColqSweeper(BasicSweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         from colq_sweep.track.multirun import abort_sweep, close_sweep, open_sweep
+        from colq_sweep.track.store import TrackingUnavailable
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
@@ -102,7 +103,11 @@ class ColqSweeper(BasicSweeper):
         self._warn_sqlite_on_cluster()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        open_sweep(self.config, len(jobs))
+        try:
+            open_sweep(self.config, len(jobs))
+        except TrackingUnavailable as exc:
+            print(f"colq_sweep: {exc} [nothing was launched]", file=sys.stderr)
+            sys.exit(2)
         returns = []
         notes: dict[int, str] = {}  # job number -> why it failed, as its launcher saw it (e.g. its Slurm state)
         initial_job_idx = 0
