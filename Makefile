@@ -9,6 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev
 OUT ?= outputs
 ARGS ?=
+AXES ?= seqlen=32,64,128
 NAME ?= demo
 PORT ?= 5000
 STAMP := $(VENV)/.installed-$(EXTRAS)
@@ -42,12 +43,12 @@ test: $(STAMP) ## run the whole test suite offline on the fixtures (a few minute
 test-fast: $(STAMP) ## unit tests only (skips end-to-end quantize/evaluate tests)
 	$(OFFLINE) $(PY) -m pytest -q -m "not slow"
 
-demo: fixtures ## offline demo: 3-point seqlen sweep of the tiny model -> MLflow -> report in outputs/reports/demo/
-	$(OFFLINE) $(PY) -m colq_sweep -m experiment=demo outputs_dir=$(OUT) $(ARGS)
+demo: fixtures ## offline demo: 3-point seqlen sweep of the tiny model -> MLflow -> report in outputs/reports/demo/ (AXES=... for others)
+	$(OFFLINE) $(PY) -m colq_sweep -m experiment=demo outputs_dir=$(OUT) $(AXES) $(ARGS)
 	$(OFFLINE) $(PY) -m colq_sweep.report --name demo --outputs-dir $(OUT)
 
 demo-slurm: fixtures ## the demo sweep through slurm-up's cluster: every point an sbatch job (e.g. OUT=outputs/slurm-demo)
-	$(OFFLINE) SLURM_CONF=$(TEST_SLURM_CONF) $(PY) -m colq_sweep -m experiment=demo outputs_dir=$(OUT) $(SLURM_CPU) $(ARGS)
+	$(OFFLINE) SLURM_CONF=$(TEST_SLURM_CONF) $(PY) -m colq_sweep -m experiment=demo outputs_dir=$(OUT) $(SLURM_CPU) $(AXES) $(ARGS)
 
 sweep: $(STAMP) ## a real sweep (GPU + Hub), e.g. make sweep ARGS="experiment=seed-report"
 	$(PY) -m colq_sweep -m outputs_dir=$(OUT) $(ARGS)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU session's measurements on a CUDA machine without Hub access (docs/PERFORMANCE.md records the numbers):
-#   bash bench/h200.sh 4b|8b|bf16|qcost [size seqlen batch]|qfast|qstep   (wheels for the missing packages in .whl/, results under $OUT)
+#   bash bench/h200.sh 4b|8b|bf16|qcost [size seqlen batch]|qfast|qstep|qmethods   (wheels for the missing packages in .whl/, results under $OUT)
 # 4b/8b: the full shape through the pipeline (iters 1), the encoding benchmark (bf16 vs W4A16, with a profile) and,
 # for 4b, the corpus cache on a 6-language task; bf16: encoding eager/compiled/threads/processes at both shapes;
 # qcost: our quantize stage vs auto-round's API at the study's seqlen-1024 pairs on 2-layer real shapes; qfast:
@@ -8,7 +8,7 @@
 # the fastest settings. Each step has its own time limit; one failing does not stop the rest. Each mode fits one
 # 10-minute call. Logs and JSON go to $OUT/res.tgz (refreshed after every step: the device returns 8 files at most).
 set -o pipefail
-MODE=${1:?4b, 8b, bf16, qcost or qfast}
+MODE=${1:?4b, 8b, bf16, qcost, qfast, qstep or qmethods}
 OUT=${OUT:-/tmp/out}
 RES=/tmp/res
 mkdir -p "$OUT" "$RES"
@@ -69,6 +69,12 @@ case "$MODE" in
   qstep)  # the marginal cost of one AutoRound step at the study's largest batches: iters 10 and 40, ours alone
     for p in "8b 512 150" "4b 512 200" "8b 256 300"; do
       for it in 10 40; do ITERS=$it QLIMIT=150 qcost $p --ours-only "_it$it"; done
+    done ;;
+  qmethods)  # the cost side of "is SignRound worth it": RTN and optimised RTN through our stage on the full 4B shape
+    python3 -m colq_sweep.fixtures.realshape --size 4b --out /tmp/rs/4b 2>&1 | tail -1
+    for a in "rtn:W4A16" "rtn:W8A16" "opt_rtn:W4A16"; do
+      QLIMIT=180 step "qm_4b_${a%%:*}_${a#*:}" 180 python3 bench/quantize_cost.py --checkpoint /tmp/rs/4b --seqlen 1024 \
+        --batch-size 8 --nsamples 80 --algorithms "${a%%:*}" --scheme "${a#*:}" --ours-only --json "$RES/qm_4b_${a%%:*}_${a#*:}.json"
     done ;;
   qfast)  # do the fast settings change the weights? ours alone at one point: default twice, then each setting
     for v in "_lowmem:--low-gpu-mem" "_lowmem2:--low-gpu-mem" "_default:" "_compile:--compile"; do

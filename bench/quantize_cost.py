@@ -3,7 +3,7 @@ arguments, in the same process on the same GPU (target: ratio <= 1.02), with sec
 GPU memory.
 
     python bench/quantize_cost.py --checkpoint /tmp/rs/4b-l4 --seqlen 1024 --batch-size 8 --nsamples 16 \
-        --iters 50 [--compile] [--low-gpu-mem] --json out.json
+        --iters 50 [--algorithms rtn|opt_rtn|awq,signround] [--scheme W8A16] [--compile] [--low-gpu-mem] --json out.json
 
 Use a real-shape checkpoint with a few layers (`python -m colq_sweep.fixtures.realshape --size 4b --layers 4`). The order is
 direct, ours, direct, and ours is compared with the mean of the two direct runs: the first run in a process pays for
@@ -52,8 +52,8 @@ def point_for(args, calib: Path, outputs: Path):
     return validate({
         "model": {"name": "bench", "id": None, "revision": None, "path": args.checkpoint, "dtype": "bfloat16",
                   "max_num_visual_tokens": 1280},
-        "quant": {"method": "autoround", "scheme": "W4A16", "bits": 4, "group_size": 128, "sym": True,
-                  "format": "auto_awq", "lr": None, "minmax_lr": None, "low_gpu_mem_usage": args.low_gpu_mem,
+        "quant": {"method": "autoround", "algorithms": args.algorithms.split(","), "scheme": args.scheme, "bits": None,
+                  "group_size": None, "sym": True, "format": "auto", "lr": None, "minmax_lr": None, "low_gpu_mem_usage": args.low_gpu_mem,
                   "enable_torch_compile": args.compile, "backend": "auto", "allow_fewer_samples": False},
         "calib": {"source": "jsonl", "dataset": None, "revision": None, "split": None, "text_field": "text",
                   "path": str(calib)},
@@ -72,6 +72,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--nsamples", type=int, default=16)
     ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--algorithms", default="signround", help="quant.algorithms, comma-separated (rtn, opt_rtn, awq,signround)")
+    ap.add_argument("--scheme", default="W4A16")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--low-gpu-mem", action="store_true", help="low_gpu_mem_usage=true (the default is false)")
     ap.add_argument("--ours-only", action="store_true", help="only our stage (settings comparisons: time, weights hash)")
@@ -101,13 +103,14 @@ def main() -> None:
 
     def direct(tag: str) -> dict:
         # the same AutoRound call on the same calibration rows, same process and GPU
-        kwargs = autoround_kwargs(point.quant, point.seed, "cuda:0" if args.device == "cuda" else args.device, str(calib_rows))
+        rows = str(calib_rows) if point.quant.needs_calibration else None  # plain RTN reads none
+        kwargs = autoround_kwargs(point.quant, point.seed, "cuda:0" if args.device == "cuda" else args.device, rows)
         fresh = copy.deepcopy(model)  # AutoRound changes the model it is given; copying is not part of the cost
         reset_peak()
         t0 = time.perf_counter()
         ar = AutoRound(fresh, tokenizer=proc.tokenizer, processor=proc, image_processor=proc.image_processor,
                        **kwargs)  # fmt: skip
-        ar.quantize_and_save(str(work / f"direct-{tag}"), format="auto_awq")
+        ar.quantize_and_save(str(work / f"direct-{tag}"), format=point.quant.format)
         return {"autoround_s": time.perf_counter() - t0, "peak_gib": peak_gib()}
 
     calib_rows = calib  # before ours has run, its selection is not written yet: the full file, same seed and count
@@ -122,7 +125,7 @@ def main() -> None:
                        "weights_sha256": ",".join(v["sha256"] for k, v in sorted(art.manifest["files"].items())
                                                   if k.endswith(".safetensors")),
                        "per_block_s": art.manifest["quant_seconds"] / layers}  # fmt: skip
-    results["settings"] = {"layers": layers, "seqlen": args.seqlen, "batch_size": args.batch_size,
+    results["settings"] = {"layers": layers, "algorithms": args.algorithms, "scheme": args.scheme, "seqlen": args.seqlen, "batch_size": args.batch_size,
                            "nsamples": args.nsamples, "iters": args.iters, "compile": args.compile,
                            "low_gpu_mem_usage": args.low_gpu_mem}  # fmt: skip
     if args.keep:
@@ -135,7 +138,7 @@ def main() -> None:
     if args.ours_only:
         finish(results, args, work)
         return
-    calib_rows = art.path / "calibration.jsonl"
+    calib_rows = art.path / "calibration.jsonl" if point.quant.needs_calibration else None
     second = direct("b")
     results["direct_runs"] = [first, second]
     results["direct"] = {"autoround_s": (first["autoround_s"] + second["autoround_s"]) / 2,

@@ -50,8 +50,12 @@ def quant_knobs(point: SweepPoint) -> dict[str, Any]:
     q = point.quant
     if not q.enabled:
         return {}
-    return {"quant": q.values(WEIGHTS, root=False), **q.values(WEIGHTS, root=True), "seed": point.seed,
-            "calib": point.calib.identity}  # fmt: skip
+    out = {"quant": q.values(WEIGHTS, root=False), **q.values(WEIGHTS, root=True)}
+    if q.uses_seed:
+        out["seed"] = point.seed
+    if q.needs_calibration:
+        out["calib"] = point.calib.identity
+    return out
 
 
 def _eval_fields(spec: EvalSpec) -> dict[str, Any]:
@@ -83,8 +87,10 @@ def config_hash(point: SweepPoint) -> str:
     if q.enabled:
         d["quant"] = q.values(WEIGHTS, RESULTS, root=False)
         d.update(q.values(WEIGHTS, RESULTS, root=True))
-        d["seed"] = point.seed
-        d["calib"] = {k: v for k, v in asdict(point.calib).items() if k != "path"}
+        if q.uses_seed:
+            d["seed"] = point.seed
+        if q.needs_calibration:
+            d["calib"] = {k: v for k, v in asdict(point.calib).items() if k != "path"}
     else:  # knobs do not touch the baseline
         d["quant"] = {"method": "none"}
     return _digest(d, 16)
@@ -155,21 +161,21 @@ def key_versions() -> dict[str, str | None]:
 # ------------------------------------------------------------------------------------------------ keys
 
 
-def artifact_key(point: SweepPoint, calib_revision: str, calib_selection: str, device_type: str) -> str:
+def artifact_key(point: SweepPoint, calib_revision: str | None, calib_selection: str | None, device_type: str) -> str:
     """Hash of everything that decides the quantized weights; a local checkpoint counts by its content, the
-    calibration set by its pin (`calib_revision`: a Hub commit or a local file's sha256) and by the loader semantics
-    its rows are selected with (`calib_selection`)."""
+    calibration set (when the method reads one) by its pin (`calib_revision`: a Hub commit or a local file's sha256)
+    and by the loader semantics its rows are selected with (`calib_selection`)."""
     if not point.quant.enabled:
         raise ValueError("artifact_key: quant.method=none has no quantized artifact")
     payload = {
         "schema": ARTIFACT_SCHEMA,
         "model": checkpoint_fingerprint(point.model.id, point.model.revision, point.model.path),
         "knobs": quant_knobs(point),
-        "calib_revision": calib_revision,
-        "calib_selection": calib_selection,
         "device_type": device_type,
         "versions": key_versions(),
     }
+    if point.quant.needs_calibration:
+        payload.update(calib_revision=calib_revision, calib_selection=calib_selection)
     return _digest(payload, KEY_LEN)
 
 

@@ -70,7 +70,10 @@ def test_demo_experiment(fixture_outputs_dir):
     point = validate(cfg)
     assert (point.model.name, point.eval.tasks, point.device) == ("tiny", (FIXTURE_TASK,), "cpu")
     assert point.calib.source == "jsonl" and point.quant.iters <= 50 and point.quant.nsamples <= 16
-    assert str(cfg.hydra.sweeper.params.seqlen) == "32,64,128"
+    # one point by itself: the axes come from the command line (`make demo` gives seqlen=32,64,128), so a methods
+    # matrix on it (`quant.algorithms=[rtn],[signround] quant.scheme=W4A16,W8A16`) is 4 points, not 12
+    assert not cfg.hydra.sweeper.params and point.quant.seqlen == 64
+    assert "AXES ?= seqlen=32,64,128" in (ROOT / "Makefile").read_text()
 
 
 def test_seed_report_matrix_matches_the_study(fixture_outputs_dir):
@@ -134,7 +137,16 @@ BAD = [
     (["iters=0"], "iters"),
     (["nsamples=4", "batch_size=8"], "nsamples"),
     (["nsamples=10", "batch_size=4"], "nsamples"),  # partial last calibration batch
-    (["quant.scheme=W8A16", "quant.bits=8"], "quant.format"),  # AWQ holds 4-bit only
+    (["quant.scheme=W8A16", "quant.format=auto_awq"], "quant.format"),  # AWQ holds 4-bit only
+    (["quant.scheme=W3A16", "quant.format=auto_awq"], "quant.format"),
+    (["quant.algorithms=[nope]"], "quant.algorithms"),
+    (["quant.algorithms=[hadamard,signround]"], "quant.algorithms"),  # a rotation: needs online transforms
+    (["quant.algorithms=[awq]"], "quant.algorithms"),  # a preprocessor alone: no block algorithm
+    (["quant.algorithms=[rtn,signround]"], "quant.algorithms"),  # two block algorithms
+    (["quant.avg_bits=1"], "quant.avg_bits"),
+    (["quant.recipe=fast"], "quant.recipe"),
+    (["quant.scheme=W3A16", "quant.backend=ark"], "quant.backend"),  # ark has no 3-bit kernels
+    (["quant.scheme=W4A16G32", "quant.group_size=64"], "quant.group_size"),
     (["quant.scheme=W4A8"], "quant.scheme"),
     (["quant.backend=cuda"], "quant.backend"),
     (["quant.compute=int8"], "quant.compute"),

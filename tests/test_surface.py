@@ -120,7 +120,7 @@ def cases(fx, tmp: Path) -> dict[str, tuple[list[str], list[str], str]]:
     `experiment=demo` with the fixtures."""
     hub_model = ["model.path=null", "model.id=TomoroAI/tomoro-colqwen3-embed-4b", f"model.revision={SHA}"]
     hub_calib = ["calib=pile10k"]
-    w8 = ["quant.scheme=W8A16", "quant.bits=8", "quant.format=auto_round"]
+    w8 = ["quant.scheme=W8A16", "quant.bits=8", "quant.format=auto_round"]  # explicit, as the derived values are
     return {
         "seqlen": (["seqlen=48"], ["seqlen=0"], "seqlen"),
         "batch_size": (["batch_size=2"], ["batch_size=0"], "batch_size"),
@@ -143,11 +143,14 @@ def cases(fx, tmp: Path) -> dict[str, tuple[list[str], list[str], str]]:
         "model.max_num_visual_tokens": (["model.max_num_visual_tokens=128"], ["model.max_num_visual_tokens=0"],
                                         "model.max_num_visual_tokens"),  # fmt: skip
         "quant.method": (["quant=none", "quant.method=none"], ["quant.method=nope"], "quant.method"),
-        "quant.scheme": (w8, ["quant.scheme=W4A8"], "quant.scheme"),
+        "quant.algorithms": (["quant.algorithms=[awq,signround]"], ["quant.algorithms=[nope]"], "quant.algorithms"),
+        "quant.recipe": (["quant.recipe=light"], ["quant.recipe=fast"], "quant.recipe"),
+        "quant.avg_bits": (["quant.avg_bits=null"], ["quant.avg_bits=1"], "quant.avg_bits"),
+        "quant.scheme": (["quant.scheme=W8A16"], ["quant.scheme=W4A8"], "quant.scheme"),
         "quant.bits": (w8, ["quant.bits=5"], "quant.bits"),
         "quant.group_size": (["quant.group_size=64"], ["quant.group_size=100"], "quant.group_size"),
         "quant.sym": (["quant.sym=false"], ["quant.sym=maybe"], "quant.sym"),
-        "quant.format": (["quant.format=auto_round"], ["quant.format=gguf"], "quant.format"),
+        "quant.format": (["quant.format=auto_round"], ["quant.scheme=W3A16", "quant.format=auto_awq"], "quant.format"),
         "quant.lr": (["quant.lr=0.01"], ["quant.lr=-1"], "quant.lr"),
         "quant.minmax_lr": (["quant.minmax_lr=0.01"], ["quant.minmax_lr=0"], "quant.minmax_lr"),
         "quant.low_gpu_mem_usage": (["quant.low_gpu_mem_usage=true"], ["quant.low_gpu_mem_usage=maybe"],

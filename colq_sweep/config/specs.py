@@ -26,11 +26,14 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 WEIGHTS = "weights"  # decides the quantized weights: in the artifact key and the run key
 RESULTS = "results"  # decides results but not the weights: in the run key only
 SPEED = "speed"  # speed and memory only: in no key
+DERIVED = "derived"  # only decides other fields' values (a recipe), which are keyed themselves: in no key
 
 
-def knob(default: Any, key: str = WEIGHTS, root: bool = False) -> Any:
-    """A spec field with its identity mark; `root=True`: set at the config's top level (`seqlen=512`)."""
-    return field(default=default, metadata={"key": key, "root": root})
+def knob(default: Any, key: str = WEIGHTS, root: bool = False, keyed_at_default: bool = True) -> Any:
+    """A spec field with its identity mark; `root=True`: set at the config's top level (`seqlen=512`);
+    `keyed_at_default=False`: left out of the keys while at its default, so the keys of configs written before the
+    field existed stay as they were."""
+    return field(default=default, metadata={"key": key, "root": root, "keyed_at_default": keyed_at_default})
 
 
 def key_of(f: dataclasses.Field) -> str:
@@ -132,10 +135,27 @@ class QuantSpec:
         return tuple(f.name for f in fields(cls) if f.metadata.get("root"))
 
     def values(self, *keys: str, root: bool | None = None) -> dict[str, Any]:
-        """The fields whose identity mark is among `keys` (all marks when none are given); `root` filters top-level
-        fields in (True) or out (False)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if (not keys or key_of(f) in keys) and (root is None or bool(f.metadata.get("root")) == root)}  # fmt: skip
+        """The fields whose identity mark is among `keys` (all marks when none are given) and that matter for this
+        spec (`relevant`); `root` filters top-level fields in (True) or out (False). A field marked
+        `keyed_at_default=False` is left out while it holds its default."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if keys and key_of(f) not in keys or root is not None and bool(f.metadata.get("root")) != root:
+                continue
+            if not self.relevant(f.name) or (keys and not f.metadata.get("keyed_at_default", True) and v == f.default):
+                continue
+            out[f.name] = v
+        return out
+
+    def relevant(self, name: str) -> bool:
+        """Whether field `name` can change what this spec produces (a calibration length does not change RTN)."""
+        return True
+
+    @property
+    def uses_seed(self) -> bool:
+        """Whether the seed can change what this spec produces (calibration sampling, tuning)."""
+        return self.enabled
 
     def label(self, seed: int) -> str:
         return "original"

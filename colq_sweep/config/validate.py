@@ -221,8 +221,9 @@ def _plain(cfg: Any) -> dict:
 
 def _root(d: dict) -> dict[str, Any]:
     """The top-level values every point has, checked."""
-    for k in methods.root_fields():  # a method's top-level knobs are integers whatever the method
-        pos_int(k, d.get(k))
+    for k in methods.root_fields():  # a method's top-level knobs are integers (or null: its default) whatever the method
+        if d.get(k) is not None:
+            pos_int(k, d[k])
     seed = d.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError("seed", seed, "must be a non-negative integer")

@@ -81,8 +81,8 @@ class QuantJob:
     spec: QuantizedSpec
     seed: int
     calib: CalibSpec
-    calib_revision: str | None  # the calibration set's pin (None: it could not be resolved, see `problem`)
-    calib_semantics: str  # which auto-round loader's selection the rows replay
+    calib_revision: str | None  # the calibration set's pin (None: none is read, or it could not be resolved: `problem`)
+    calib_semantics: str | None  # which auto-round loader's selection the rows replay (None: no calibration)
     artifact_key: str | None
     knobs: dict  # keys.quant_knobs: what the manifest records as the weights' inputs
     checkpoint: Checkpoint
@@ -150,7 +150,7 @@ def _calibration_pin(point: SweepPoint) -> tuple[str | None, CalibrationError | 
 def _kernels(point: SweepPoint, device: str) -> tuple[str | None, str | None, BackendUnavailableError | None]:
     q = point.quant
     try:
-        backend = kernels.resolve_backend(q.backend, device)
+        backend = kernels.resolve_backend(q.backend, device, q.bits)
     except BackendUnavailableError as err:
         return None, None, err
     return backend, kernels.kernel_compute_dtype(backend, point.model.dtype, q.compute), None
@@ -168,8 +168,9 @@ def resolve(point: SweepPoint) -> PointPlan:
             EvalJob(point.eval, ckpt.mteb_name, keys.eval_revision(ckpt.mteb_revision, point), None, None,
                     dirs.results, dirs.cache, device, point.force),
         )  # fmt: skip
-    calib_rev, calib_problem = _calibration_pin(point) if point.quant.needs_calibration else ("", None)
-    semantics = calibration.SEMANTICS[point.calib.source]
+    calibrates = point.quant.needs_calibration
+    calib_rev, calib_problem = _calibration_pin(point) if calibrates else (None, None)
+    semantics = calibration.SEMANTICS[point.calib.source] if calibrates else None
     key = keys.artifact_key(point, calib_rev, semantics, device.split(":")[0]) if calib_problem is None else None
     backend, compute, kernel_problem = _kernels(point, device)
     quant = QuantJob(point.quant, point.seed, point.calib, calib_rev, semantics, key, keys.quant_knobs(point), ckpt,

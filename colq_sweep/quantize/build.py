@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from colq_sweep.pipeline.plan import QuantJob
 
 
-def build(job: QuantJob, base_dir: Path, processor, calib: CalibrationData, tmp: Path, started: float) -> dict:
+def build(job: QuantJob, base_dir: Path, processor, calib: CalibrationData | None, tmp: Path, started: float) -> dict:
     """Quantize `base_dir` into `tmp` with the job's method on the prepared calibration `calib`; return the manifest
     written there (`started`: when the stage began preparing, for the manifest's build_seconds)."""
     run = methods.builder(job.spec.method)(job, base_dir, processor, calib, tmp)
@@ -54,7 +54,7 @@ def _collect(run: MethodRun, tmp: Path, base_dir: Path) -> dict[str, Any]:
 
 
 def _manifest(
-    job: QuantJob, base_dir: Path, run: MethodRun, calib: CalibrationData, export_info: dict, files: dict,
+    job: QuantJob, base_dir: Path, run: MethodRun, calib: CalibrationData | None, export_info: dict, files: dict,
     build_seconds: float,
 ) -> dict:  # fmt: skip
     import torch
@@ -65,8 +65,8 @@ def _manifest(
         "key": job.artifact_key,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         # flat numbers, for trackers
-        "samples_used": calib.selection.used,
-        "samples_requested": job.spec.nsamples,
+        "samples_used": calib.selection.used if calib else 0,
+        "samples_requested": job.spec.nsamples if calib else 0,
         "quant_seconds": run.quant_seconds,
         "build_seconds": build_seconds,
         "quant_peak_rss_mb": mem.peak_rss / 2**20 if mem.peak_rss is not None else None,
@@ -76,8 +76,8 @@ def _manifest(
             "model_name": job.checkpoint.name,
             "base_checkpoint": str(base_dir),
             "quant_knobs": job.knobs,
-            "calib_identity": job.calib.identity,
-            "calib_revision": calib.revision,
+            "calib_identity": job.calib.identity if calib else None,
+            "calib_revision": calib.revision if calib else None,
             "device": job.device,
             # the SIMD level torch dispatched to: float32 tuning can round single weights differently across levels
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -85,7 +85,7 @@ def _manifest(
             "format": job.spec.format,
             "autoround_kwargs": run.arguments,
         },
-        "calibration": {**calib.summary(), **run.calibration},
+        "calibration": {**(calib.summary() if calib else {"samples_used": 0}), **run.calibration},
         "autoround_warnings": run.warnings,
         "versions": {
             **key_versions(),

@@ -20,17 +20,38 @@ AWQ_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)  # logical column j of a group of 8 sits in
 
 
 def unpack_int32(packed, bits: int, dim: int):
-    """Split each int32 into 32/bits unsigned values, lowest bits first, along `dim` (2/4/8-bit only)."""
+    """Split each int32 into 32/bits unsigned values, lowest bits first, along `dim`; widths that do not divide 32
+    (3 bits: GPTQ packs 32 values into 3 words) as one little-endian bit stream along `dim`."""
     import torch
 
-    if bits not in (2, 4, 8):
-        raise NotImplementedError(f"dequantizing {bits}-bit weights is not supported (2, 4 or 8 bits only)")
+    if bits not in (2, 3, 4, 8):
+        raise NotImplementedError(f"dequantizing {bits}-bit weights is not supported (2, 3, 4 or 8 bits only)")
+    if 32 % bits:
+        return unpack_bitstream(packed, bits, dim)
     per = 32 // bits
     p = packed.to(torch.int32).movedim(dim, -1)
     shifts = torch.arange(0, 32, bits, dtype=torch.int32, device=p.device)
     vals = (p.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
     vals = vals.reshape(*p.shape[:-1], p.shape[-1] * per)
     return vals.movedim(-1, dim)
+
+
+def unpack_bitstream(packed, bits: int, dim: int):
+    """Values of `bits` bits laid end to end over the int32 words along `dim`, word 0's lowest bit first: value i
+    occupies stream bits [i*bits, (i+1)*bits), possibly across two words."""
+    import torch
+
+    p = packed.to(torch.int64).movedim(dim, -1) & 0xFFFFFFFF
+    n = p.shape[-1] * 32 // bits
+    start = torch.arange(n, device=p.device) * bits
+    word, shift = start // 32, start % 32
+    low = p[..., word] >> shift
+    spill = (shift + bits) > 32
+    high = torch.zeros_like(low)
+    nxt = torch.clamp(word + 1, max=p.shape[-1] - 1)
+    high[..., spill] = p[..., nxt[spill]] << (32 - shift[spill])
+    vals = (low | high) & ((1 << bits) - 1)
+    return vals.to(torch.int32).movedim(-1, dim)
 
 
 def unpack_awq(packed):

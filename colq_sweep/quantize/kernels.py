@@ -31,6 +31,7 @@ class Kernel:
     module: str | None  # the Python module that must be importable (None: nothing beyond the core stack)
     package: str  # the distribution that provides it
     install: str  # how to get it, for the one-line refusal
+    bits: tuple[int, ...]  # the weight widths it serves (measured on the fixture: ark 2/4/8, not 3)
     autoround_awq: str | None = None  # auto-round's backend name for the AWQ packing (None: not through auto-round)
     autoround_other: str | None = None  # ... and for auto-round's own (GPTQ-style) packing
     layer_module: str | None = None  # the module prefix of the layers it puts in place (checked after loading)
@@ -41,30 +42,34 @@ class Kernel:
 
 KERNELS = {k.name: k for k in (
     Kernel("ark", "cpu", "auto_round_kernel", "auto-round-lib (module auto_round_kernel)", "pip install auto-round-lib",
-           "ark", "ark", "auto_round_kernel"),
-    Kernel("humming", "cuda", "humming", "humming-kernels", "pip install 'colq_sweep[gpu]'",
+           (2, 4, 8), "ark", "ark", "auto_round_kernel"),
+    Kernel("humming", "cuda", "humming", "humming-kernels", "pip install 'colq_sweep[gpu]'", (4,),  # W4 measured only
            "auto_round:humming_awq", "auto_round:humming", "auto_round_extension.humming"),
     Kernel("gptqmodel", "cuda", "gptqmodel", "gptqmodel", "pip install 'colq_sweep[gptqmodel]' (gptqmodel>=7.6,<7.7 "
-           "for torch 2.13)", "gptqmodel:awq", "gptqmodel", "gptqmodel"),
-    Kernel("dequant", "any", None, "", ""),
+           "for torch 2.13)", (2, 3, 4, 8), "gptqmodel:awq", "gptqmodel", "gptqmodel"),
+    Kernel("dequant", "any", None, "", "", (2, 3, 4, 8)),
 )}  # fmt: skip
 BACKENDS = ("auto", *KERNELS)
 AUTO_ORDER = {"cuda": ("humming", "gptqmodel"), "cpu": ("ark",)}
 
 
-def resolve_backend(backend: str, device: str) -> str:
-    """`auto` -> the first installed kernel of `AUTO_ORDER` for the device type; a named backend is checked to
-    serve here. Raises BackendUnavailableError with the fix."""
+def resolve_backend(backend: str, device: str, bits: int = 4) -> str:
+    """`auto` -> the first installed kernel of `AUTO_ORDER` for the device type that serves `bits`-bit weights (none
+    in the table serves them: the exact dequantizing backend); a named backend is checked to serve here. Raises
+    BackendUnavailableError with the fix."""
     kind = "cuda" if str(device).startswith("cuda") else "cpu"
     if backend == "auto":
-        order = AUTO_ORDER[kind]
+        order = [n for n in AUTO_ORDER[kind] if bits in KERNELS[n].bits]
+        if not order:
+            return "dequant"  # no real kernel for these bits here (W3 on a CPU): exact, 16-bit weights
         for name in order:
             if module_available(KERNELS[name].module):
                 return name
         if kind == "cuda":
             raise BackendUnavailableError(
-                "backend=auto on CUDA needs real W4A16 kernels and none is installed: pip install 'colq_sweep[gpu]' "
-                "(humming-kernels); or use quant.backend=dequant (16-bit weights, accuracy only)"
+                f"backend=auto on CUDA needs real W{bits}A16 kernels and none is installed: "
+                f"{KERNELS[order[0]].install} ({KERNELS[order[0]].package}); or use quant.backend=dequant (16-bit "
+                "weights, accuracy only)"
             )
         backend = order[0]  # refused below, with its install line
     kernel = KERNELS.get(backend)
@@ -75,6 +80,8 @@ def resolve_backend(backend: str, device: str) -> str:
     if kernel.device == "cpu" and kind != "cpu":
         raise BackendUnavailableError(f"backend={backend} runs on CPU only (device={device}); use humming, gptqmodel "
                                       "or dequant")  # fmt: skip
+    if bits not in kernel.bits:
+        raise BackendUnavailableError(f"backend={backend} does not serve {bits}-bit weights; use auto or dequant")
     if kernel.module and not module_available(kernel.module):
         raise BackendUnavailableError(
             f"backend={backend} needs {kernel.package}, which is not installed: {kernel.install}; or use "

@@ -45,10 +45,10 @@ def load_quantized(
     """
     path = Path(path)
     device = str(device)
-    which = resolve_backend(backend, device)
-    effective = kernel_compute_dtype(which, dtype, compute)
     qc = quant_config(path)
     packing = packing_of(qc)
+    which = resolve_backend(backend, device, int(qc.get("bits", 4)))
+    effective = kernel_compute_dtype(which, dtype, compute)
     kernel = KERNELS[which]
     if which == "dequant":
         model = load_dequantized(path, device, dtype)

@@ -73,12 +73,15 @@ def quantize(job: QuantJob) -> QuantArtifact:
 
 
 def _calibrate_and_build(job: QuantJob, base_dir: Path, tmp: Path) -> dict:
-    """Calibration first (a shortfall fails in seconds, before any model is loaded), then one run of the method."""
+    """Calibration first (a shortfall fails in seconds, before any model is loaded), then one run of the method;
+    a method that reads no calibration data (plain RTN) gets none."""
     from colq_sweep.model import ColQwen3Processor
 
     started = time.perf_counter()
     processor = ColQwen3Processor.from_checkpoint(base_dir, job.checkpoint.max_visual_tokens)
     q = job.spec
+    if not q.needs_calibration:
+        return build(job, base_dir, processor, None, tmp, started=started)
     with _calibration_file(tmp) as calib_path:
         calib = calibration.prepare(
             job.calib, processor.tokenizer, seqlen=q.seqlen, nsamples=q.nsamples, seed=job.seed, out_path=calib_path,

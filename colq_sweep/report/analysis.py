@@ -29,12 +29,14 @@ from colq_sweep.report.points import PointResults, clean_entries, clean_per_quer
 EXCLUDE_EXACT = {
     "name", "outputs_dir", "device", "force", "fail_point", "tracking_uri", "system_metrics", "quant.method", "quant.backend",
     "quant.low_gpu_mem_usage", "quant.enable_torch_compile", "quant.allow_fewer_samples",
+    "quant.scheme",  # W4A16G32 is quant.bits and quant.group_size written together: those two are the factors
 }  # fmt: skip
 EXCLUDE_PREFIX = ("model.", "eval.", "hydra.", "colq.")
-PREFERRED = ["seqlen", "batch_size", "nsamples", "iters", "seed", "quant.bits", "quant.group_size", "quant.sym",
-             "quant.scheme", "quant.format"]
+PREFERRED = ["quant.algorithms", "quant.recipe", "quant.bits", "quant.group_size", "quant.sym", "seqlen",
+             "batch_size", "nsamples", "iters", "seed", "quant.format"]
 SHORT = {"batch_size": "bs", "nsamples": "n", "quant.bits": "bits", "quant.group_size": "group",
-         "quant.sym": "sym", "quant.format": "format", "quant.scheme": "scheme"}
+         "quant.sym": "sym", "quant.format": "format", "quant.scheme": "scheme", "quant.algorithms": "method",
+         "quant.recipe": "recipe"}
 
 
 def factor_candidates(params: list[dict]) -> list[str]:

@@ -24,6 +24,7 @@ from colq_sweep.contract import (  # the contract the sweep writes
     ERROR,
     EVAL_HASH,
     FINISHED,
+    KERNEL_BACKEND,
     LABEL,
     MODEL,
     PARENT,
@@ -72,7 +73,7 @@ def _point(client, run, tmp: Path, notes: list[str]) -> PointResults:
         model=tags.get(MODEL, "?"), label=tags.get(LABEL, info.run_name or info.run_id), role=tags.get(ROLE, "?"),
         params=dict(run.data.params), metrics=dict(run.data.metrics), run_id=info.run_id, status=info.status,
         config_hash=tags.get(CONFIG_HASH, ""), eval_hash=tags.get(EVAL_HASH, ""), start_time=info.start_time,
-        error=tags.get(ERROR, ""),
+        error=tags.get(ERROR, ""), kernel=tags.get(KERNEL_BACKEND, ""),
     )
     if p.finished:
         d = tmp / info.run_id

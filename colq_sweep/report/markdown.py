@@ -141,10 +141,13 @@ def section_speed(analyses: list[ModelAnalysis]) -> list[str]:
     rows = []
     for ma in analyses:
         for c in ma.all_configs:
-            rows.append([T.code(ma.model), c.short] + [f(speed_metric(c.point, k)) for k, _, f in SPEED])
+            kernel = "16-bit" if c.is_baseline else (c.point.kernel or T.NA)
+            rows.append([T.code(ma.model), c.short, kernel] + [f(speed_metric(c.point, k)) for k, _, f in SPEED])
     return ["## Speed and memory", "",
-            "From the tracked run metrics (n/a = not recorded). Peak GPU memory is the CUDA allocator peak.", "",
-            T.md_table(["Model", "Configuration"] + [h for _, h, _ in SPEED], rows), ""]
+            "From the tracked run metrics (n/a = not recorded). Peak GPU memory is the CUDA allocator peak. Kernels: what "
+            "evaluated the quantized weights (`dequant` = unpacked to 16-bit weights: exact, no speed or memory gain, "
+            "used where no real kernel serves the scheme).", "",
+            T.md_table(["Model", "Configuration", "Kernels"] + [h for _, h, _ in SPEED], rows), ""]
 
 
 def section_failed(points: list[PointResults]) -> list[str]:

@@ -58,6 +58,7 @@ class PointResults:
     eval_hash: str = ""
     start_time: int | None = None  # ms since the epoch (MLflow's start_time)
     error: str = ""  # why a run failed (tag colq.error), shown in the failed-runs section
+    kernel: str = ""  # the load-back kernels a quantized point was evaluated with (tag colq.kernel_backend)
     notes: list[str] = field(default_factory=list)
 
     @property

@@ -52,6 +52,25 @@ class ColqSweeper(BasicSweeper):
             jobs.append((idx, Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir), shown))
         return jobs
 
+    def _note_same_points(self, jobs: list[tuple[int, Path, str]]) -> None:
+        """Jobs that differ only in knobs their method does not read (`quant=rtn seqlen=256,512,1024`) are one point:
+        say so once, before anything runs; the first builds it, the others find it and are skipped."""
+        from colq_sweep.keys import config_hash
+
+        if not self.validate:
+            return
+        groups: dict[tuple, list[int]] = {}
+        for i, p in enumerate(self.points):
+            paths = (p.model.path, p.calib.path if p.quant.needs_calibration else None, p.eval.fixture_dir)
+            groups.setdefault((config_hash(p), *paths), []).append(i)
+        for members in (m for m in groups.values() if len(m) > 1):
+            first, rest = members[0], members[1:]
+            words = [dict(w.split("=", 1) for w in jobs[i][2].split() if "=" in w) for i in members]
+            differ = sorted({k for w in words for k in w if len({v.get(k) for v in words}) > 1})
+            print(f"colq_sweep: note: job(s) {', '.join(f'#{i}' for i in rest)} are the same point as job #{first} "
+                  f"({self.points[first].label}): {', '.join(differ) or 'nothing'} cannot change it, so it is built and "
+                  "evaluated once and the others are skipped", file=sys.stderr)  # fmt: skip
+
     def _check_hub_inputs(self, arguments: list[str]) -> None:
         """Every checkpoint, calibration set and dataset the jobs read from the Hub is cached (offline) or
         reachable (online, within seconds): else one line per missing item and exit 2, nothing launched."""
@@ -100,6 +119,7 @@ class ColqSweeper(BasicSweeper):
             self.config.hydra.sweep.dir = str(sweep_dir)
         jobs = self._jobs([job for batch in self.overrides for job in batch])  # exits 2 before anything is written
         self._check_hub_inputs(list(arguments))
+        self._note_same_points(jobs)
         self._warn_sqlite_on_cluster()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")

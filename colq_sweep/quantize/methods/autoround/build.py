@@ -31,17 +31,20 @@ log = logging.getLogger(__name__)
 LAYER_CONFIG = {"embedding_proj_layer": {"bits": 16}}  # the 320-d projection stays 16-bit
 
 
-def autoround_kwargs(q: AutoRoundSpec, seed: int, device: str, dataset: str) -> dict[str, Any]:
-    """Every AutoRound argument the config decides (plus the fixed ColQwen3 scoping)."""
-    kw: dict[str, Any] = dict(
-        scheme=q.scheme,
-        bits=q.bits,
-        group_size=q.group_size,
-        sym=q.sym,
-        iters=q.iters,
-        nsamples=q.nsamples,
-        seqlen=q.seqlen,
-        batch_size=q.batch_size,
+def autoround_kwargs(q: AutoRoundSpec, seed: int, device: str, dataset: str | None) -> dict[str, Any]:
+    """Every AutoRound argument the config decides (plus the fixed ColQwen3 scoping). The default algorithm
+    (signround) is passed as before (no `alg_configs`); others as auto-round's names, RTN's opt-RTN choice explicit.
+    A knob the algorithms do not read is not passed (`dataset=None`: no calibration)."""
+    kw: dict[str, Any] = dict(scheme=f"W{q.bits}A16", bits=q.bits, group_size=q.group_size, sym=q.sym)
+    if q.algorithms != ("signround",):
+        kw["alg_configs"] = [{"opt_rtn": "rtn"}.get(a, a) for a in q.algorithms]
+        if q.block in ("rtn", "opt_rtn"):
+            kw["disable_opt_rtn"] = q.block == "rtn"  # auto-round's `rtn` alone means optimised RTN
+    if q.block == "signround":
+        kw["iters"] = q.iters
+    if dataset is not None:
+        kw.update(nsamples=q.nsamples, seqlen=q.seqlen, batch_size=q.batch_size)
+    kw.update(
         seed=seed,
         low_gpu_mem_usage=q.low_gpu_mem_usage,
         enable_torch_compile=q.enable_torch_compile,
@@ -51,14 +54,15 @@ def autoround_kwargs(q: AutoRoundSpec, seed: int, device: str, dataset: str) -> 
         # "cuda:N" as a string is parsed by auto-round as a per-layer map ("<regex>:<device>") and warns;
         # an int index is its own default form for one accelerator
         device_map=int(device.split(":")[1]) if device.startswith("cuda:") else device,
-        dataset=dataset,
         quant_nontext_module=False,
         to_quant_block_names=QUANT_BLOCKS,
         layer_config={k: dict(v) for k, v in LAYER_CONFIG.items()},
     )
-    if q.lr is not None:
+    if dataset is not None:
+        kw["dataset"] = dataset
+    if q.block == "signround" and q.lr is not None:
         kw["lr"] = q.lr
-    if q.minmax_lr is not None:
+    if q.block == "signround" and q.minmax_lr is not None:
         kw["minmax_lr"] = q.minmax_lr
     return kw
 
@@ -119,21 +123,22 @@ class AutoRoundLogWatch(logging.Handler):
         return [m for m in self.messages if any(f in m for f in self.FATAL)]
 
 
-def build(job: QuantJob, base_dir: Path, processor, calib: CalibrationData, out: Path) -> MethodRun:
-    """Quantize `base_dir` on the prepared calibration `calib`; auto-round's export lands in `out`."""
+def build(job: QuantJob, base_dir: Path, processor, calib: CalibrationData | None, out: Path) -> MethodRun:
+    """Quantize `base_dir` on the prepared calibration `calib` (None: the algorithms read none); auto-round's export
+    lands in `out`."""
     AutoRound = autoround_entry()  # import before freezing: its module objects are long-lived too
     with gc_frozen():
         return _run(AutoRound, job, base_dir, processor, calib, out)
 
 
-def _run(AutoRound, job: QuantJob, base_dir: Path, processor, calib: CalibrationData, out: Path) -> MethodRun:
+def _run(AutoRound, job: QuantJob, base_dir: Path, processor, calib: CalibrationData | None, out: Path) -> MethodRun:
     from colq_sweep.model import load_colqwen3
     from colq_sweep.quantize.export import checkpoint_dtype, decoder_linears
 
     load_dtype = checkpoint_dtype(base_dir)
     model = load_colqwen3(base_dir, dtype=load_dtype, device="cpu")
     expected = decoder_linears(model)
-    kwargs = autoround_kwargs(job.spec, job.seed, job.device, str(calib.path))
+    kwargs = autoround_kwargs(job.spec, job.seed, job.device, str(calib.path) if calib else None)
     raw_dir = out / "_autoround_out"
     recorder = RowRecorder(model.get_input_embeddings())
     log.info("quantizing %s (%s) on %s: %d decoder Linear layers", job.checkpoint.name, job.label, job.device, len(expected))
@@ -157,16 +162,20 @@ def _run(AutoRound, job: QuantJob, base_dir: Path, processor, calib: Calibration
         quant_seconds=quant_seconds,
         memory=mem,
         load_dtype=load_dtype,
-        arguments={**{k: v for k, v in kwargs.items() if k != "dataset"}, "dataset": CALIB_FILE},
+        arguments={**kwargs, **({"dataset": CALIB_FILE} if calib else {})},
         warnings=watch.messages,
         calibration={"rows_seen_by_model": len(recorder.rows), "calibration_forward_calls": recorder.calls},
     )
 
 
-def _check_calibrated_on(calib: CalibrationData, recorder: RowRecorder, watch: AutoRoundLogWatch) -> None:
-    """The samples auto-round really calibrated on must be exactly our selection."""
+def _check_calibrated_on(calib: CalibrationData | None, recorder: RowRecorder, watch: AutoRoundLogWatch) -> None:
+    """The samples auto-round really calibrated on must be exactly our selection (none, without calibration)."""
     if watch.fatal():
         raise QuantizationError(f"auto-round skipped calibration data: {watch.fatal()[:3]}")
+    if calib is None:
+        if recorder.rows:
+            raise QuantizationError(f"auto-round ran {recorder.calls} calibration forward passes without calibration data")
+        return
     selected = {tuple(ids) for ids in calib.selection.token_ids}
     if recorder.rows != selected:
         raise QuantizationError(
