@@ -71,6 +71,8 @@ def _eval_fields(spec: EvalSpec) -> dict[str, Any]:
         d["compile"] = True
     if spec.allow_revision_mismatch:
         d["allow_revision_mismatch"] = True
+    if not spec.index.is_default:  # what the index stores changes the scores, not the page embeddings
+        d["index"] = {"pool_factor": spec.index.pool_factor, "dtype": spec.index.dtype}
     return d
 
 
@@ -200,10 +202,17 @@ def point_key(point: SweepPoint, device: str, calib_pin: str | None = None) -> s
 
 
 def eval_revision(checkpoint_rev: str, point: SweepPoint, compute_dtype: str | None = None) -> str:
-    """The mteb revision of an evaluation: the checkpoint plus every setting that changes its embeddings
-    (model dtype, page resolution cap, load-back kernels and the dtype they compute in, compiled blocks), so two
-    set-ups never share cached results. `compute_dtype`: what a quantized checkpoint's kernels compute in here
-    (quantize/kernels.py)."""
+    """The mteb revision of an evaluation: its page revision plus the index setting (`...-pool3-int8`), so two
+    set-ups never share cached results."""
+    tag = point.eval.index.tag
+    return page_revision(checkpoint_rev, point, compute_dtype) + (f"-{tag}" if tag else "")
+
+
+def page_revision(checkpoint_rev: str, point: SweepPoint, compute_dtype: str | None = None) -> str:
+    """What keys the page embeddings: the checkpoint plus every setting that changes them (model dtype, page
+    resolution cap, load-back kernels and the dtype they compute in, compiled blocks), not the index setting (every
+    index setting of one checkpoint reads the same cached pages). `compute_dtype`: what a quantized checkpoint's
+    kernels compute in here (quantize/kernels.py)."""
     parts = [checkpoint_rev[:16], point.model.dtype, f"v{point.model.max_num_visual_tokens}"]
     if point.quant.enabled:
         parts.append(point.quant.backend)

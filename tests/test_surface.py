@@ -184,6 +184,8 @@ def cases(fx, tmp: Path) -> dict[str, tuple[list[str], list[str], str]]:
                                     "eval.preprocess_workers"),  # fmt: skip
         "eval.preprocess_mode": (["eval.preprocess_mode=process"], ["eval.preprocess_mode=fork"], "eval.preprocess_mode"),
         "eval.compile": (["eval.compile=true"], ["eval.compile=maybe"], "eval.compile"),
+        "index.pool_factor": (["index.pool_factor=3"], ["index.pool_factor=0"], "index.pool_factor"),
+        "index.dtype": (["index.dtype=binary"], ["index.dtype=int3"], "index.dtype"),
     }
 
 

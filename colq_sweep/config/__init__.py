@@ -15,6 +15,7 @@ from colq_sweep.config.specs import (
     CalibSpec,
     EncoderSpec,
     EvalSpec,
+    IndexSpec,
     ModelSpec,
     QuantizedSpec,
     QuantSpec,
@@ -26,6 +27,6 @@ from colq_sweep.config.validate import validate
 register_resolvers()
 
 __all__ = [
-    "CONF_DIR", "CalibSpec", "ConfigError", "EncoderSpec", "EvalSpec", "ModelSpec", "QuantSpec", "QuantizedSpec",
+    "CONF_DIR", "CalibSpec", "ConfigError", "EncoderSpec", "EvalSpec", "IndexSpec", "ModelSpec", "QuantSpec", "QuantizedSpec",
     "SweepPoint", "baseline_of", "validate",
 ]  # fmt: skip

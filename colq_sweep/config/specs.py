@@ -105,11 +105,41 @@ class EncoderSpec:
     )  # fmt: skip
 
 
+INDEX_DTYPES = ("bf16", "fp16", "int8", "binary")
+MAX_POOL_FACTOR = 64
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """What the index stores of each page (`index.pool_factor`, `index.dtype`; evaluate/index.py applies it). It
+    changes results, not page embeddings: in the run key and the eval revision, never in the page cache key."""
+
+    pool_factor: int = 1  # 1: every token vector; k: Ward clusters of a page's vectors, about n / k of them
+    dtype: str = "bf16"  # bf16 (the page cache's values) | fp16 | int8 (a scale per vector) | binary (sign bits)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.pool_factor, bool) or not isinstance(self.pool_factor, int) or not 1 <= self.pool_factor <= MAX_POOL_FACTOR:
+            raise ConfigError("index.pool_factor", self.pool_factor,
+                              f"an integer from 1 (no pooling) to {MAX_POOL_FACTOR}: each page keeps about 1/k of its vectors")  # fmt: skip
+        choice("index.dtype", self.dtype, INDEX_DTYPES)
+
+    @property
+    def is_default(self) -> bool:
+        return self.pool_factor == 1 and self.dtype == "bf16"
+
+    @property
+    def tag(self) -> str:
+        """`pool3-int8`, `binary`; '' for the default (the uncompressed index, as before these settings existed)."""
+        parts = [f"pool{self.pool_factor}"] if self.pool_factor > 1 else []
+        return "-".join(parts + ([self.dtype] if self.dtype != "bf16" else []))
+
+
 @dataclass(frozen=True)
 class EvalSpec:
     tasks: tuple[str, ...] = ()
     languages: tuple[str, ...] | None = None
     encoder: EncoderSpec = field(default_factory=EncoderSpec)
+    index: IndexSpec = field(default_factory=IndexSpec)
     fixture_dir: str | None = None
     only: tuple[tuple[str, str], ...] | None = None  # config `eval.entries`: evaluate only these (task, subset)
     allow_revision_mismatch: bool = False  # offline: use a cached dataset of another revision (recorded)
@@ -204,18 +234,23 @@ class SweepPoint:
 
     @property
     def label(self) -> str:
-        """Short human label of the point within its model, e.g. `w4g128 seqlen=512 bs=8 n=512 iters=1000 seed=42`."""
-        return self.quant.label(self.seed)
+        """Short human label of the point within its model, e.g. `w4g128 seqlen=512 bs=8 n=512 iters=1000 seed=42`,
+        `original index=pool3-int8`."""
+        index = self.eval.index
+        return self.quant.label(self.seed) + ("" if index.is_default else f" index={index.tag}")
 
     def params(self) -> dict[str, Any]:
         """The point's settings as flat MLflow params (`quant.bits`, `eval.page_batch_size`), a method's top-level
         knobs under their top-level names (`seqlen`), lists joined with commas."""
         d = asdict(self)
         d["eval"].update(d["eval"].pop("encoder"))
+        index = d["eval"].pop("index")  # its own config group: `index.pool_factor`
         root = {k: d["quant"].pop(k) for k in self.quant.root_fields()}
-        return flatten({**d, **root})
+        return flatten({**d, "index": index, **root})
 
 
 def baseline_of(point: SweepPoint) -> SweepPoint:
-    """The unquantized point of the same model and evaluation: what every quantized point is compared with."""
-    return dataclasses.replace(point, quant=QuantSpec(), fail_point=False)
+    """The unquantized point of the same model and evaluation, with the uncompressed index: what every other point
+    (quantized weights, a compressed index, or both) is compared with."""
+    return dataclasses.replace(point, quant=QuantSpec(), eval=dataclasses.replace(point.eval, index=IndexSpec()),
+                               fail_point=False)  # fmt: skip

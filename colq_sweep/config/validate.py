@@ -25,6 +25,7 @@ from colq_sweep.config.specs import (
     CalibSpec,
     EncoderSpec,
     EvalSpec,
+    IndexSpec,
     ModelSpec,
     QuantSpec,
     SweepPoint,
@@ -38,7 +39,7 @@ DTYPES = ("bfloat16", "float16", "float32")
 CALIB_SOURCES = ("hub", "jsonl")
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 BASE_TOP_LEVEL = {
-    "model", "quant", "calib", "eval", "seed", "name", "outputs_dir", "device", "force", "fail_point", "tracking_uri",
+    "model", "quant", "calib", "eval", "index", "seed", "name", "outputs_dir", "device", "force", "fail_point", "tracking_uri",
     "system_metrics", "hydra",
 }  # fmt: skip
 
@@ -167,12 +168,21 @@ def _tasks(d: dict) -> tuple[list[str], list[str]]:
     return kept, notices
 
 
-def _eval(d: dict) -> EvalSpec:
+def _index(d: Any) -> IndexSpec:
+    """The `index` group (conf/index/default.yaml); absent: the uncompressed index."""
+    if d is None:
+        return IndexSpec()
+    if not isinstance(d, dict):
+        raise ConfigError("index", d, "a config group: set index.pool_factor=<k> and index.dtype=<bf16|fp16|int8|binary>")
+    return _spec("index", IndexSpec, d)
+
+
+def _eval(d: dict, index: IndexSpec) -> EvalSpec:
     shown = d.get("selected")
     d = {("only" if k == "entries" else k): v for k, v in d.items() if k != "selected"}  # `selected`: display only
     if shown is not None and shown != entries_line(d.get("tasks") or [], d.get("languages"), d.get("only")):
         raise ConfigError("eval.selected", shown, "is derived from eval.tasks, eval.languages and eval.entries; set those")
-    allowed = ({f for f in EvalSpec.__dataclass_fields__} - {"encoder", "notices"}) | set(EncoderSpec.FIELDS)
+    allowed = ({f for f in EvalSpec.__dataclass_fields__} - {"encoder", "index", "notices"}) | set(EncoderSpec.FIELDS)
     unknown = sorted(set(d) - allowed)
     if unknown:
         raise ConfigError(f"eval.{unknown[0]}", d[unknown[0]], f"unknown key; eval takes: {', '.join(sorted(allowed))}")
@@ -192,6 +202,7 @@ def _eval(d: dict) -> EvalSpec:
         tasks=tuple(kept),
         languages=langs,
         encoder=_encoder(d),
+        index=index,
         fixture_dir=d.get("fixture_dir"),
         only=_entry_pairs(d.get("only"), kept, langs),
         allow_revision_mismatch=boolean("eval.allow_revision_mismatch", d.get("allow_revision_mismatch", False)),
@@ -261,4 +272,4 @@ def validate(cfg: Any) -> SweepPoint:
     model = _model(d["model"])
     calib = _calib(d["calib"]) if quant.needs_calibration else CalibSpec(
         **{k: v for k, v in d["calib"].items() if k in CalibSpec.__dataclass_fields__})
-    return SweepPoint(model=model, quant=quant, calib=calib, eval=_eval(d["eval"]), **root)
+    return SweepPoint(model=model, quant=quant, calib=calib, eval=_eval(d["eval"], _index(d.get("index"))), **root)

@@ -28,6 +28,8 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ScoringFunction
 from mteb.types import PromptType
 
+from colq_sweep.config.specs import IndexSpec
+from colq_sweep.evaluate.index import IndexTransform
 from colq_sweep.evaluate.pagecache import PageStore, image_index, page_key
 from colq_sweep.evaluate.pagepipe import (
     PagePipeline,
@@ -110,6 +112,9 @@ class ColQwen3Encoder(AbsEncoder):
         compile: `torch.compile` each decoder layer and vision block before the first forward
             (`colq_sweep.model.compile_regions`); embeddings then differ from eager ones by float round-off.
         dataset_revisions: task name -> dataset revision used in page keys (default: the task metadata's).
+        index: what the index stores of each page (evaluate/index.py), applied to the pages mteb receives.
+        page_revision: what keys the page cache (default: model_revision; an index setting is in the revision of
+            the results, not of the pages).
     """
 
     def __init__(
@@ -129,6 +134,8 @@ class ColQwen3Encoder(AbsEncoder):
         preprocess_workers: int | None = None,
         preprocess_mode: str = "thread",
         compile: bool = False,
+        index: IndexSpec | None = None,
+        page_revision: str | None = None,
     ):
         if (model is None) != (processor is None):
             raise ValueError("pass both model and processor, or neither (with loader=)")
@@ -147,7 +154,10 @@ class ColQwen3Encoder(AbsEncoder):
         workers = default_preprocess_workers(device) if preprocess_workers is None else int(preprocess_workers)
         self.pages = PagePipeline(workers, preprocess_mode)  # its worker processes live until release()
         self.mteb_model_meta = colqwen3_model_meta(model_name, model_revision)
-        self.model_key = f"{self.mteb_model_meta.name}@{model_revision}"
+        # pages are keyed by what decides their embeddings (`page_revision`), not by the index setting
+        self.model_key = f"{self.mteb_model_meta.name}@{page_revision or model_revision}"
+        pooled = PageStore(page_store.root / "pooled") if page_store is not None and corpus_cache else None
+        self.index = IndexTransform(index or IndexSpec(), pooled)
         self.observer: BatchObserver | None = None  # sees every processed batch before its forward pass
         self.progress = None  # console.EvalProgress: advanced by every page and query handled (cached ones too)
         self._memo: dict[str, torch.Tensor] = {}
@@ -283,7 +293,7 @@ class ColQwen3Encoder(AbsEncoder):
             out.extend(embs)
         return [e.float() for e in out]
 
-    def _corpus_cached(self, dataset: Dataset, task_metadata: TaskMetadata) -> list[torch.Tensor]:
+    def _corpus_cached(self, dataset: Dataset, task_metadata: TaskMetadata) -> tuple[list[torch.Tensor], list[str]]:
         task = task_metadata.name
         if self._memo_task != task:  # keep only the current task's pages in memory
             self._memo, self._memo_task = {}, task
@@ -314,7 +324,7 @@ class ColQwen3Encoder(AbsEncoder):
             )
         groups = list(chunks(size_order([p for _, p in index], missing), self.page_batch_size))
         if not groups:  # all from memory or disk: no model, no workers
-            return out  # type: ignore[return-value]
+            return out, keys  # type: ignore[return-value]
         for idx, embs in zip(groups, self._page_pipeline(stored_pages(dataset, groups)), strict=True):
             for i, emb in zip(idx, embs, strict=True):
                 if self.page_store is not None:
@@ -322,7 +332,7 @@ class ColQwen3Encoder(AbsEncoder):
                 emb = emb.float()
                 self._memo[keys[i]] = emb
                 out[i] = emb
-        return out  # type: ignore[return-value]
+        return out, keys  # type: ignore[return-value]
 
     # ------------------------------------------------------------------------------------------- mteb
 
@@ -348,8 +358,11 @@ class ColQwen3Encoder(AbsEncoder):
             return self.encode_queries(texts)
         if "text" in columns:
             raise ValueError("ColQwen3Encoder encodes image-only pages (Tomoro's page prompt has no text)")
+        keys = None
         if self.corpus_cache and dataset is not None and "image" in columns:
-            return self._corpus_cached(dataset, task_metadata)
-        return self._corpus_uncached(inputs)
+            pages, keys = self._corpus_cached(dataset, task_metadata)
+        else:
+            pages = self._corpus_uncached(inputs)
+        return self.index.apply(pages, keys, task_metadata.name)
 
 

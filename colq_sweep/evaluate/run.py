@@ -193,6 +193,7 @@ def evaluate_model(
     device: str = "cpu",
     force: bool = False,
     progress: str | None = "evaluate",
+    page_revision: str | None = None,
 ) -> EvalResult:
     """Evaluate one checkpoint on `eval_spec` through mteb; see the module docstring.
 
@@ -201,6 +202,8 @@ def evaluate_model(
     `load_model` is called at most once, and only if some page or query must be encoded.
     `force=True` recomputes everything: this checkpoint's page embeddings and results are not read from disk.
     `progress` is the label of the progress bar over every page and query of the selected entries (None: no bar).
+    `page_revision` keys the page cache (default `model_revision`): every index setting (`eval_spec.index`) of one
+    checkpoint has its own results revision and reads the same cached pages.
     """
     import torch
     from mteb.cache import ResultCache
@@ -211,12 +214,12 @@ def evaluate_model(
     if force:
         import shutil
 
-        shutil.rmtree(page_cache_dir(cache_dir, model_name, model_revision), ignore_errors=True)
+        shutil.rmtree(page_cache_dir(cache_dir, model_name, page_revision or model_revision), ignore_errors=True)
     device = resolve_device(device)
     use_cuda = str(device).startswith("cuda") and torch.cuda.is_available()
     mem = PeakMemory(str(device) if use_cuda else "cpu")
     cache = ResultCache(Path(results_dir))
-    encoder = _encoder(load_model, eval_spec, model_name, model_revision, cache_dir, device)
+    encoder = _encoder(load_model, eval_spec, model_name, model_revision, page_revision or model_revision, cache_dir, device)
     tasks = build_tasks(eval_spec)
     sizes = [task_size(t) for t in tasks]
     bar = EvalProgress(progress or "", sum(sizes), enabled=progress is not None)
@@ -234,7 +237,7 @@ def evaluate_model(
             encoder.release()  # it loaded the model, so it is the only holder: free the memory for what runs next
             if use_cuda:
                 torch.cuda.empty_cache()
-    out.timing = _timing(encoder.stats, time.perf_counter() - t0, mem)
+    out.timing = {**_timing(encoder.stats, time.perf_counter() - t0, mem), **encoder.index.metrics()}
     out.from_cache = encoder.stats["encode_calls"] == 0
     log.info(
         "evaluated %s@%s on %d entries in %.1fs (%s; %d pages, %d queries encoded)",
@@ -244,7 +247,8 @@ def evaluate_model(
     return out
 
 
-def _encoder(load_model, eval_spec: EvalSpec, model_name: str, model_revision: str, cache_dir: Path, device: str):
+def _encoder(load_model, eval_spec: EvalSpec, model_name: str, model_revision: str, page_revision: str, cache_dir: Path,
+             device: str):  # fmt: skip
     from colq_sweep.evaluate.encoder import ColQwen3Encoder, PageStore
 
     enc = eval_spec.encoder
@@ -255,11 +259,13 @@ def _encoder(load_model, eval_spec: EvalSpec, model_name: str, model_revision: s
         device=device,
         query_batch_size=enc.query_batch_size,
         page_batch_size=enc.page_batch_size,
-        page_store=PageStore(page_cache_dir(cache_dir, model_name, model_revision)) if enc.corpus_cache else None,
+        page_store=PageStore(page_cache_dir(cache_dir, model_name, page_revision)) if enc.corpus_cache else None,
         corpus_cache=enc.corpus_cache,
         preprocess_workers=enc.preprocess_workers,
         preprocess_mode=enc.preprocess_mode,
         compile=enc.compile,
+        index=eval_spec.index,
+        page_revision=page_revision,
     )
 
 

@@ -107,6 +107,7 @@ class EvalJob:
     device: str
     force: bool
     problem: BackendUnavailableError | None = None
+    page_revision: str | None = None  # keys.page_revision: what keys the page cache (None: `revision`)
 
 
 @dataclass(frozen=True)
@@ -162,12 +163,16 @@ def resolve(point: SweepPoint) -> PointPlan:
     dirs = Dirs(Path(point.outputs_dir).resolve())
     ckpt = _checkpoint(point)
     if not point.quant.enabled:
-        return PointPlan(
-            point, device, R.ROLE_BASELINE, keys.point_key(point, device), keys.eval_hash(point),
-            f"{point.model.name} original", dirs, ckpt,
-            EvalJob(point.eval, ckpt.mteb_name, keys.eval_revision(ckpt.mteb_revision, point), None, None,
-                    dirs.results, dirs.cache, device, point.force),
-        )  # fmt: skip
+        original = EvalJob(point.eval, ckpt.mteb_name, keys.eval_revision(ckpt.mteb_revision, point), None, None,
+                           dirs.results, dirs.cache, device, point.force,
+                           page_revision=keys.page_revision(ckpt.mteb_revision, point))  # fmt: skip
+        if point.eval.index.is_default:  # the original itself
+            return PointPlan(point, device, R.ROLE_BASELINE, keys.point_key(point, device), keys.eval_hash(point),
+                             f"{point.model.name} original", dirs, ckpt, original)  # fmt: skip
+        # the original's weights behind a compressed index: a configuration compared with the original
+        return PointPlan(point, device, R.ROLE_QUANTIZED, keys.point_key(point, device), keys.eval_hash(point),
+                         f"{point.model.name} {point.label}", dirs, ckpt, original, None,
+                         resolve(dataclasses.replace(baseline_of(point), force=False)))  # fmt: skip
     calibrates = point.quant.needs_calibration
     calib_rev, calib_problem = _calibration_pin(point) if calibrates else (None, None)
     semantics = calibration.SEMANTICS[point.calib.source] if calibrates else None
@@ -176,8 +181,9 @@ def resolve(point: SweepPoint) -> PointPlan:
     quant = QuantJob(point.quant, point.seed, point.calib, calib_rev, semantics, key, keys.quant_knobs(point), ckpt,
                      device, point.force, dirs.models, point.label, calib_problem)  # fmt: skip
     revision = keys.eval_revision(key, point, compute) if key is not None else None
+    pages = keys.page_revision(key, point, compute) if key is not None else None
     evaluation = EvalJob(point.eval, f"{ckpt.mteb_name}-{point.quant.mteb_suffix()}", revision, backend, compute,
-                         dirs.results, dirs.cache, device, point.force, kernel_problem)  # fmt: skip
+                         dirs.results, dirs.cache, device, point.force, kernel_problem, pages)  # fmt: skip
     return PointPlan(point, device, R.ROLE_QUANTIZED, keys.point_key(point, device, calib_rev), keys.eval_hash(point),
                      f"{point.model.name} {point.label}", dirs, ckpt, evaluation, quant,
                      resolve(dataclasses.replace(baseline_of(point), force=False)))  # fmt: skip

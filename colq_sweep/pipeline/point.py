@@ -70,7 +70,7 @@ def _evaluate(job: EvalJob, loader: Callable, progress: str):
 
     return evaluate_model(loader, job.spec, model_name=job.model_name, model_revision=job.revision,
                           results_dir=job.results_dir, cache_dir=job.cache_dir, device=job.device, force=job.force,
-                          progress=progress)  # fmt: skip
+                          progress=progress, page_revision=job.page_revision)  # fmt: skip
 
 
 def _eval_summary(result, metrics: dict[str, float]) -> str:
@@ -234,7 +234,7 @@ def _run_point(plan: PointPlan, uri: str, sweep_id: str | None, config_yaml: str
             p.write_text(config_yaml)
             extra.append(p)
         logs = [f for f in log_files if f.exists()]
-        if plan.quant is None:
+        if plan.role == R.ROLE_BASELINE:
             return _run_baseline_point(plan, tracker, parent_id, extra + logs, who)
         return _run_quantized_point(plan, tracker, parent_id, extra, logs, Path(tmp), who)
 
@@ -269,13 +269,17 @@ def _run_quantized_point(
         _fail_on_purpose(plan)
         if plan.eval.problem is not None:  # before hours of quantization: can this machine serve the export at all?
             raise plan.eval.problem
-        tracker.log(run_id, tags={R.KERNEL_BACKEND: plan.eval.backend, R.KERNEL_COMPUTE: plan.eval.compute_dtype})
-        artifact, metrics = _quantize_stage(plan, tracker, run_id, who)
+        if plan.quant is not None:
+            tracker.log(run_id, tags={R.KERNEL_BACKEND: plan.eval.backend, R.KERNEL_COMPUTE: plan.eval.compute_dtype})
+            artifact, metrics = _quantize_stage(plan, tracker, run_id, who)
+        else:  # the original's weights behind a compressed index: nothing to quantize
+            artifact, metrics = None, _base_size(plan)
         result = _evaluate_stage(plan, artifact, metrics, who)
         # The baseline last: points of one model quantize side by side instead of waiting for its evaluation.
         baseline, _ = ensure_baseline(plan.baseline, tracker, parent_id, who)
         metrics.update(R.compare(result.entries, baseline.entries))
-        _track_stage(tracker, run_id, result, baseline, metrics, artifact.manifest, (extra, logs), tmp, monitor, who)
+        manifest = artifact.manifest if artifact is not None else None
+        _track_stage(tracker, run_id, result, baseline, metrics, manifest, (extra, logs), tmp, monitor, who)
         return PointOutcome(plan.label, plan.model, "FINISHED", run_id, metrics)
     except KeyboardInterrupt as exc:
         _fail(tracker, run_id, exc, "KILLED", extra + logs, monitor)
@@ -306,23 +310,26 @@ def _quantize_stage(plan: PointPlan, tracker: Tracker, run_id: str, who: str):
 
 def _evaluate_stage(plan: PointPlan, artifact, metrics: dict[str, float], who: str):
     with stage(who, "evaluate") as st:
-        result = _evaluate(plan.eval, _load_quantized(plan, artifact.path), progress=f"{who} | evaluate")
+        loader = _load_base(plan) if artifact is None else _load_quantized(plan, artifact.path)
+        result = _evaluate(plan.eval, loader, progress=f"{who} | evaluate")
         metrics.update(R.summarise(result.entries))
         metrics.update(R.eval_metrics(result.timing))
         st["result"] = _eval_summary(result, metrics)
     return result
 
 
-def _track_stage(tracker: Tracker, run_id: str, result, baseline: EvalRecord, metrics: dict[str, float], manifest: dict,
+def _track_stage(tracker: Tracker, run_id: str, result, baseline: EvalRecord, metrics: dict[str, float], manifest: dict | None,
                  files: tuple[list[Path], list[Path]], tmp: Path, monitor, who: str) -> None:  # fmt: skip
     """Metrics, results, the config, the manifest and the logs onto the run, which is then FINISHED."""
     with stage(who, "track") as st:
         tracker.log(run_id, metrics=metrics, tags={**R.eval_tags(result.from_cache, result.dataset_revisions), R.BASELINE_REF: baseline.run_id})
         _log_results(tracker, run_id, result.entries, result.per_query)
-        mpath = tmp / "quantization_manifest.json"
-        mpath.write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
         extra, logs = files
-        for a in extra + [mpath] + logs:
+        manifests = []
+        if manifest is not None:
+            manifests.append(tmp / "quantization_manifest.json")
+            manifests[0].write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
+        for a in extra + manifests + logs:
             tracker.log_artifact(run_id, a)
         monitor.finish()
         tracker.finish(run_id)

@@ -33,10 +33,10 @@ EXCLUDE_EXACT = {
 }  # fmt: skip
 EXCLUDE_PREFIX = ("model.", "eval.", "hydra.", "colq.")
 PREFERRED = ["quant.algorithms", "quant.recipe", "quant.bits", "quant.group_size", "quant.sym", "seqlen",
-             "batch_size", "nsamples", "iters", "seed", "quant.format"]
+             "batch_size", "nsamples", "iters", "seed", "quant.format", "index.pool_factor", "index.dtype"]
 SHORT = {"batch_size": "bs", "nsamples": "n", "quant.bits": "bits", "quant.group_size": "group",
          "quant.sym": "sym", "quant.format": "format", "quant.scheme": "scheme", "quant.algorithms": "method",
-         "quant.recipe": "recipe"}
+         "quant.recipe": "recipe", "index.pool_factor": "pool", "index.dtype": "index"}
 
 
 def factor_candidates(params: list[dict]) -> list[str]:
@@ -76,6 +76,8 @@ def _size_fields(p: PointResults, base_fallback: float | None) -> tuple[float | 
         return b, None, None
     b = p.metric("base_total_bytes") or base_fallback
     q = p.metric("quant_total_bytes")
+    if q is None and p.metric("total_bytes"):  # the original's weights behind a compressed index
+        b = q = p.metric("total_bytes")
     if b and q:
         return b, q, (1.0 - q / b) * 100.0
     return b, q, p.metric("size_reduction_pct")

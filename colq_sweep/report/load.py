@@ -46,6 +46,10 @@ class Loaded:
     notes: list[str] = field(default_factory=list)
 
 
+# runs logged before the index settings existed evaluated the uncompressed index: the same factor level as now
+INDEX_DEFAULTS = {"index.pool_factor": "1", "index.dtype": "bf16"}
+
+
 def _all_runs(client, experiment_ids: list[str], filter_string: str = "") -> list:
     runs, token = [], None
     while True:
@@ -71,7 +75,7 @@ def _point(client, run, tmp: Path, notes: list[str]) -> PointResults:
     tags, info = run.data.tags, run.info
     p = PointResults(
         model=tags.get(MODEL, "?"), label=tags.get(LABEL, info.run_name or info.run_id), role=tags.get(ROLE, "?"),
-        params=dict(run.data.params), metrics=dict(run.data.metrics), run_id=info.run_id, status=info.status,
+        params={**INDEX_DEFAULTS, **run.data.params}, metrics=dict(run.data.metrics), run_id=info.run_id, status=info.status,
         config_hash=tags.get(CONFIG_HASH, ""), eval_hash=tags.get(EVAL_HASH, ""), start_time=info.start_time,
         error=tags.get(ERROR, ""), kernel=tags.get(KERNEL_BACKEND, ""),
     )
