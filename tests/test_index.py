@@ -150,3 +150,5 @@ def test_an_index_sweep_end_to_end(fixture_paths, tmp_path):
     sizes = md[md.index("## Memory efficiency"):md.index("## Speed and memory")]
     assert sizes.count("\n| `tiny` |") == 8 and sizes.count(" vectors) |") == 8
     assert "#### Effect of index.dtype" in md and "#### Effect of index.pool_factor" in md
+    # the original's weights behind a compressed index have no quantization knobs: the factor is quant.method
+    assert "quantized configurations: `quant.method`, `index.pool_factor`, `index.dtype`." in md

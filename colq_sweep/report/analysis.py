@@ -27,16 +27,16 @@ from colq_sweep.report.numbers import (
 from colq_sweep.report.points import PointResults, clean_entries, clean_per_query, is_english
 
 EXCLUDE_EXACT = {
-    "name", "outputs_dir", "device", "force", "fail_point", "tracking_uri", "system_metrics", "quant.method", "quant.backend",
+    "name", "outputs_dir", "device", "force", "fail_point", "tracking_uri", "system_metrics", "quant.backend",
     "quant.low_gpu_mem_usage", "quant.enable_torch_compile", "quant.allow_fewer_samples",
     "quant.scheme",  # W4A16G32 is quant.bits and quant.group_size written together: those two are the factors
 }  # fmt: skip
 EXCLUDE_PREFIX = ("model.", "eval.", "hydra.", "colq.")
-PREFERRED = ["quant.algorithms", "quant.recipe", "quant.bits", "quant.group_size", "quant.sym", "seqlen",
+PREFERRED = ["quant.method", "quant.algorithms", "quant.recipe", "quant.bits", "quant.group_size", "quant.sym", "seqlen",
              "batch_size", "nsamples", "iters", "seed", "quant.format", "index.pool_factor", "index.dtype"]
 SHORT = {"batch_size": "bs", "nsamples": "n", "quant.bits": "bits", "quant.group_size": "group",
          "quant.sym": "sym", "quant.format": "format", "quant.scheme": "scheme", "quant.algorithms": "method",
-         "quant.recipe": "recipe", "index.pool_factor": "pool", "index.dtype": "index"}
+         "quant.recipe": "recipe", "index.pool_factor": "pool", "index.dtype": "index", "quant.method": "quant"}
 
 
 def factor_candidates(params: list[dict]) -> list[str]:

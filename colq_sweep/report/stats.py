@@ -128,7 +128,9 @@ def detect_design(params: list[dict[str, str]], candidates: list[str]) -> Design
     seqlen. Confounded params are merged (connected components) into one compound factor: only their joint
     effect can be estimated.
     """
-    varying = [k for k in candidates if len({str(p.get(k, "n/a")) for p in params}) > 1]
+    # a param varies when the configs that have it disagree: a quantization knob is absent from a quant=none
+    # configuration (the original's weights behind a compressed index), whose difference is `quant.method` itself
+    varying = [k for k in candidates if len({str(p[k]) for p in params if k in p}) > 1]
     col = {k: [str(p.get(k, "n/a")) for p in params] for k in varying}
     confounded: list[tuple[str, str, str]] = []
     parent = {k: k for k in varying}
