@@ -227,7 +227,7 @@ def test_pipelined_pages_equal_the_plain_forward(fixture_paths, tmp_path):
             for a, b in zip(got, plain, strict=True):
                 assert torch.equal(a, b.float()), (dtype, workers, mode)
             if mode == "process":  # the stored-page path: items decoded in the worker processes
-                process_cached = enc._corpus_cached(corpus, task.metadata)
+                process_cached = enc._corpus_cached(corpus, task.metadata)[0]
                 assert enc.pages._processes is not None
                 enc.release()
                 assert enc.pages._processes is None
@@ -238,7 +238,7 @@ def test_pipelined_pages_equal_the_plain_forward(fixture_paths, tmp_path):
             page_store=PageStore(tmp_path / dtype), preprocess_workers=2,
         )  # fmt: skip
         enc.observer = lambda kind, batch, seen=padding: seen.append(int((batch["attention_mask"] == 0).sum()))
-        got = enc._corpus_cached(corpus, task.metadata)
+        got = enc._corpus_cached(corpus, task.metadata)[0]
         plain_padding = sum(
             int((processor.process_images(images[s : s + 4])["attention_mask"] == 0).sum()) for s in range(0, 16, 4)
         )
@@ -251,7 +251,7 @@ def test_pipelined_pages_equal_the_plain_forward(fixture_paths, tmp_path):
             model_name=MODEL_NAME, model_revision=f"sorted-{dtype}", loader=lambda seen=loads, m=model: seen.append(1) or (m, processor),
             page_batch_size=4, page_store=PageStore(tmp_path / dtype), preprocess_workers=2,
         )  # fmt: skip
-        cached = again._corpus_cached(corpus, task.metadata)
+        cached = again._corpus_cached(corpus, task.metadata)[0]
         assert not loads and again.stats["pages_from_disk"] == 16
         assert all(torch.equal(a, b) for a, b in zip(cached, got, strict=True))
         tol = 1e-5 if dtype == "float32" else 2**-6  # bf16: a few steps of its 8-bit mantissa
