@@ -93,10 +93,7 @@ class IndexTransform:
     def __init__(self, spec: IndexSpec, pooled_store=None):
         self.spec = spec
         self.pooled_store = pooled_store  # a PageStore for pooled pages (None: pool every time)
-        self.seconds = 0.0
-        self.pages = 0
-        self.vectors = 0
-        self.bytes = 0
+        self.tasks: dict[str, dict[str, float]] = {}  # task -> pages, vectors, bytes, seconds of its index
         self._counted: set[tuple[str, str]] = set()
         self._memo: dict[str, torch.Tensor] = {}  # the current task's stored pages (subsets share one corpus)
         self._memo_task: str | None = None
@@ -121,14 +118,19 @@ class IndexTransform:
                 if key is not None:
                     self._memo[key] = stored
             out.append(stored)
+            t = self.tasks.setdefault(task, dict.fromkeys(("pages", "vectors", "bytes", "seconds"), 0.0))
             if key is None or (task, key) not in self._counted:
                 if key is not None:
                     self._counted.add((task, key))
-                self.pages += 1
-                self.vectors += pooled.shape[0]
-                self.bytes += stored_bytes(pooled.shape[0], pooled.shape[1], self.spec.dtype)
-        self.seconds += time.perf_counter() - t0
+                t["pages"] += 1
+                t["vectors"] += pooled.shape[0]
+                t["bytes"] += stored_bytes(pooled.shape[0], pooled.shape[1], self.spec.dtype)
+        self.tasks[task]["seconds"] += time.perf_counter() - t0
         return out
+
+    def adopt(self, task: str, stats: dict[str, float]) -> None:
+        """A task served from the result cache: its index as recorded when it was evaluated (`<Task>.index.json`)."""
+        self.tasks[task] = {k: float(stats[k]) for k in ("pages", "vectors", "bytes", "seconds")}
 
     def _pooled(self, emb: torch.Tensor, key: str | None) -> torch.Tensor:
         k = self.spec.pool_factor
@@ -144,12 +146,15 @@ class IndexTransform:
         return got
 
     def metrics(self) -> dict[str, float]:
-        if not self.pages:
+        """Over every task of the evaluation: pages, mean vectors and bytes per page, total bytes, transform time."""
+        pages = sum(t["pages"] for t in self.tasks.values())
+        if not pages:
             return {}
+        total = sum(t["bytes"] for t in self.tasks.values())
         return {
-            "index_pages": float(self.pages),
-            "index_vectors_per_page": self.vectors / self.pages,
-            "index_bytes_per_page": self.bytes / self.pages,
-            "index_total_bytes": float(self.bytes),
-            "index_transform_seconds": self.seconds,
+            "index_pages": float(pages),
+            "index_vectors_per_page": sum(t["vectors"] for t in self.tasks.values()) / pages,
+            "index_bytes_per_page": total / pages,
+            "index_total_bytes": float(total),
+            "index_transform_seconds": sum(t["seconds"] for t in self.tasks.values()),
         }

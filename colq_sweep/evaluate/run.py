@@ -297,10 +297,25 @@ def _evaluate_task(task, encoder, cache, eval_spec: EvalSpec, force: bool, out: 
     if result.exceptions:
         raise RuntimeError(f"{name}: {result.exceptions[0].exception}")
     write_checksums(cache.get_task_result_path(name, meta), pq_path)
-    log.info("%s: %s", name, "evaluated" if encoder.stats["encode_calls"] > calls_before else "served from the result cache")
+    evaluated = encoder.stats["encode_calls"] > calls_before
+    log.info("%s: %s", name, "evaluated" if evaluated else "served from the result cache")
+    _index_record(pq_path.with_name(f"{name}.index.json"), name, encoder.index, evaluated)
     entries, records = entries_for_task(task, result.task_results[0], read_per_query(pq_path, task.metadata.revision))
     out.entries.extend(entries)
     out.per_query.extend(records)
+
+
+def _index_record(path: Path, task: str, index, evaluated: bool) -> None:
+    """What the task's index holds, kept beside its results: written when the task is evaluated, read back when it is
+    served from the result cache (so its run still has its index metrics)."""
+    import json
+
+    from colq_sweep.fsio import atomic_write_text
+
+    if evaluated and task in index.tasks:
+        atomic_write_text(path, json.dumps(index.tasks[task], sort_keys=True))
+    elif not evaluated and path.is_file():
+        index.adopt(task, json.loads(path.read_text()))
 
 
 def _timing(s: dict[str, float], seconds: float, mem: PeakMemory) -> dict[str, float]:
