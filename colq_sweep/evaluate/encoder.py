@@ -156,7 +156,7 @@ class ColQwen3Encoder(AbsEncoder):
         self.mteb_model_meta = colqwen3_model_meta(model_name, model_revision)
         # pages are keyed by what decides their embeddings (`page_revision`), not by the index setting
         self.model_key = f"{self.mteb_model_meta.name}@{page_revision or model_revision}"
-        pooled = PageStore(page_store.root / "pooled") if page_store is not None and corpus_cache else None
+        pooled = PageStore(self.page_store.root / "pooled") if self.page_store is not None else None
         self.index = IndexTransform(index or IndexSpec(), pooled)
         self.observer: BatchObserver | None = None  # sees every processed batch before its forward pass
         self.progress = None  # console.EvalProgress: advanced by every page and query handled (cached ones too)

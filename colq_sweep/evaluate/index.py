@@ -41,13 +41,11 @@ def pool_tokens(emb: torch.Tensor, factor: int) -> torch.Tensor:
 
     x = emb.float()
     z = linkage(x.double().numpy(), method="ward", metric="euclidean")
-    labels = torch.from_numpy(fcluster(z, t=target, criterion="maxclust").astype(np.int64))
-    _, first = np.unique(labels.numpy(), return_index=True)
-    order = labels[torch.from_numpy(np.sort(first))]  # clusters in the order their first token appears
-    remap = torch.empty(int(labels.max()) + 1, dtype=torch.long)
-    remap[order] = torch.arange(len(order))
-    idx = remap[labels]
-    sums = torch.zeros(len(order), x.shape[1]).index_add_(0, idx, x)
+    labels = fcluster(z, t=target, criterion="maxclust")
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.argsort(np.argsort(first))  # clusters numbered in the order their first token appears
+    idx = torch.from_numpy(rank[inverse].astype(np.int64))
+    sums = torch.zeros(len(first), x.shape[1]).index_add_(0, idx, x)
     return torch.nn.functional.normalize(sums, dim=-1).to(emb.dtype)
 
 
@@ -55,10 +53,9 @@ def quantize_int8(emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(int8 codes, fp16 scale per vector): symmetric, scale = absmax / 127 (a zero vector gets scale 1)."""
     x = emb.float()
     scale = (x.abs().amax(dim=-1, keepdim=True) / INT8_MAX).to(torch.float16)
-    s = scale.float()
-    s = torch.where(s > 0, s, torch.ones_like(s))
-    codes = torch.clamp(torch.round(x / s), -INT8_MAX, INT8_MAX).to(torch.int8)
-    return codes, torch.where(scale > 0, scale, torch.ones_like(scale))
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    codes = torch.clamp(torch.round(x / scale.float()), -INT8_MAX, INT8_MAX).to(torch.int8)
+    return codes, scale
 
 
 def store(emb: torch.Tensor, dtype: str) -> torch.Tensor:

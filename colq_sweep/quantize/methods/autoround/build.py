@@ -40,7 +40,7 @@ def autoround_kwargs(q: AutoRoundSpec, seed: int, device: str, dataset: str | No
         kw["alg_configs"] = [{"opt_rtn": "rtn"}.get(a, a) for a in q.algorithms]
         if q.block in ("rtn", "opt_rtn"):
             kw["disable_opt_rtn"] = q.block == "rtn"  # auto-round's `rtn` alone means optimised RTN
-    if q.block == "signround":
+    if q.relevant("iters"):
         kw["iters"] = q.iters
     if dataset is not None:
         kw.update(nsamples=q.nsamples, seqlen=q.seqlen, batch_size=q.batch_size)
@@ -60,9 +60,9 @@ def autoround_kwargs(q: AutoRoundSpec, seed: int, device: str, dataset: str | No
     )
     if dataset is not None:
         kw["dataset"] = dataset
-    if q.block == "signround" and q.lr is not None:
+    if q.relevant("lr") and q.lr is not None:
         kw["lr"] = q.lr
-    if q.block == "signround" and q.minmax_lr is not None:
+    if q.relevant("minmax_lr") and q.minmax_lr is not None:
         kw["minmax_lr"] = q.minmax_lr
     return kw
 
