@@ -13,7 +13,15 @@ from PIL import Image, ImageDraw
 
 from colq_sweep.fixtures import synthetic as S
 from colq_sweep.fixtures import train as T
-from colq_sweep.fixtures.offline import MAX_NUM_VISUAL_TOKENS, TRAINED_CHECKPOINT, heldout_split, tiny_config
+from colq_sweep.fixtures.offline import (
+    MAX_NUM_VISUAL_TOKENS,
+    SIZES,
+    TRAINED_CHECKPOINT,
+    checkpoint_of,
+    heldout_split,
+    record_of,
+    tiny_config,
+)
 from colq_sweep.fsio import file_sha256
 
 
@@ -80,13 +88,21 @@ def test_glyph_cell_is_the_visual_token_the_training_aligns(processor):
 # ------------------------------------------------------------------------------------- committed checkpoint
 
 
-def test_committed_checkpoint_is_the_recorded_one(record):
-    """The committed files are those the training run wrote, with the script's current settings."""
+@pytest.mark.parametrize("size", sorted(SIZES))
+def test_committed_checkpoint_is_the_recorded_one(size):
+    """The committed files of each fixture size are those its training run wrote, with the script's current settings;
+    the larger model retrieves better than the tiny one (what makes the demo's cross-model decision a real one)."""
+    record, ckpt = T.read_record(record_of(size)), checkpoint_of(size)
     assert record["format"] == T.RECORD_FORMAT
-    assert {f.name: file_sha256(f) for f in TRAINED_CHECKPOINT.iterdir() if f.is_file()} == record["files"]
-    assert record["config"] == json.loads(json.dumps(dataclasses.asdict(T.TrainConfig())))
+    assert {f.name: file_sha256(f) for f in ckpt.iterdir() if f.is_file()} == record["files"]
+    assert record["config"] == json.loads(json.dumps(dataclasses.asdict(T.default_config(size))))
     assert min(record["heldout_ndcg_at_5"].values()) >= 0.7
-    assert sum(TRAINED_CHECKPOINT.joinpath(f).stat().st_size for f in record["files"]) < 10 * 2**20
+    assert sum(ckpt.joinpath(f).stat().st_size for f in record["files"]) < 10 * 2**20
+    committed = json.loads((ckpt / "config.json").read_text())
+    assert committed["text_config"]["hidden_size"] == SIZES[size][2]
+    if size != "tiny":
+        tiny = T.read_record(record_of("tiny"))["heldout_ndcg_at_5"]
+        assert all(v > tiny[k] for k, v in record["heldout_ndcg_at_5"].items())
 
 
 def test_committed_checkpoint_carries_the_activation_outliers(record):
@@ -107,10 +123,13 @@ def test_committed_checkpoint_carries_the_activation_outliers(record):
         assert 8 < gain[scaled].median() / gain[~scaled].median() < 32
 
 
-def test_activation_outliers_leave_the_model_output_unchanged(processor):
+@pytest.mark.parametrize("size", sorted(SIZES))
+def test_activation_outliers_leave_the_model_output_unchanged(processor, size):
+    """At every size: the small model's grouped-query attention (4 heads reading 2 kv heads) maps o_proj's columns to
+    kv heads otherwise than the tiny model's single kv head does."""
     from colq_sweep.model import load_colqwen3
 
-    model = load_colqwen3(TRAINED_CHECKPOINT, dtype="float32")
+    model = load_colqwen3(checkpoint_of(size), dtype="float32")
     split = heldout_split()
     pages = processor.process_images([p.image for p in split.pages[:3]])
     queries = processor.process_queries([q.text for q, _ in split.queries["fr"][:4]])
@@ -130,18 +149,20 @@ def test_activation_outliers_leave_the_model_output_unchanged(processor):
 # ------------------------------------------------------------------------------------------------- rebuild
 
 
-def test_rebuild_starts_as_recorded(record, tmp_path):
+@pytest.mark.parametrize("size", sorted(SIZES))
+def test_rebuild_starts_as_recorded(size, tmp_path):
     """Rebuilding from the seed reproduces the recorded start of training: the tokenizer and image processor
     files byte for byte, the training batches bit for bit, and the first steps' losses and weight updates to
     float round-off (float32 on other SIMD widths rounds differently, so bitwise equality is not expected on
     another CPU; a changed seed, init, data, loss, learning rate or schedule moves them far more)."""
-    cfg = T.TrainConfig()
+    record, ckpt = T.read_record(record_of(size)), checkpoint_of(size)
+    cfg = T.default_config(size)
     assert T.prefix_digests(cfg) == record["prefix"]["data_sha256"]
     model, processor = T.initial_model(cfg, tmp_path)
     for name in ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"):
-        assert (tmp_path / name).read_bytes() == (TRAINED_CHECKPOINT / name).read_bytes(), name
-    committed = json.loads((TRAINED_CHECKPOINT / "config.json").read_text())
-    for key, value in tiny_config(processor.tokenizer).items():  # the fixture's dimensions and special tokens
+        assert (tmp_path / name).read_bytes() == (ckpt / name).read_bytes(), name
+    committed = json.loads((ckpt / "config.json").read_text())
+    for key, value in tiny_config(processor.tokenizer, size).items():  # the fixture's dimensions and special tokens
         if isinstance(value, dict):
             assert {k: committed[key][k] for k in value} == value, key
         else:
