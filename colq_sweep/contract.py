@@ -44,6 +44,7 @@ RESULTS_DIR = "results"
 ENTRIES_CSV, PER_QUERY_CSV = "entries.csv", "per_query.csv"
 ENTRIES_ARTIFACT = f"{RESULTS_DIR}/{ENTRIES_CSV}"
 PER_QUERY_ARTIFACT = f"{RESULTS_DIR}/{PER_QUERY_CSV}"
+MTEB_ARTIFACTS = f"{RESULTS_DIR}/mteb"  # mteb's own result file of each task (<Task>.json, TaskResult as mteb wrote it)
 
 # one row per (task, subset) entry, and one row per query (the paired unit of the report's bootstrap)
 ENTRY_COLUMNS = (

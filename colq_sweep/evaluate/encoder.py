@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 ModelLoader = Callable[[], "tuple[ColQwen3, ColQwen3Processor]"]
 BatchObserver = Callable[[str, Mapping[str, torch.Tensor]], None]
 STATS = ("pages_encoded", "queries_encoded", "pages_from_memory", "pages_from_disk", "page_seconds", "query_seconds",
-         "load_seconds", "encode_calls")  # fmt: skip
+         "load_seconds", "encode_calls", "weights_device_bytes")  # fmt: skip
 
 DEFAULT_ORG = "colq_sweep"
 
@@ -90,6 +90,18 @@ def colqwen3_model_meta(name: str, revision: str, embed_dim: int | None = None) 
         modalities=["image", "text"],
         model_type=["late-interaction"],
     )
+
+
+def weights_device_bytes(model) -> int:
+    """What the loaded model's tensors (parameters and buffers, packed quantized weights and their scales included)
+    occupy where it runs: its weight memory on the GPU when it runs on one."""
+    seen, total = set(), 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.data_ptr() in seen:  # tied weights count once
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total
 
 
 class ColQwen3Encoder(AbsEncoder):
@@ -190,6 +202,7 @@ class ColQwen3Encoder(AbsEncoder):
         self.model, self.processor = self._loader()
         self._prepare_model()
         self.stats["load_seconds"] += time.perf_counter() - t0
+        self.stats["weights_device_bytes"] = float(weights_device_bytes(self.model))
 
     def _prepare_model(self) -> None:
         model = self.model

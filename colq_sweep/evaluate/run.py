@@ -58,6 +58,8 @@ class EvalResult:
     from_cache: bool
     results_dir: str | None = field(default=None, compare=False)
     dataset_revisions: dict[str, str] = field(default_factory=dict)  # task -> revision of the data evaluated
+    task_results: dict[str, str] = field(default_factory=dict)  # task -> mteb's own result file (TaskResult JSON)
+    model_meta: dict = field(default_factory=dict)  # mteb's ModelMeta of the checkpoint (embed_dim once it loaded)
 
 
 def fixture_task(fixture_dir: str | os.PathLike, hf_subsets: Iterable[str] | None = None) -> AbsTaskRetrieval:
@@ -239,6 +241,7 @@ def evaluate_model(
                 torch.cuda.empty_cache()
     out.timing = {**_timing(encoder.stats, time.perf_counter() - t0, mem), **encoder.index.metrics()}
     out.from_cache = encoder.stats["encode_calls"] == 0
+    out.model_meta = json.loads(json.dumps(encoder.mteb_model_meta.to_dict(), default=str))
     log.info(
         "evaluated %s@%s on %d entries in %.1fs (%s; %d pages, %d queries encoded)",
         model_name, model_revision, len(out.entries), out.timing["eval_seconds"],
@@ -296,7 +299,9 @@ def _evaluate_task(task, encoder, cache, eval_spec: EvalSpec, force: bool, out: 
         task.unload_data()
     if result.exceptions:
         raise RuntimeError(f"{name}: {result.exceptions[0].exception}")
-    write_checksums(cache.get_task_result_path(name, meta), pq_path)
+    result_path = cache.get_task_result_path(name, meta)
+    out.task_results[name] = str(result_path)
+    write_checksums(result_path, pq_path)
     evaluated = encoder.stats["encode_calls"] > calls_before
     log.info("%s: %s", name, "evaluated" if evaluated else "served from the result cache")
     _index_record(pq_path.with_name(f"{name}.index.json"), name, encoder.index, evaluated)
@@ -333,4 +338,6 @@ def _timing(s: dict[str, float], seconds: float, mem: PeakMemory) -> dict[str, f
         "queries_per_s": s["queries_encoded"] / s["query_seconds"] if s["query_seconds"] else float("nan"),
         "peak_rss_mb": mem.peak_rss / 2**20 if mem.peak_rss is not None else float("nan"),
         "peak_cuda_mb": mem.peak_cuda / 2**20 if mem.peak_cuda is not None else float("nan"),
+        # the loaded model's tensors where it ran (NaN when nothing was loaded: all from caches)
+        "weights_device_mb": s["weights_device_bytes"] / 2**20 if s["weights_device_bytes"] else float("nan"),
     }

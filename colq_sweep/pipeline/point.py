@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 import time
 import traceback
@@ -50,11 +51,20 @@ class EvalRecord:
     metrics: dict[str, float]
 
 
-def _log_results(tracker: Tracker, run_id: str, entries: list[dict], per_query: list[dict]) -> None:
+def _log_results(tracker: Tracker, run_id: str, result) -> None:
+    """results/entries.csv, results/per_query.csv and mteb's own result file of each task (results/mteb/<Task>.json:
+    what `python -m colq_sweep.report --mteb-export` lays out for mteb's loaders)."""
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        R.write_csv(d / R.ENTRIES_CSV, entries, R.ENTRY_COLUMNS)
-        R.write_csv(d / R.PER_QUERY_CSV, per_query, R.PER_QUERY_COLUMNS)
+        R.write_csv(d / R.ENTRIES_CSV, result.entries, R.ENTRY_COLUMNS)
+        R.write_csv(d / R.PER_QUERY_CSV, result.per_query, R.PER_QUERY_COLUMNS)
+        mteb_dir = d / Path(R.MTEB_ARTIFACTS).name
+        mteb_dir.mkdir()
+        for task, path in sorted(result.task_results.items()):
+            if Path(path).is_file():
+                shutil.copyfile(path, mteb_dir / f"{task}.json")
+        if result.model_meta:  # the encoder's ModelMeta (embed_dim from the checkpoint's config: _evaluate)
+            (mteb_dir / "model_meta.json").write_text(json.dumps(result.model_meta, indent=2, sort_keys=True))
         tracker.log_artifacts(run_id, d, R.RESULTS_DIR)
 
 
@@ -65,12 +75,16 @@ def _load_record(tracker: Tracker, run) -> EvalRecord:
     return EvalRecord(run.info.run_id, entries, per_query, dict(run.data.metrics))
 
 
-def _evaluate(job: EvalJob, loader: Callable, progress: str):
+def _evaluate(job: EvalJob, loader: Callable, progress: str, checkpoint: Path):
     from colq_sweep.evaluate.run import evaluate_model
 
-    return evaluate_model(loader, job.spec, model_name=job.model_name, model_revision=job.revision,
-                          results_dir=job.results_dir, cache_dir=job.cache_dir, device=job.device, force=job.force,
-                          progress=progress, page_revision=job.page_revision)  # fmt: skip
+    result = evaluate_model(loader, job.spec, model_name=job.model_name, model_revision=job.revision,
+                            results_dir=job.results_dir, cache_dir=job.cache_dir, device=job.device, force=job.force,
+                            progress=progress, page_revision=job.page_revision)  # fmt: skip
+    if result.model_meta.get("embed_dim") is None:  # all from caches: the model never loaded; its config says it
+        dim = json.loads((Path(checkpoint) / "config.json").read_text()).get("embed_dim")
+        result.model_meta["embed_dim"] = int(dim) if dim is not None else None
+    return result
 
 
 def _eval_summary(result, metrics: dict[str, float]) -> str:
@@ -171,10 +185,10 @@ def _baseline(
         try:
             tracker.log(run_id, params=plan.point.params())
             tracker.log(run_id, tags={R.ARTIFACT_KEY: f"{plan.checkpoint.mteb_name}@{plan.checkpoint.mteb_revision}"})
-            result = _evaluate(plan.eval, _load_base(plan), progress=f"{who} | baseline evaluate")
+            result = _evaluate(plan.eval, _load_base(plan), f"{who} | baseline evaluate", plan.checkpoint.dir())
             metrics = {**R.summarise(result.entries), **R.eval_metrics(result.timing), **_base_size(plan)}
             tracker.log(run_id, metrics=metrics, tags=R.eval_tags(result.from_cache, result.dataset_revisions))
-            _log_results(tracker, run_id, result.entries, result.per_query)
+            _log_results(tracker, run_id, result)
             for a in extra_artifacts:
                 tracker.log_artifact(run_id, a)
             monitor.finish()
@@ -186,10 +200,11 @@ def _baseline(
 
 
 def _base_size(plan: PointPlan) -> dict[str, float]:
-    from colq_sweep.quantize.sizes import checkpoint_bytes
+    from colq_sweep.quantize.sizes import checkpoint_bytes, param_counts
 
     weights, total = checkpoint_bytes(plan.checkpoint.dir())
-    return {"total_bytes": float(total), "weights_bytes": float(weights)}
+    return {"total_bytes": float(total), "weights_bytes": float(weights),
+            "params_total": param_counts(plan.checkpoint.dir())["params_total"]}
 
 
 def run_point(
@@ -311,7 +326,8 @@ def _quantize_stage(plan: PointPlan, tracker: Tracker, run_id: str, who: str):
 def _evaluate_stage(plan: PointPlan, artifact, metrics: dict[str, float], who: str):
     with stage(who, "evaluate") as st:
         loader = _load_base(plan) if artifact is None else _load_quantized(plan, artifact.path)
-        result = _evaluate(plan.eval, loader, progress=f"{who} | evaluate")
+        ckpt = plan.checkpoint.dir() if artifact is None else artifact.path
+        result = _evaluate(plan.eval, loader, f"{who} | evaluate", ckpt)
         metrics.update(R.summarise(result.entries))
         metrics.update(R.eval_metrics(result.timing))
         st["result"] = _eval_summary(result, metrics)
@@ -323,7 +339,7 @@ def _track_stage(tracker: Tracker, run_id: str, result, baseline: EvalRecord, me
     """Metrics, results, the config, the manifest and the logs onto the run, which is then FINISHED."""
     with stage(who, "track") as st:
         tracker.log(run_id, metrics=metrics, tags={**R.eval_tags(result.from_cache, result.dataset_revisions), R.BASELINE_REF: baseline.run_id})
-        _log_results(tracker, run_id, result.entries, result.per_query)
+        _log_results(tracker, run_id, result)
         extra, logs = files
         manifests = []
         if manifest is not None:
