@@ -6,6 +6,7 @@ end on the fixture."""
 from __future__ import annotations
 
 import gc
+import json
 import os
 import re
 import subprocess
@@ -178,41 +179,94 @@ def test_each_method_and_scheme_equals_autoround_api(case, fixture_paths, tmp_pa
 
 
 @pytest.mark.slow
-def test_a_methods_sweep_end_to_end(fixture_paths, tmp_path):
-    """`quant=rtn quant.scheme=W3A16,W8A16 seqlen=32,64`: four jobs, two artifacts (RTN reads no calibration, so the
-    seqlen=64 jobs are the seqlen=32 ones and are skipped as such), W3 evaluated through exact dequantization and W8
-    through ark; the report labels them by method and scheme, and W8A16 is within the interval of the original."""
+def test_a_methods_and_models_sweep_end_to_end(fixture_paths, tmp_path, capsys):
+    """`model=tiny,small quant=rtn quant.scheme=W3A16,W8A16 seqlen=32,64`: eight jobs, four artifacts (RTN reads no
+    calibration, so the seqlen=64 jobs are the seqlen=32 ones and are skipped as such), W3 evaluated through exact
+    dequantization and W8 through ark; the report labels them by method and scheme, W8A16 is within the interval of
+    the original; across the two fixture models the frontier, a budget query answered through the command line, and
+    the mteb export read back by mteb's own ResultCache with the scores the runs logged."""
     import mlflow
 
-    from colq_sweep.report import build_report
+    from colq_sweep.report.__main__ import main as report_cli
 
     fx, outputs = fixture_paths.root, tmp_path / "outputs"
-    cmd = [sys.executable, "-m", "colq_sweep", "-m", "experiment=demo", f"outputs_dir={outputs}",
-           f"model.path={fx / 'tiny-colqwen3'}", f"calib.path={fx / 'calib.jsonl'}", f"eval.fixture_dir={fx / 'vidore-fixture'}",
+    outputs.mkdir()
+    (outputs / "fixtures").symlink_to(fx)  # the configs' own ${outputs_dir}/fixtures/... paths, both models
+    cmd = [sys.executable, "-m", "colq_sweep", "-m", "experiment=demo", f"outputs_dir={outputs}", "model=tiny,small",
            "quant=rtn", "quant.scheme=W3A16,W8A16", "seqlen=32,64"]  # fmt: skip
     env = {k: v for k, v in {**os.environ, "HF_HUB_OFFLINE": "1"}.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = proc.stderr[proc.stderr.index("colq_sweep summary"):]
-    assert summary.count("FINISHED") == 2 and summary.count("SKIPPED") == 2, summary
+    assert summary.count("FINISHED") == 4 and summary.count("SKIPPED") == 4, summary
     notes = [line for line in proc.stderr.splitlines() if "are the same point as job" in line]  # said before it runs
-    assert len(notes) == 2 and all(": seqlen cannot change it" in n for n in notes), notes
+    assert len(notes) == 4 and all(": seqlen cannot change it" in n for n in notes), notes
     assert {re.search(r"as job #\d+ \((.+?)\):", n).group(1) for n in notes} == {"rtn w3g128", "rtn w8g128"}
-    assert len(list((outputs / "models").glob("[0-9a-f]" * 20))) == 2
-    client = mlflow.tracking.MlflowClient(f"sqlite:///{outputs}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id], "tags.`colq.role` = 'quantized'")
-    by_label = {r.data.tags["colq.label"]: r for r in runs}
-    assert sorted(by_label) == ["rtn w3g128", "rtn w8g128"]
-    assert by_label["rtn w3g128"].data.tags["colq.kernel_backend"] == "dequant"
-    assert by_label["rtn w8g128"].data.tags["colq.kernel_backend"] == "ark"
-    assert by_label["rtn w8g128"].data.metrics["quant_total_bytes"] > by_label["rtn w3g128"].data.metrics["quant_total_bytes"]
-    report = build_report("demo", outputs_dir=outputs, out_dir=tmp_path / "report", n_boot=500)
-    md = report.read_text()
+    assert len(list((outputs / "models").glob("[0-9a-f]" * 20))) == 4
+    uri = f"sqlite:///{outputs}/mlflow.db"
+    client = mlflow.tracking.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id], "attributes.status = 'FINISHED'")
+    by_label = {(r.data.tags["colq.model"], r.data.tags["colq.label"]): r for r in runs
+                if r.data.tags["colq.role"] != "sweep"}
+    assert sorted(by_label) == [(m, lb) for m in ("small", "tiny") for lb in ("original", "rtn w3g128", "rtn w8g128")]
+    for m in ("small", "tiny"):
+        assert by_label[m, "rtn w3g128"].data.tags["colq.kernel_backend"] == "dequant"
+        assert by_label[m, "rtn w8g128"].data.tags["colq.kernel_backend"] == "ark"
+        w3, w8 = (by_label[m, f"rtn w{b}g128"].data.metrics for b in (3, 8))
+        assert w8["quant_total_bytes"] > w3["quant_total_bytes"]
+        assert w3["weights_device_mb"] > 0 and w8["weights_device_mb"] > 0  # the loaded model's tensors (CPU here)
+    assert by_label["small", "original"].data.metrics["params_total"] > by_label["tiny", "original"].data.metrics["params_total"]
+
+    out = tmp_path / "report"
+    argv = ["--name", "demo", "--outputs-dir", str(outputs), "--out", str(out), "--n-boot", "500", "--no-log"]
+    assert report_cli([*argv, "--mteb-export", "--max-memory-gb", "0.0025"]) == 0
+    said = capsys.readouterr().out
+    md = (out / "report.md").read_text()
     assert "rtn w8g128" in md and "| dequant |" in md
     from colq_sweep.report import analyze
+    from colq_sweep.report.frontier import analyze_across
     from colq_sweep.report.load import load_experiment
 
-    (ma,) = analyze(load_experiment("demo", f"sqlite:///{outputs}/mlflow.db").points, n_boot=500)
-    w8 = next(c for c in ma.configs if "w8" in c.point.label)
-    lo, hi = w8.ci["delta_all"]
-    assert lo <= 0 <= hi, (lo, hi)  # W8A16 RTN: no significant change on the fixture
+    analyses = analyze(load_experiment("demo", uri).points, n_boot=500)
+    for ma in analyses:
+        w8 = next(c for c in ma.configs if "w8" in c.point.label)
+        lo, hi = w8.ci["delta_all"]
+        assert lo <= 0 <= hi, (ma.model, lo, hi)  # W8A16 RTN: no significant change on the fixture
+    ca = analyze_across(analyses, n_boot=500)
+    assert len(ca.candidates) == 6 and len(ca.entries) == 2 and not ca.dropped
+    fits = [c for c in ca.candidates if c.memory_bytes <= 0.0025e9]
+    best = max(fits, key=lambda c: (c.avg, -c.memory_bytes))
+    assert said.startswith(f"Within memory ≤ 0.0025 GB: {best.name}, the highest quality of {len(fits)} "), said
+    assert f"**Within memory ≤ 0.0025 GB: `{best.name}`**" in md and "performance_frontier.png" in md
+    assert {c.status for c in ca.candidates} <= {"frontier", "tied", "dominated"} and ca.frontier
+
+    import mteb  # the export, read back by mteb's own loader
+
+    loaded = mteb.ResultCache(out / "mteb").load_results(include_remote=False)
+    got = {(m.model_name, m.model_revision): {(t.task_name, s["hf_subset"]): s["ndcg_at_5"]
+                                              for t in m.task_results for s in t.scores["test"]}
+           for m in loaded.model_results}  # fmt: skip
+    assert len(got) == 6
+    for (m, label), run in by_label.items():
+        name = f"colq_sweep/{m}" if label == "original" else f"colq_sweep/{m}-{label.replace(' ', '-')}"
+        revs = [rev for (n, rev) in got if n == name]
+        assert len(revs) == 1, (name, sorted(got))
+        logged = {(e["task"], e["subset"]): e["ndcg_at_5"] for e in _entries_of(client, run)}
+        assert got[name, revs[0]] == pytest.approx(logged, abs=5e-6), name  # mteb's JSON keeps 5 decimals
+        folder = next((out / "mteb" / "results").glob(f"{name.replace('/', '__')}/*"))
+        meta = json.loads((folder / "model_meta.json").read_text())
+        assert meta["n_parameters"] == int(run.data.metrics.get("params_total"))
+        assert meta["embed_dim"] == 32 and meta["similarity_fn_name"] == "MaxSim"
+        if label != "original":
+            assert meta["adapted_from"] == f"colq_sweep/{m}"
+            assert meta["loader_kwargs"]["colq_sweep"]["quantization"]["quant.scheme"] in ("W3A16", "W8A16")
+            assert meta["memory_usage_mb"] == pytest.approx(run.data.metrics["quant_weights_bytes"] / 2**20, abs=1e-3)
+
+
+def _entries_of(client, run) -> list[dict]:
+    import tempfile
+
+    from colq_sweep.contract import ENTRIES_ARTIFACT, read_csv
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return read_csv(client.download_artifacts(run.info.run_id, ENTRIES_ARTIFACT, tmp))

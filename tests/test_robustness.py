@@ -64,7 +64,7 @@ def dead_pid() -> int:
         (["+foo=1"], "config error: foo=1: unknown top-level key"),
         (["-m", "seqlen=32,4096"], "only 0 usable calibration samples for nsamples=8"),
         (["-m", "device=cuda", "seqlen=32"], "device='cuda': no CUDA device is visible on this machine"),
-        (["model=nope"], "Could not find 'model/nope'; available: colqwen3-4b, colqwen3-8b, tiny"),
+        (["model=nope"], "Could not find 'model/nope'; available: colqwen3-4b, colqwen3-8b, small, tiny"),
     ],
     ids=["unknown key", "unknown key in a sweep", "added unknown key", "short calibration", "no cuda", "bad option"],
 )

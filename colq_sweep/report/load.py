@@ -20,6 +20,7 @@ import pandas as pd
 
 from colq_sweep.contract import (  # the contract the sweep writes
     BASELINE_REF,
+    DEVICE_NAME,
     ENTRIES_ARTIFACT,
     ERROR,
     EVAL_HASH,
@@ -77,7 +78,7 @@ def _point(client, run, tmp: Path, notes: list[str]) -> PointResults:
         model=tags.get(MODEL, "?"), label=tags.get(LABEL, info.run_name or info.run_id), role=tags.get(ROLE, "?"),
         params={**INDEX_DEFAULTS, **run.data.params}, metrics=dict(run.data.metrics), run_id=info.run_id, status=info.status,
         config_hash=tags.get(CONFIG_HASH, ""), eval_hash=tags.get(EVAL_HASH, ""), start_time=info.start_time,
-        error=tags.get(ERROR, ""), kernel=tags.get(KERNEL_BACKEND, ""),
+        error=tags.get(ERROR, ""), kernel=tags.get(KERNEL_BACKEND, ""), device=tags.get(DEVICE_NAME, ""),
     )
     if p.finished:
         d = tmp / info.run_id
@@ -96,7 +97,7 @@ def _point(client, run, tmp: Path, notes: list[str]) -> PointResults:
 
 
 @contextmanager
-def _quiet_downloads():
+def quiet_downloads():
     """No per-file download progress bars (unless the user asked for them explicitly)."""
     key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
     if key in os.environ:
@@ -169,7 +170,7 @@ def load_experiment(name: str, tracking_uri: str) -> Loaded:
             chosen.append(pick)
 
     unfinished = [r for r in point_runs if r.info.status != FINISHED]
-    with tempfile.TemporaryDirectory(prefix="colq-report-") as tmp, _quiet_downloads():
+    with tempfile.TemporaryDirectory(prefix="colq-report-") as tmp, quiet_downloads():
         points = [_point(client, r, Path(tmp), notes) for r in chosen + unfinished]
     for p in points:
         p.model = group_of.get(p.run_id, p.model)

@@ -9,6 +9,7 @@ from typing import Any
 
 from colq_sweep.report import tables as T
 from colq_sweep.report.cells import PCT, SPEED, ci_text, sig_of, sig_words, size_text, speed_metric
+from colq_sweep.report.decide import section_across
 from colq_sweep.report.numbers import ModelAnalysis
 from colq_sweep.report.points import PointResults
 from colq_sweep.report.published import section as published_section
@@ -189,7 +190,8 @@ def section_failed(points: list[PointResults]) -> list[str]:
 
 
 def render_markdown(analyses: list[ModelAnalysis], points: list[PointResults], plots: dict | None, *, title: str,
-                    n_boot: int, seed: int, meta: dict[str, Any] | None = None, notes: list[str] | None = None) -> str:
+                    n_boot: int, seed: int, meta: dict[str, Any] | None = None, notes: list[str] | None = None,
+                    across=None, answer=None) -> str:
     meta = meta or {}
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"# Quantization report: {title}", ""]
@@ -199,6 +201,8 @@ def render_markdown(analyses: list[ModelAnalysis], points: list[PointResults], p
     lines += [f"{n_fin} finished point run(s) used, {len(points) - n_fin} not finished; "
               f"{len(analyses)} model(s); paired bootstrap with {n_boot} replicates (seed {seed}).", ""]
     lines += section_executive(analyses)
+    if across is not None:
+        lines += section_across(across, answer, (plots or {}).get("frontier"))
     lines += section_method(analyses, n_boot, seed)
     if notes:
         lines += ["## Data notes", ""] + [f"- {n}" for n in notes] + [""]

@@ -137,8 +137,9 @@ def avg_plot(analyses: list[ModelAnalysis], path: Path) -> Path:
     return _save(fig, path)
 
 
-def make_plots(analyses: list[ModelAnalysis], out_dir: Path) -> dict[str, dict[str, Path] | Path]:
-    """Write every plot; returns {'models': {model: {'comparison': p, 'diff': p}}, 'avg': p}."""
+def make_plots(analyses: list[ModelAnalysis], out_dir: Path, across=None) -> dict[str, dict[str, Path] | Path]:
+    """Write every plot; returns {'models': {model: {'comparison': p, 'diff': p}}, 'avg': p, 'frontier': p}
+    ('frontier' when `across`, the cross-model view, has configurations)."""
     out_dir = Path(out_dir)
     per_model: dict[str, dict[str, Path]] = {}
     used: set[str] = set()
@@ -154,4 +155,47 @@ def make_plots(analyses: list[ModelAnalysis], out_dir: Path) -> dict[str, dict[s
             "comparison": comparison_plot(ma, out_dir / f"performance_comparison_{m}.png"),
             "diff": diff_plot(ma, out_dir / f"performance_diff_{m}.png"),
         }
-    return {"models": per_model, "avg": avg_plot([a for a in analyses if a.n_entries], out_dir / "performance_avg_comparison_all.png")}
+    out = {"models": per_model, "avg": avg_plot([a for a in analyses if a.n_entries], out_dir / "performance_avg_comparison_all.png")}
+    if across is not None and across.candidates:
+        out["frontier"] = frontier_plot(across, out_dir / "performance_frontier.png")
+    return out
+
+
+def frontier_plot(ca, path: Path) -> Path:
+    """Quality vs deployment memory of every configuration of the experiment (one colour per model, originals as
+    squares), the Pareto frontier as a step line; marker area by pages/s where speed is an objective, and a second
+    panel of quality vs pages/s then. `ca`: report.frontier.CrossAnalysis."""
+    cands = [c for c in ca.candidates if c.memory_bytes is not None and np.isfinite(c.avg)]
+    speed = ca.speed_device is not None
+    fig = Figure(figsize=(13.0 if speed else 8.0, 6.0))
+    axes = [fig.add_subplot(1, 2 if speed else 1, i + 1) for i in range(2 if speed else 1)]
+    models = list(dict.fromkeys(c.model for c in cands))
+    color = dict(zip(models, _colors(len(models)), strict=True))
+    top = max((c.pages_per_s for c in cands if c.pages_per_s), default=1.0)
+    for c in cands:
+        size = 40 + 260 * (c.pages_per_s / top) if speed and c.pages_per_s else 70
+        err = None if c.ci is None else [[max(c.avg - c.ci[0], 0)], [max(c.ci[1] - c.avg, 0)]]
+        kw = {"color": color[c.model], "edgecolors": "black" if c.status == "frontier" else "none", "zorder": 3}
+        for ax, x in zip(axes, [c.memory_bytes / 1e6] + ([c.pages_per_s] if speed else []), strict=True):
+            ax.scatter([x], [c.avg], s=size if ax is axes[0] else 70, marker="s" if c.is_original else "o", **kw)
+            if err is not None:
+                ax.errorbar([x], [c.avg], yerr=err, fmt="none", ecolor="0.4", elinewidth=0.7, capsize=2, zorder=2)
+            ax.annotate(c.config.short, (x, c.avg), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    front = ca.frontier
+    if front:
+        xs = [c.memory_bytes / 1e6 for c in front]
+        axes[0].step(xs, [c.avg for c in front], where="post", color="black", linewidth=1, alpha=0.6, label="frontier")
+    for m in models:
+        axes[0].scatter([], [], color=color[m], label=m)
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("deployment memory (MB: weights on disk + index)")
+    axes[0].set_ylabel(f"average NDCG@5 over the {len(ca.entries)} shared entries")
+    axes[0].set_title("Quality vs memory (squares: originals; black edge: frontier" + ("; area: pages/s)" if speed else ")"))
+    if models:
+        axes[0].legend(fontsize=8, loc="lower right")
+    if speed:
+        axes[1].set_xlabel(f"pages/s ({ca.speed_device})")
+        axes[1].set_title("Quality vs encoding speed")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -59,6 +59,7 @@ class PointResults:
     start_time: int | None = None  # ms since the epoch (MLflow's start_time)
     error: str = ""  # why a run failed (tag colq.error), shown in the failed-runs section
     kernel: str = ""  # the load-back kernels a quantized point was evaluated with (tag colq.kernel_backend)
+    device: str = ""  # the device kind it was evaluated on (tag colq.device_name: "cpu", "NVIDIA H200", ...)
     notes: list[str] = field(default_factory=list)
 
     @property
