@@ -101,7 +101,7 @@ def test_frontier_marks_ties_not_dominance(across):
 def test_budget_answers(across):
     ca, _ = across
     a = answer(ca, Budget(max_memory_gb=1.5))
-    assert a.chosen.name == "big / " + a.chosen.config.short and a.chosen.config.point.label == "w4"
+    assert a.chosen.name == "big / w4" and a.chosen.config.point.label == "w4" and ca.shared_label == ""
     a = answer(ca, Budget(min_pages_per_s=15, prefer="memory"))
     assert (a.chosen.model, a.chosen.config.point.label) == ("small", "w4")
     a = answer(ca, Budget(max_memory_gb=1.5, max_loss_pct=0.1))  # every small one loses ~1%, every lossless one is big

@@ -234,6 +234,8 @@ def test_a_methods_and_models_sweep_end_to_end(fixture_paths, tmp_path, capsys):
         assert lo <= 0 <= hi, (ma.model, lo, hi)  # W8A16 RTN: no significant change on the fixture
     ca = analyze_across(analyses, n_boot=500)
     assert len(ca.candidates) == 6 and len(ca.entries) == 2 and not ca.dropped
+    assert ca.shared_label == "rtn" and {c.name for c in ca.candidates} == {  # named by what tells them apart
+        f"{m} / {lb}" for m in ("tiny", "small") for lb in ("original", "w3g128", "w8g128")}
     fits = [c for c in ca.candidates if c.memory_bytes <= 0.0025e9]
     best = max(fits, key=lambda c: (c.avg, -c.memory_bytes))
     assert said.startswith(f"Within memory ≤ 0.0025 GB: {best.name}, the highest quality of {len(fits)} "), said

@@ -62,6 +62,8 @@ def section_across(ca: CrossAnalysis, ans: Answer | None, plot: Path | None) -> 
             "whose quality gain is within the interval. Weights (device) = the loaded model's tensors where it was evaluated "
             "(n/a: no model was loaded, all from caches, or the run predates the metric); Index n/a: the run logged no "
             "index metrics.", ""]
+    if ca.shared_label:
+        out += [f"Every quantized configuration has `{ca.shared_label}`: the names below give the rest of its label.", ""]
     out += [f"- Note: {n}" for n in ca.notes] + ([""] if ca.notes else [])
     rows = []
     for c in sorted(ca.candidates, key=lambda c: (c.memory_bytes if c.memory_bytes is not None else math.inf, -c.avg)):

@@ -89,6 +89,7 @@ class CrossAnalysis:
     speed_note: str
     notes: list[str] = field(default_factory=list)
     boot: np.ndarray | None = None  # (B, C) replicate averages over the shared entries
+    shared_label: str = ""  # the label parts every quantized configuration has (left out of their names)
 
     @property
     def models(self) -> list[str]:
@@ -156,7 +157,8 @@ def analyze_across(analyses: list[ModelAnalysis], n_boot: int = 2000, seed: int 
                 c.recovery = c.avg / orig.avg
         cands.extend(mine)
     speed_device, speed_note = _speed_device(cands)
-    ca = CrossAnalysis(cands, order, benches, dropped, n_boot, seed, pages, speed_device, speed_note)
+    ca = CrossAnalysis(cands, order, benches, dropped, n_boot, seed, pages, speed_device, speed_note,
+                       shared_label=_cross_names(cands))
     no_index = [c.name for c in cands if c.index_bytes is None]
     if no_index and len(no_index) < len(cands):
         ca.notes.append(f"no index metrics for {', '.join(f'`{n}`' for n in no_index)} (a run logged before they "
@@ -165,6 +167,23 @@ def analyze_across(analyses: list[ModelAnalysis], n_boot: int = 2000, seed: int 
         _bootstrap(ca)
     _pareto(ca)
     return ca
+
+
+def _cross_names(cands: list[Candidate]) -> str:
+    """Name each quantized configuration by the parts of its full label (method, scheme, knobs) that not every
+    quantized configuration of the experiment has: a model's own short label drops what is constant within that
+    model, which across models can be what tells two apart. Returns the shared parts (full labels if names clash)."""
+    quant = [c for c in cands if not c.config.is_baseline]
+    if len(quant) < 2:
+        return ""
+    parts = [c.config.key.split() for c in quant]  # the model's unique key: its label (+ a run id where two clash)
+    shared = set.intersection(*map(set, parts))
+    names = [f"{c.model} / {' '.join(t for t in p if t not in shared)}" for c, p in zip(quant, parts, strict=True)]
+    if len(set(names)) < len(names) or not all(n.split(" / ", 1)[1] for n in names):
+        names, shared = [f"{c.model} / {c.config.key}" for c in quant], set()
+    for c, n in zip(quant, names, strict=True):
+        c.name = n
+    return " ".join(t for t in parts[0] if t in shared)
 
 
 def _speed_device(cands: list[Candidate]) -> tuple[str | None, str]:
