@@ -3,7 +3,11 @@
     python bench/encode.py --checkpoint /tmp/rs/4b [--quantized outputs/models/<key>] --pages 64 --batch 8 \
         --json out.json
 
-Pages are synthetic 1024x1280 images (1280 visual tokens, Tomoro's cap), queries short sentences. For each
+Pages are synthetic text pages at ViDoRe's sizes (`--page-size vidore`, the default: each public task's average
+page size from mteb's own descriptive statistics, in proportion to its page count; or `--page-size 1700x2200`),
+stored as PNG bytes and decoded by the encoder's workers as an evaluation's stored pages are (`--stored none`: PIL
+images handed over already decoded); queries short sentences. `--pixels pil,cuda` also times the encoder with each
+`eval.preprocess_device` and compares its embeddings with the PIL path's (`pixels_<p>_*`). For each
 variant: pages/s and queries/s through `ColQwen3Encoder` as an evaluation runs it (decoding/preprocessing in worker
 threads ahead of the forward, `pages_per_s`) and with every batch prepared in the calling thread
 (`serial_pages_per_s`, the encoder before the pipeline), and with `--process` in worker processes
@@ -41,6 +45,98 @@ def pages(n: int, seed: int = 0, size: tuple[int, int] = (1024, 1280)) -> list[I
             draw.text((20, y), " ".join(f"w{rng.randint(0, 999)}" for _ in range(12)) + f" p{i}", fill=(0, 0, 0))
         out.append(img)
     return out
+
+
+def vidore_sizes(n: int) -> list[tuple[int, int]]:
+    """n page sizes in ViDoRe's mix: each public task's average page (mteb's descriptive statistics, shipped with
+    mteb), in proportion to its number of pages (largest remainders)."""
+    import mteb
+
+    from colq_sweep.tasks import CATALOGUE, FIXTURE_TASK
+
+    root = Path(mteb.__file__).parent / "descriptive_stats" / "Image" / "DocumentUnderstanding"
+    mix = []
+    for task in CATALOGUE:
+        if task == FIXTURE_TASK or not (root / f"{task}.json").is_file():
+            continue
+        st = json.loads((root / f"{task}.json").read_text())["test"]["documents_image_statistics"]
+        mix.append(((round(st["average_image_width"]), round(st["average_image_height"])), st["unique_images"]))
+    total = sum(c for _, c in mix)
+    quota = [(size, n * c / total) for size, c in mix]
+    counts = [int(q) for _, q in quota]
+    for i in sorted(range(len(quota)), key=lambda i: -(quota[i][1] - counts[i]))[: n - sum(counts)]:
+        counts[i] += 1
+    out = [size for (size, _), k in zip(quota, counts, strict=True) for _ in range(k)]
+    random.Random(0).shuffle(out)
+    return out
+
+
+def page_sizes(spec: str, n: int) -> list[tuple[int, int]]:
+    if spec == "vidore":
+        return vidore_sizes(n)
+    w, _, h = spec.partition("x")
+    return [(int(w), int(h))] * n
+
+
+def text_pages(sizes: list[tuple[int, int]], seed: int = 0) -> list[Image.Image]:
+    """Text pages (a line of words every 24 px) at the given sizes."""
+    rng = random.Random(seed)
+    out = []
+    for i, size in enumerate(sizes):
+        img = Image.new("RGB", size, tuple(rng.randint(200, 255) for _ in range(3)))
+        draw = ImageDraw.Draw(img)
+        for y in range(20, size[1] - 20, 24):
+            draw.text((20, y), " ".join(f"w{rng.randint(0, 999)}" for _ in range(max(1, size[0] // 80))) + f" p{i}",
+                      fill=(0, 0, 0))  # fmt: skip
+        out.append(img)
+    return out
+
+
+def stored(images: list[Image.Image], fmt: str) -> list[dict]:
+    """Pages as a `datasets.Image` column stores them: {"bytes", "path"} in PNG or JPEG."""
+    import io
+
+    out = []
+    for im in images:
+        buf = io.BytesIO()
+        im.save(buf, format=fmt.upper(), **({"quality": 90} if fmt == "jpeg" else {}))
+        out.append({"bytes": buf.getvalue(), "path": None})
+    return out
+
+
+def encode_stored(enc: ColQwen3Encoder, items: list[dict], batch: int) -> list:
+    """Pages through the encoder's pipeline as an evaluation's stored pages: workers decode and preprocess them."""
+    import datasets
+
+    feature = datasets.Image()
+    out: list = []
+    for embs in enc._page_pipeline((feature, items[i : i + batch]) for i in range(0, len(items), batch)):
+        out.extend(embs)
+    return out
+
+
+def pixel_paths(r: dict, name: str, model, processor, items, images, page_embs, args, compiled: bool) -> None:
+    """The encoder with each eval.preprocess_device of --pixels: pages/s, and (eager) its embeddings against the
+    PIL path's. `compiled`: the model's blocks are compiled already (compile_regions compiles in place). With
+    --process, each also with worker processes (`_process`)."""
+    runs = [(px, mode) for px in args.pixels.split(",") if px for mode in ("thread", "process")[: 1 + args.process]]
+    for px, mode in runs:
+        enc = ColQwen3Encoder(model, processor, model_name=f"bench/{name}", model_revision=px, device=args.device,
+                              page_batch_size=args.batch, corpus_cache=False, compile=compiled, pixels=px,
+                              preprocess_mode=mode)  # fmt: skip
+        run = (lambda e, n: encode_stored(e, items[:n], args.batch)) if items else (lambda e, n: e.encode_pages(images[:n]))  # noqa: E731
+        run(enc, args.batch * 2)  # warm-up (and compilation)
+        embs: list = []
+        t = timed(lambda enc=enc, embs=embs, run=run: embs.extend(run(enc, len(images))))
+        tag = f"pixels_{px}" + ("_process" if mode == "process" else "") + ("_compiled" if compiled else "")
+        r[f"{tag}_pages_per_s"] = len(images) / t
+        if not compiled:
+            cos = [torch.nn.functional.cosine_similarity(a.float().cpu(), b.float().cpu(), dim=-1)
+                   for a, b in zip(embs, page_embs, strict=True)]  # fmt: skip
+            r[f"{tag}_min_cosine_vs_pil"] = min(c.min().item() for c in cos)
+            r[f"{tag}_mean_cosine_vs_pil"] = sum(c.mean().item() for c in cos) / len(cos)
+            r[f"{tag}_max_abs_diff_vs_pil"] = max_diff(embs, page_embs)
+        enc.release()
 
 
 def linear_params(model) -> tuple[int, int]:
@@ -152,11 +248,13 @@ def run_variant(name, model, processor, images, queries, args, floor_pages_per_s
                                preprocess_workers=workers, compile=compile, preprocess_mode=mode)  # fmt: skip
 
     fast, serial = encoder(None), encoder(0)
-    fast.encode_pages(images[: args.batch * 2])  # warm-up (kernel JIT, allocator, threads)
+    items = stored(images, args.stored) if args.stored != "none" else None
+    encode = (lambda e, ims: encode_stored(e, items[: len(ims)], args.batch)) if items else (lambda e, ims: e.encode_pages(ims))  # noqa: E731
+    encode(fast, images[: args.batch * 2])  # warm-up (kernel JIT, allocator, threads)
     fast.encode_queries(queries[: args.qbatch])
     reset_peak()
     page_embs: list = []
-    t_pages = timed(lambda: page_embs.extend(fast.encode_pages(images)))
+    t_pages = timed(lambda: page_embs.extend(encode(fast, images)))
     peak = peak_gib()
     few = images[: args.serial_pages]
     t_serial = timed(lambda: serial.encode_pages(few))
@@ -190,9 +288,13 @@ def run_variant(name, model, processor, images, queries, args, floor_pages_per_s
     }  # fmt: skip
     if args.profile:
         r["profile"] = profile_forward(model, batches[0])
+    if args.pixels:  # before compiling: compile_regions compiles the model's blocks in place
+        pixel_paths(r, name, model, processor, items, images, page_embs, args, compiled=False)
     if args.compile:  # eval.compile=true: the same model with its blocks compiled in place
         try:
             compiled_variant(r, encoder, model, images, queries, batches, page_embs, args, procs)
+            if args.pixels:
+                pixel_paths(r, name, model, processor, items, images, page_embs, args, compiled=True)
         except Exception as e:  # noqa: BLE001  (a kernel that dynamo cannot trace: report it, keep the eager figures)
             r["compile_error"] = repr(e)[:400]
             print(name, "compile failed:", r["compile_error"])
@@ -224,17 +326,24 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also eval.compile=true (blocks compiled in place)")
     ap.add_argument("--process", action="store_true", help="also eval.preprocess_mode=process (worker processes)")
     ap.add_argument("--profile", action="store_true", help="CUDA time of one plain forward by kernel class")
+    ap.add_argument("--page-size", default="vidore", help="vidore (ViDoRe's size mix) or WxH, e.g. 1700x2200")
+    ap.add_argument("--stored", default="png", choices=("png", "jpeg", "none"),
+                    help="pages as stored bytes the workers decode (an evaluation's path), or none: decoded images")
+    ap.add_argument("--pixels", default="", help="also time these eval.preprocess_device paths, e.g. pil,cuda")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    tokens, size = 1280, (1024, 1280)
+    tokens = 1280
     if args.fixture:
         from colq_sweep.fixtures.offline import ensure_fixtures
 
-        args.checkpoint, tokens, size = str(ensure_fixtures(tempfile.mkdtemp(prefix="encode_")).checkpoint), 64, (256, 320)
+        args.checkpoint, tokens = str(ensure_fixtures(tempfile.mkdtemp(prefix="encode_")).checkpoint), 64
     elif not args.checkpoint:
         ap.error("give --checkpoint or --fixture")
     processor = ColQwen3Processor.from_checkpoint(args.checkpoint, tokens)
-    images = pages(args.pages, 0, size)
+    sizes = page_sizes(args.page_size, args.pages)
+    images = text_pages(sizes, 0)
+    print("page sizes:", sorted(set(sizes)) if len(set(sizes)) < 8 else f"{len(set(sizes))} sizes, mean "
+          f"{sum(w for w, _ in sizes) / len(sizes):.0f}x{sum(h for _, h in sizes) / len(sizes):.0f}")
     queries = [f"What does section {i} report about revenue growth in {2000 + i % 25}?" for i in range(args.queries)]
     results = []
     model = load_colqwen3(args.checkpoint, dtype="bfloat16", device=args.device)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU session's measurements on a CUDA machine without Hub access (docs/PERFORMANCE.md records the numbers):
-#   bash bench/h200.sh 4b|8b|bf16|qcost [size seqlen batch]|qfast|qstep|qmethods   (wheels for the missing packages in .whl/, results under $OUT)
+#   bash bench/h200.sh 4b|8b|bf16|pixels [4b|8b]|qcost [size seqlen batch]|qfast|qstep|qmethods   (wheels for the missing packages in .whl/, results under $OUT)
 # 4b/8b: the full shape through the pipeline (iters 1), the encoding benchmark (bf16 vs W4A16, with a profile) and,
 # for 4b, the corpus cache on a 6-language task; bf16: encoding eager/compiled/threads/processes at both shapes;
 # qcost: our quantize stage vs auto-round's API at the study's seqlen-1024 pairs on 2-layer real shapes; qfast:
@@ -8,7 +8,7 @@
 # the fastest settings. Each step has its own time limit; one failing does not stop the rest. Each mode fits one
 # 10-minute call. Logs and JSON go to $OUT/res.tgz (refreshed after every step: the device returns 8 files at most).
 set -o pipefail
-MODE=${1:?4b, 8b, bf16, qcost, qfast, qstep or qmethods}
+MODE=${1:?4b, 8b, bf16, pixels [4b|8b], qcost, qfast, qstep or qmethods}
 OUT=${OUT:-/tmp/out}
 RES=/tmp/res
 mkdir -p "$OUT" "$RES"
@@ -63,6 +63,19 @@ case "$MODE" in
     python3 -m colq_sweep.fixtures.realshape --size 4b --out /tmp/rs/4b 2>&1 | tail -1
     step encode_bf16_4b 200 python3 bench/encode.py --checkpoint /tmp/rs/4b --pages 128 --serial-pages 16 --batch 8 \
       --compile --process --json "$RES/encode_bf16_4b.json" ;;
+  pixels)  # eval.preprocess_device: pixels at real sizes (values, ms), then the encoder at 1700x2200 and ViDoRe's mix
+    step pixels 150 python3 bench/pixels.py --checkpoint /tmp/o/fixtures/tiny-colqwen3 --json "$RES/pixels.json"
+    python3 -m colq_sweep.fixtures.realshape --size "${2:-4b}" --out "/tmp/rs/${2:-4b}" 2>&1 | tail -1
+    step "encode_px_${2:-4b}" 280 python3 bench/encode.py --checkpoint "/tmp/rs/${2:-4b}" --page-size 1700x2200 \
+      --pages 64 --serial-pages 16 --batch 8 --queries 128 --compile --pixels pil,cuda --json "$RES/encode_px_${2:-4b}.json"
+    step "encode_mix_${2:-4b}" 150 python3 bench/encode.py --checkpoint "/tmp/rs/${2:-4b}" --page-size vidore \
+      --pages 64 --serial-pages 8 --batch 8 --queries 64 --pixels cuda --json "$RES/encode_mix_${2:-4b}.json" ;;
+  pixels2)  # where the rest of the host time goes with pixels=cuda: worker processes, and decoding left out
+    python3 -m colq_sweep.fixtures.realshape --size "${2:-4b}" --out "/tmp/rs/${2:-4b}" 2>&1 | tail -1
+    step "encode_pxproc_${2:-4b}" 240 python3 bench/encode.py --checkpoint "/tmp/rs/${2:-4b}" --page-size 1700x2200 \
+      --pages 48 --serial-pages 8 --batch 8 --queries 64 --compile --process --pixels cuda --json "$RES/encode_pxproc_${2:-4b}.json"
+    step "encode_pxnodecode_${2:-4b}" 200 python3 bench/encode.py --checkpoint "/tmp/rs/${2:-4b}" --page-size 1700x2200 \
+      --pages 48 --serial-pages 8 --batch 8 --queries 64 --compile --stored none --pixels cuda --json "$RES/encode_pxnodecode_${2:-4b}.json" ;;
   qcost)  # ours vs the API (direct, ours, direct) at the study's seqlen-1024 pairs of both shapes
     if [ -n "$2" ]; then qcost "$2" "$3" "$4"  # one pair: bash bench/h200.sh qcost 8b 256 300
     else QLIMIT=240 qcost 8b 1024 50; qcost 4b 1024 80; qcost 4b 256 300; fi ;;

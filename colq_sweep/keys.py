@@ -69,6 +69,8 @@ def _eval_fields(spec: EvalSpec) -> dict[str, Any]:
         d["only"] = sorted(map(list, spec.only))
     if spec.encoder.compile:
         d["compile"] = True
+    if spec.encoder.preprocess_device != "auto":  # auto's choice follows the device type, which the run key has
+        d["preprocess_device"] = spec.encoder.preprocess_device
     if spec.allow_revision_mismatch:
         d["allow_revision_mismatch"] = True
     if not spec.index.is_default:  # what the index stores changes the scores, not the page embeddings
@@ -201,14 +203,14 @@ def point_key(point: SweepPoint, device: str, calib_pin: str | None = None) -> s
     return _digest(ids, 16)
 
 
-def eval_revision(checkpoint_rev: str, point: SweepPoint, compute_dtype: str | None = None) -> str:
+def eval_revision(checkpoint_rev: str, point: SweepPoint, compute_dtype: str | None = None, pixels: str = "pil") -> str:
     """The mteb revision of an evaluation: its page revision plus the index setting (`...-pool3-int8`), so two
     set-ups never share cached results."""
     tag = point.eval.index.tag
-    return page_revision(checkpoint_rev, point, compute_dtype) + (f"-{tag}" if tag else "")
+    return page_revision(checkpoint_rev, point, compute_dtype, pixels) + (f"-{tag}" if tag else "")
 
 
-def page_revision(checkpoint_rev: str, point: SweepPoint, compute_dtype: str | None = None) -> str:
+def page_revision(checkpoint_rev: str, point: SweepPoint, compute_dtype: str | None = None, pixels: str = "pil") -> str:
     """What keys the page embeddings: the checkpoint plus every setting that changes them (model dtype, page
     resolution cap, load-back kernels and the dtype they compute in, compiled blocks), not the index setting (every
     index setting of one checkpoint reads the same cached pages). `compute_dtype`: what a quantized checkpoint's
@@ -220,4 +222,6 @@ def page_revision(checkpoint_rev: str, point: SweepPoint, compute_dtype: str | N
             parts.append(compute_dtype)
     if point.eval.encoder.compile:  # fused kernels change embeddings by float round-off
         parts.append("compiled")
+    if pixels != "pil":  # the resolved eval.preprocess_device: tensor-op pixels (evaluate/pixels.py)
+        parts.append(f"px{pixels}")
     return "-".join(parts)

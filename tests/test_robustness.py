@@ -65,8 +65,11 @@ def dead_pid() -> int:
         (["-m", "seqlen=32,4096"], "only 0 usable calibration samples for nsamples=8"),
         (["-m", "device=cuda", "seqlen=32"], "device='cuda': no CUDA device is visible on this machine"),
         (["model=nope"], "Could not find 'model/nope'; available: colqwen3-4b, colqwen3-8b, small, tiny"),
+        (["-m", "device=cpu", "eval.preprocess_device=cuda", "seqlen=32"],
+         "eval.preprocess_device='cuda': the evaluation runs on cpu (device=cpu): use eval.preprocess_device=auto, pil or cpu"),
     ],
-    ids=["unknown key", "unknown key in a sweep", "added unknown key", "short calibration", "no cuda", "bad option"],
+    ids=["unknown key", "unknown key in a sweep", "added unknown key", "short calibration", "no cuda", "bad option",
+         "pixels on a missing GPU"],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_written(args, expect, tmp_path, fixture_paths):
     """(Where results go, refused before Hydra makes a folder: test_results_that_cannot_be_kept_are_refused_up_front.)"""

@@ -184,6 +184,7 @@ def cases(fx, tmp: Path) -> dict[str, tuple[list[str], list[str], str]]:
                                     "eval.preprocess_workers"),  # fmt: skip
         "eval.preprocess_mode": (["eval.preprocess_mode=process"], ["eval.preprocess_mode=fork"], "eval.preprocess_mode"),
         "eval.compile": (["eval.compile=true"], ["eval.compile=maybe"], "eval.compile"),
+        "eval.preprocess_device": (["eval.preprocess_device=cpu"], ["eval.preprocess_device=gpu"], "eval.preprocess_device"),
         "index.pool_factor": (["index.pool_factor=3"], ["index.pool_factor=0"], "index.pool_factor"),
         "index.dtype": (["index.dtype=binary"], ["index.dtype=int3"], "index.dtype"),
     }

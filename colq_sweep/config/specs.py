@@ -99,12 +99,23 @@ class EncoderSpec:
     preprocess_workers: int | None = knob(None, SPEED)  # workers preparing pages ahead of the forward (None: auto)
     preprocess_mode: str = knob("thread", SPEED)  # thread | process
     compile: bool = knob(False, RESULTS)  # torch.compile each decoder layer and vision block
+    # where page pixels are computed: pil (the PIL processor on the host) | cpu / cuda (tensor ops there:
+    # evaluate/pixels.py) | auto (cuda when evaluating on CUDA, else pil); changes pixels by a uint8 level, so keyed
+    preprocess_device: str = knob("auto", RESULTS)
 
     FIELDS: ClassVar[tuple[str, ...]] = (
         "query_batch_size", "page_batch_size", "corpus_cache", "preprocess_workers", "preprocess_mode", "compile",
+        "preprocess_device",
     )  # fmt: skip
 
+    def pixels(self, device: str) -> str:
+        """The resolved `preprocess_device` for an evaluation on `device`: pil, cpu or cuda."""
+        if self.preprocess_device == "auto":
+            return "cuda" if str(device).startswith("cuda") else "pil"
+        return self.preprocess_device
 
+
+PREPROCESS_DEVICES = ("auto", "pil", "cpu", "cuda")
 INDEX_DTYPES = ("bf16", "fp16", "int8", "binary")
 MAX_POOL_FACTOR = 64
 

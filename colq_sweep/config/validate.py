@@ -22,6 +22,7 @@ from colq_sweep.config.checks import (
 )
 from colq_sweep.config.resolvers import entries_line
 from colq_sweep.config.specs import (
+    PREPROCESS_DEVICES,
     CalibSpec,
     EncoderSpec,
     EvalSpec,
@@ -143,6 +144,7 @@ def _encoder(d: dict) -> EncoderSpec:
         preprocess_workers=workers("eval.preprocess_workers", v["preprocess_workers"]),
         preprocess_mode=choice("eval.preprocess_mode", v["preprocess_mode"], ("thread", "process")),
         compile=boolean("eval.compile", v["compile"]),
+        preprocess_device=choice("eval.preprocess_device", v["preprocess_device"], PREPROCESS_DEVICES),
     )
 
 

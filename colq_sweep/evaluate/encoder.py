@@ -39,6 +39,7 @@ from colq_sweep.evaluate.pagepipe import (
     size_order,
     stored_pages,
 )
+from colq_sweep.evaluate.pixels import HOST_KEY, PIXELS, finish
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -121,6 +122,10 @@ class ColQwen3Encoder(AbsEncoder):
             `default_preprocess_workers(device)`; 0: none, each batch is prepared in the calling thread).
         preprocess_mode: "thread" (workers are threads of this process) or "process" (spawned worker processes,
             tensors returned through shared memory: no GIL shared with the thread that drives the device).
+        pixels: where page pixels are computed: "pil" (the PIL image processor, in the preprocessing workers),
+            "cpu" (evaluate/pixels.py's tensor ops, in the workers) or "cuda" (the workers decode and tokenize, the
+            tensor ops run on the model's device just before its forward). Not part of `model_revision`: the
+            caller keys it (keys.page_revision).
         compile: `torch.compile` each decoder layer and vision block before the first forward
             (`colq_sweep.model.compile_regions`); embeddings then differ from eager ones by float round-off.
         dataset_revisions: task name -> dataset revision used in page keys (default: the task metadata's).
@@ -145,6 +150,7 @@ class ColQwen3Encoder(AbsEncoder):
         dataset_revisions: Mapping[str, str] | None = None,
         preprocess_workers: int | None = None,
         preprocess_mode: str = "thread",
+        pixels: str = "pil",
         compile: bool = False,
         index: IndexSpec | None = None,
         page_revision: str | None = None,
@@ -164,7 +170,10 @@ class ColQwen3Encoder(AbsEncoder):
         self.dataset_revisions = dict(dataset_revisions or {})
         self.compile = bool(compile)
         workers = default_preprocess_workers(device) if preprocess_workers is None else int(preprocess_workers)
-        self.pages = PagePipeline(workers, preprocess_mode)  # its worker processes live until release()
+        if pixels not in PIXELS:
+            raise ValueError(f"pixels must be one of {', '.join(PIXELS)}; got {pixels!r}")
+        self.pixels = pixels
+        self.pages = PagePipeline(workers, preprocess_mode, pixels)  # its worker processes live until release()
         self.mteb_model_meta = colqwen3_model_meta(model_name, model_revision)
         # pages are keyed by what decides their embeddings (`page_revision`), not by the index setting
         self.model_key = f"{self.mteb_model_meta.name}@{page_revision or model_revision}"
@@ -280,6 +289,9 @@ class ColQwen3Encoder(AbsEncoder):
         yield from self.pages.run(self.processor, dtype, pin, sources, self._forward_pages)
 
     def _forward_pages(self, n: int, batch: Mapping[str, torch.Tensor], t0: float) -> list[torch.Tensor]:
+        if HOST_KEY in batch:  # pixels=cuda: the pages came decoded; their pixel work runs on the model's device
+            dtype = self.model.vlm.model.visual.patch_embed.proj.weight.dtype
+            batch = finish(dict(batch), self.processor, self.model.device, dtype)
         embs = self._forward("page", batch)
         self.stats["pages_encoded"] += n
         self.stats["page_seconds"] += time.perf_counter() - t0

@@ -1,6 +1,8 @@
 """Pages as a pipeline: worker threads (or spawned worker processes) decode and preprocess the next batches (PIL
 resize and normalise, the tokenizer; all release the GIL) while the current batch runs on the device, so the
-forward pass, not the host, sets the pace. Missing pages are batched in order of size, so a batch holds pages of
+forward pass, not the host, sets the pace. With `pixels="cpu"` the workers compute pixels with tensor ops
+(evaluate/pixels.py) instead of PIL; with `pixels="cuda"` they only decode and tokenize, and the pixel work is left
+to the device (the batch carries its uint8 pages under pixels.HOST_KEY). Missing pages are batched in order of size, so a batch holds pages of
 (nearly) one token count and little padding. Batch composition is all the pipeline decides: a batch's embeddings
 are the same with any number of workers.
 """
@@ -45,10 +47,18 @@ def decode_pages(feature: Any, items: Sequence[Any]) -> list[Any]:
     return list(items) if feature is None else [feature.decode_example(item) for item in items]
 
 
-def prepare_batch(processor: ColQwen3Processor, feature: Any, items: Sequence[Any], dtype: torch.dtype | None):
+def prepare_batch(processor: ColQwen3Processor, feature: Any, items: Sequence[Any], dtype: torch.dtype | None,
+                  pixels: str = "pil", pin: bool = False):  # fmt: skip
     """Decode and preprocess one batch of pages; returns (pages, processor outputs). Pixels are cast to the vision
-    tower's dtype here, as its patch embedding would do first thing, so half as many bytes cross to the device."""
+    tower's dtype here, as its patch embedding would do first thing, so half as many bytes cross to the device.
+    `pixels="cuda"`: decoded pages and tokens only (page-locked when `pin`), pixels.finish runs on the device."""
+    from colq_sweep.evaluate import pixels as px
+
     images = decode_pages(feature, items)
+    if pixels == "cuda":
+        return len(images), px.host_batch(processor, images, pin=pin)
+    if pixels == "cpu":
+        return len(images), px.finish(px.host_batch(processor, images), processor, "cpu", dtype)
     batch = dict(processor.process_images(images))
     pixels = batch.get("pixel_values")
     if pixels is not None and dtype is not None and pixels.is_floating_point() and pixels.dtype != dtype:
@@ -65,9 +75,9 @@ def _init_worker(processor: ColQwen3Processor) -> None:
     _WORKER_PROCESSOR = processor
 
 
-def _prepare_in_worker(feature: Any, items: Sequence[Any], dtype: torch.dtype | None):
+def _prepare_in_worker(feature: Any, items: Sequence[Any], dtype: torch.dtype | None, pixels: str = "pil"):
     # tensors go back through torch's shared-memory pickling (torch.multiprocessing), not through the pipe
-    return prepare_batch(_WORKER_PROCESSOR, feature, items, dtype)
+    return prepare_batch(_WORKER_PROCESSOR, feature, items, dtype, pixels)
 
 
 def size_order(pixels: Sequence[int], indices: Sequence[int]) -> list[int]:
@@ -76,10 +86,10 @@ def size_order(pixels: Sequence[int], indices: Sequence[int]) -> list[int]:
     return sorted(indices, key=lambda i: -pixels[i])
 
 
-def prepare_in_thread(processor, feature, items, dtype, pin: bool):
+def prepare_in_thread(processor, feature, items, dtype, pin: bool, pixels: str = "pil"):
     """`prepare_batch`, then page-locked on CUDA."""
-    n, batch = prepare_batch(processor, feature, items, dtype)
-    if pin:  # page-locked: the copy to the device runs without a staging copy and without blocking this thread
+    n, batch = prepare_batch(processor, feature, items, dtype, pixels, pin)
+    if pin and pixels != "cuda":  # (a host batch's pages are pinned by prepare_batch, its small tensors need not be)  # page-locked: the copy to the device runs without a staging copy and without blocking this thread
         batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     return n, batch
 
@@ -105,12 +115,12 @@ class PagePipeline:
     GIL shared with the thread that drives the device; tensors come back through shared memory), 0 = in the calling
     thread. Processes are spawned, never forked (the parent holds a CUDA context), once, and kept until `close()`."""
 
-    def __init__(self, workers: int, mode: str = "thread"):
+    def __init__(self, workers: int, mode: str = "thread", pixels: str = "pil"):
         if workers < 0:
             raise ValueError(f"preprocess_workers must be >= 0; got {workers}")
         if mode not in ("thread", "process"):
             raise ValueError(f"preprocess_mode must be 'thread' or 'process'; got {mode!r}")
-        self.workers, self.mode = workers, mode
+        self.workers, self.mode, self.pixels = workers, mode, pixels
         self._processes = None
 
     def close(self) -> None:
@@ -127,8 +137,9 @@ class PagePipeline:
 
                 self._processes = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                                       initializer=_init_worker, initargs=(processor,))  # fmt: skip
-            return functools.partial(_prepare_in_worker, dtype=dtype), contextlib.nullcontext(self._processes)
-        prepare = functools.partial(prepare_in_thread, processor, dtype=dtype, pin=pin)
+            prepare = functools.partial(_prepare_in_worker, dtype=dtype, pixels=self.pixels)
+            return prepare, contextlib.nullcontext(self._processes)
+        prepare = functools.partial(prepare_in_thread, processor, dtype=dtype, pin=pin, pixels=self.pixels)
         if not self.workers:
             return prepare, None
         return prepare, ThreadPoolExecutor(self.workers, thread_name_prefix="colq-pages")

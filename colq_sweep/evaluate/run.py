@@ -196,6 +196,7 @@ def evaluate_model(
     force: bool = False,
     progress: str | None = "evaluate",
     page_revision: str | None = None,
+    pixels: str = "pil",
 ) -> EvalResult:
     """Evaluate one checkpoint on `eval_spec` through mteb; see the module docstring.
 
@@ -206,6 +207,8 @@ def evaluate_model(
     `progress` is the label of the progress bar over every page and query of the selected entries (None: no bar).
     `page_revision` keys the page cache (default `model_revision`): every index setting (`eval_spec.index`) of one
     checkpoint has its own results revision and reads the same cached pages.
+    `pixels`: where page pixels are computed (the resolved `eval.preprocess_device`: pil, cpu or cuda; the caller
+    keys it into `model_revision` / `page_revision`, keys.page_revision).
     """
     import torch
     from mteb.cache import ResultCache
@@ -221,7 +224,8 @@ def evaluate_model(
     use_cuda = str(device).startswith("cuda") and torch.cuda.is_available()
     mem = PeakMemory(str(device) if use_cuda else "cpu")
     cache = ResultCache(Path(results_dir))
-    encoder = _encoder(load_model, eval_spec, model_name, model_revision, page_revision or model_revision, cache_dir, device)
+    encoder = _encoder(load_model, eval_spec, model_name, model_revision, page_revision or model_revision, cache_dir,
+                       device, pixels)
     tasks = build_tasks(eval_spec)
     sizes = [task_size(t) for t in tasks]
     bar = EvalProgress(progress or "", sum(sizes), enabled=progress is not None)
@@ -251,7 +255,7 @@ def evaluate_model(
 
 
 def _encoder(load_model, eval_spec: EvalSpec, model_name: str, model_revision: str, page_revision: str, cache_dir: Path,
-             device: str):  # fmt: skip
+             device: str, pixels: str = "pil"):  # fmt: skip
     from colq_sweep.evaluate.encoder import ColQwen3Encoder, PageStore
 
     enc = eval_spec.encoder
@@ -266,6 +270,7 @@ def _encoder(load_model, eval_spec: EvalSpec, model_name: str, model_revision: s
         corpus_cache=enc.corpus_cache,
         preprocess_workers=enc.preprocess_workers,
         preprocess_mode=enc.preprocess_mode,
+        pixels=pixels,
         compile=enc.compile,
         index=eval_spec.index,
         page_revision=page_revision,

@@ -27,6 +27,7 @@ _CALIB_COUNTS: dict[tuple, tuple[int, str]] = {}
 def preflight(point: SweepPoint, jobs_run_here: bool = True) -> None:
     if jobs_run_here:
         check_device(point.device)
+    check_pixels(point, jobs_run_here)
     q = point.quant
     if q.needs_calibration and point.calib.source == "jsonl" and not getattr(q, "allow_fewer_samples", False):
         check_calibration_count(point)
@@ -42,6 +43,18 @@ def check_device(device: str) -> None:
     index = int(device.split(":")[1]) if ":" in device else 0
     if index >= torch.cuda.device_count():
         raise ConfigError("device", device, f"only {torch.cuda.device_count()} CUDA device(s) are visible here")
+
+
+def check_pixels(point: SweepPoint, jobs_run_here: bool) -> None:
+    """eval.preprocess_device=cuda computes pixels next to the forward: the evaluation must run on CUDA."""
+    if point.eval.encoder.preprocess_device != "cuda":
+        return
+    from colq_sweep.runtime import resolve_device
+
+    device = resolve_device(point.device) if jobs_run_here else point.device
+    if device == "cpu" or (jobs_run_here and not device.startswith("cuda")):
+        raise ConfigError("eval.preprocess_device", "cuda", f"the evaluation runs on {device} (device={point.device}): "
+                          "use eval.preprocess_device=auto, pil or cpu, or device=cuda on a GPU machine")
 
 
 def _tokenizer_dir(point: SweepPoint) -> Path | None:

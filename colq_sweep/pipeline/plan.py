@@ -108,6 +108,7 @@ class EvalJob:
     force: bool
     problem: BackendUnavailableError | None = None
     page_revision: str | None = None  # keys.page_revision: what keys the page cache (None: `revision`)
+    pixels: str = "pil"  # eval.preprocess_device resolved for `device`: pil | cpu | cuda
 
 
 @dataclass(frozen=True)
@@ -162,10 +163,11 @@ def resolve(point: SweepPoint) -> PointPlan:
     device = resolve_device(point.device)
     dirs = Dirs(Path(point.outputs_dir).resolve())
     ckpt = _checkpoint(point)
+    px = point.eval.encoder.pixels(device)
     if not point.quant.enabled:
-        original = EvalJob(point.eval, ckpt.mteb_name, keys.eval_revision(ckpt.mteb_revision, point), None, None,
-                           dirs.results, dirs.cache, device, point.force,
-                           page_revision=keys.page_revision(ckpt.mteb_revision, point))  # fmt: skip
+        original = EvalJob(point.eval, ckpt.mteb_name, keys.eval_revision(ckpt.mteb_revision, point, pixels=px), None,
+                           None, dirs.results, dirs.cache, device, point.force,
+                           page_revision=keys.page_revision(ckpt.mteb_revision, point, pixels=px), pixels=px)  # fmt: skip
         if point.eval.index.is_default:  # the original itself
             return PointPlan(point, device, R.ROLE_BASELINE, keys.point_key(point, device), keys.eval_hash(point),
                              f"{point.model.name} original", dirs, ckpt, original)  # fmt: skip
@@ -180,10 +182,10 @@ def resolve(point: SweepPoint) -> PointPlan:
     backend, compute, kernel_problem = _kernels(point, device)
     quant = QuantJob(point.quant, point.seed, point.calib, calib_rev, semantics, key, keys.quant_knobs(point), ckpt,
                      device, point.force, dirs.models, point.label, calib_problem)  # fmt: skip
-    revision = keys.eval_revision(key, point, compute) if key is not None else None
-    pages = keys.page_revision(key, point, compute) if key is not None else None
+    revision = keys.eval_revision(key, point, compute, px) if key is not None else None
+    pages = keys.page_revision(key, point, compute, px) if key is not None else None
     evaluation = EvalJob(point.eval, f"{ckpt.mteb_name}-{point.quant.mteb_suffix()}", revision, backend, compute,
-                         dirs.results, dirs.cache, device, point.force, kernel_problem, pages)  # fmt: skip
+                         dirs.results, dirs.cache, device, point.force, kernel_problem, pages, px)  # fmt: skip
     return PointPlan(point, device, R.ROLE_QUANTIZED, keys.point_key(point, device, calib_rev), keys.eval_hash(point),
                      f"{point.model.name} {point.label}", dirs, ckpt, evaluation, quant,
                      resolve(dataclasses.replace(baseline_of(point), force=False)))  # fmt: skip

@@ -80,7 +80,7 @@ def _evaluate(job: EvalJob, loader: Callable, progress: str, checkpoint: Path):
 
     result = evaluate_model(loader, job.spec, model_name=job.model_name, model_revision=job.revision,
                             results_dir=job.results_dir, cache_dir=job.cache_dir, device=job.device, force=job.force,
-                            progress=progress, page_revision=job.page_revision)  # fmt: skip
+                            progress=progress, page_revision=job.page_revision, pixels=job.pixels)  # fmt: skip
     if result.model_meta.get("embed_dim") is None:  # all from caches: the model never loaded; its config says it
         dim = json.loads((Path(checkpoint) / "config.json").read_text()).get("embed_dim")
         result.model_meta["embed_dim"] = int(dim) if dim is not None else None
