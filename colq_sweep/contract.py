@@ -26,6 +26,7 @@ KERNEL_BACKEND = "colq.kernel_backend"
 KERNEL_COMPUTE = "colq.kernel_compute_dtype"
 EVAL_FROM_CACHE = "colq.eval_from_cache"
 DATASET_REVISIONS = "colq.dataset_revisions"  # JSON {task: dataset revision really evaluated}
+EVAL_SHARDS = "colq.eval_shards"  # JSON {task: owner | helper-<slot>-<pid>}: who evaluated each task (gpu-pool share_idle)
 BASELINE_REF = "colq.baseline_run_id"  # the original a quantized run was compared with
 ERROR = "colq.error"
 VERSION = "colq.version"
@@ -119,11 +120,15 @@ def eval_metrics(timing: dict[str, float]) -> dict[str, float]:
     return {(f"eval_{k}" if k.startswith("peak_") else k): float(v) for k, v in timing.items() if v == v}  # no NaN
 
 
-def eval_tags(from_cache: bool, dataset_revisions: dict[str, str]) -> dict[str, str]:
-    """Tags of an evaluation: whether it was served from the result cache, and the dataset revisions evaluated."""
+def eval_tags(from_cache: bool, dataset_revisions: dict[str, str], shards: dict[str, str] | None = None) -> dict[str, str]:
+    """Tags of an evaluation: whether it was served from the result cache, the dataset revisions evaluated, and who
+    evaluated each task when helpers on idle slots shared it."""
     import json
 
-    return {EVAL_FROM_CACHE: str(from_cache).lower(), DATASET_REVISIONS: json.dumps(dataset_revisions, sort_keys=True)}
+    tags = {EVAL_FROM_CACHE: str(from_cache).lower(), DATASET_REVISIONS: json.dumps(dataset_revisions, sort_keys=True)}
+    if shards:
+        tags[EVAL_SHARDS] = json.dumps(shards, sort_keys=True)
+    return tags
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

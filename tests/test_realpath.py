@@ -29,16 +29,16 @@ EXPECTED = {("VidoreArxivQARetrieval", "default"), ("Vidore2ESGReportsRetrieval"
             ("Vidore3ComputerScienceRetrieval", "french")}  # fmt: skip
 
 
-def env_for(hf_home: Path, offline: bool = True) -> dict:
+def env_for(hf_home: Path, offline: bool = True, extra: dict | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_OFFLINE", "MLFLOW_TRACKING"))}
-    env.update(HF_HOME=str(hf_home), MLFLOW_ENABLE_ASYNC_LOGGING="false")
+    env.update(HF_HOME=str(hf_home), MLFLOW_ENABLE_ASYNC_LOGGING="false", **(extra or {}))
     if offline:
         env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     return env
 
 
-def run(args: list[str], hf_home: Path, offline: bool = True, module: str = "colq_sweep"):
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env_for(hf_home, offline),
+def run(args: list[str], hf_home: Path, offline: bool = True, module: str = "colq_sweep", env: dict | None = None):
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env_for(hf_home, offline, env),
                           capture_output=True, text=True, timeout=600)  # fmt: skip
 
 
@@ -153,12 +153,18 @@ def _recompute(model, processor, hub_home: Path) -> dict[tuple[str, str, str], f
 def test_real_presets_offline_end_to_end(hub_home, tmp_path, fixture_paths):
     """`model=colqwen3-4b calib=pile10k eval=vidore` through the CLI, MLflow and mteb's own loaders: the quantized
     point and its baseline FINISH with exactly the expected entries, each corpus encoded once, and every
-    per-query NDCG@5 equal to an independent recomputation from the models' embeddings."""
+    per-query NDCG@5 equal to an independent recomputation from the models' embeddings.
+
+    It runs on the gpu-pool launcher with two CPU slots and one point, so the idle slot helps evaluate (task-level
+    sharding, `share_idle`): each evaluation's three tasks are split between the point and a helper, every task
+    evaluated once, and the scores are still the recomputation's. (The owner waits for the helper's first claim,
+    a testing aid, so that the split does not depend on how fast a process starts here.)"""
     from colq_sweep.model import ColQwen3Processor, load_colqwen3
     from colq_sweep.quantize.load import load_quantized
 
     outputs = tmp_path / "out"
-    proc = run(["-m", *REAL, f"outputs_dir={outputs}"], hub_home)
+    pool = ["hydra/launcher=gpu-pool", "hydra.launcher.devices=cpu", "hydra.launcher.max_parallel=2"]
+    proc = run(["-m", *REAL, *pool, f"outputs_dir={outputs}"], hub_home, env={"COLQ_SWEEP_TEST_SHARD_WAIT_S": "120"})
     assert proc.returncode == 0, proc.stderr[-4000:]
     client = mlflow.tracking.MlflowClient(f"sqlite:///{outputs}/mlflow.db")
     exp = client.get_experiment_by_name("real")
@@ -170,7 +176,14 @@ def test_real_presets_offline_end_to_end(hub_home, tmp_path, fixture_paths):
     n_pages = sum(1 for line in (fixture_paths.task / "corpus.jsonl").read_text().splitlines() if line.strip())
     n_queries = {lang: sum(1 for line in (fixture_paths.task / f"queries-{lang}.jsonl").read_text().splitlines() if line.strip())
                  for lang in ("en", "fr")}  # fmt: skip
-    assert runs["baseline"].data.metrics["pages_encoded"] == 3 * n_pages  # 3 corpora, each encoded once
+    for role in ("baseline", "quantized"):
+        assert runs[role].data.metrics["pages_encoded"] == 3 * n_pages, role  # 3 corpora, each encoded once
+        shards = json.loads(runs[role].data.tags["colq.eval_shards"])  # who evaluated each task
+        assert sorted(shards) == sorted(HUB_TASKS), role
+        assert "owner" in shards.values() and any(w.startswith("helper-1-") for w in shards.values()), (role, shards)
+    assert not list((outputs / "shards").iterdir())  # every board read back and closed
+    helper_logs = list(outputs.glob("hydra/real/multirun-*/helpers/helper-*-slot1.log"))
+    assert len(helper_logs) == 2 and all("helps evaluate" in f.read_text() for f in helper_logs)
     processor = ColQwen3Processor.from_checkpoint(base_dir, 1280)
     models = {"baseline": load_colqwen3(base_dir, dtype="float32"),
               "quantized": load_quantized(artifact, backend="dequant", dtype="float32")}  # fmt: skip

@@ -35,6 +35,7 @@ from colq_sweep.evaluate.scores import (
     reconcile_caches,
     write_checksums,
 )
+from colq_sweep.evaluate.shards import OWNER, WAIT_ENV, Board, Offer
 from colq_sweep.hub.inputs import loaded_revision
 from colq_sweep.keys import fixture_revision
 from colq_sweep.runtime import PeakMemory, resolve_device
@@ -60,6 +61,7 @@ class EvalResult:
     dataset_revisions: dict[str, str] = field(default_factory=dict)  # task -> revision of the data evaluated
     task_results: dict[str, str] = field(default_factory=dict)  # task -> mteb's own result file (TaskResult JSON)
     model_meta: dict = field(default_factory=dict)  # mteb's ModelMeta of the checkpoint (embed_dim once it loaded)
+    shards: dict[str, str] = field(default_factory=dict)  # task -> who evaluated it, when the evaluation was sharded
 
 
 def fixture_task(fixture_dir: str | os.PathLike, hf_subsets: Iterable[str] | None = None) -> AbsTaskRetrieval:
@@ -197,6 +199,7 @@ def evaluate_model(
     progress: str | None = "evaluate",
     page_revision: str | None = None,
     pixels: str = "pil",
+    share: Offer | Board | None = None,
 ) -> EvalResult:
     """Evaluate one checkpoint on `eval_spec` through mteb; see the module docstring.
 
@@ -209,6 +212,8 @@ def evaluate_model(
     checkpoint has its own results revision and reads the same cached pages.
     `pixels`: where page pixels are computed (the resolved `eval.preprocess_device`: pil, cpu or cuda; the caller
     keys it into `model_revision` / `page_revision`, keys.page_revision).
+    `share`: an Offer (the owner: with more than one task, a shard board is opened for helpers on idle slots) or a
+    helper's Board (evaluate/shards.py).
     """
     import torch
     from mteb.cache import ResultCache
@@ -216,7 +221,8 @@ def evaluate_model(
     from colq_sweep.console import EvalProgress
 
     t0 = time.perf_counter()
-    if force:
+    board = share if isinstance(share, Board) else None
+    if force and board is None:  # a helper never clears what its owner is writing
         import shutil
 
         shutil.rmtree(page_cache_dir(cache_dir, model_name, page_revision or model_revision), ignore_errors=True)
@@ -231,20 +237,35 @@ def evaluate_model(
     bar = EvalProgress(progress or "", sum(sizes), enabled=progress is not None)
     encoder.progress = bar
     out = EvalResult(entries=[], per_query=[], timing={}, from_cache=False, results_dir=str(Path(cache.cache_path) / "results"))
+    if isinstance(share, Offer) and len(tasks) > 1:
+        board = share.open(model_name, model_revision, {t.metadata.name: n for t, n in zip(tasks, sizes, strict=True)})
     with mem:  # this stage's peak memory, not the process's (which includes quantization)
         try:
-            for task, size in zip(tasks, sizes, strict=True):
-                bar.begin_task(size)
-                _evaluate_task(task, encoder, cache, eval_spec, force, out)
-                bar.end_task()  # subsets served from the result cache, pages from the page cache: done too
+            parts = _run_tasks(tasks, sizes, encoder, cache, eval_spec, force, bar, board)
+        except BaseException:
+            if board is not None and board.who == OWNER:  # nobody is left to read the helpers' work back
+                board.close()
+            raise
         finally:
             bar.close()
             encoder.progress = None
             encoder.release()  # it loaded the model, so it is the only holder: free the memory for what runs next
             if use_cuda:
                 torch.cuda.empty_cache()
-    out.timing = {**_timing(encoder.stats, time.perf_counter() - t0, mem), **encoder.index.metrics()}
-    out.from_cache = encoder.stats["encode_calls"] == 0
+    for part in parts:  # the spec's task order, whoever evaluated each task
+        _merge(out, part)
+    stats = dict(encoder.stats)
+    if board is not None and board.who != OWNER:  # a helper: its counters went to the owner (_run_tasks)
+        return out
+    if board is not None:
+        helpers = board.helper_stats()
+        for h in helpers:
+            for k in _HELPER_COUNTERS:
+                stats[k] += h[k]
+        out.shards = {t: c["who"] for t, c in sorted(board.claims().items())}
+        board.close()
+    out.timing = {**_timing(stats, time.perf_counter() - t0, mem), **encoder.index.metrics()}
+    out.from_cache = stats["encode_calls"] == 0
     out.model_meta = json.loads(json.dumps(encoder.mteb_model_meta.to_dict(), default=str))
     log.info(
         "evaluated %s@%s on %d entries in %.1fs (%s; %d pages, %d queries encoded)",
@@ -252,6 +273,52 @@ def evaluate_model(
         "all from cache" if out.from_cache else "encoded", encoder.stats["pages_encoded"], encoder.stats["queries_encoded"],
     )  # fmt: skip
     return out
+
+
+_HELPER_COUNTERS = ("encode_calls", "pages_encoded", "queries_encoded", "page_seconds", "query_seconds")
+
+
+def _run_tasks(tasks, sizes, encoder, cache, eval_spec: EvalSpec, force: bool, bar, board: Board | None) -> list[EvalResult]:
+    """Each task's EvalResult in the spec's order. Without a board: one after the other. With one (shards.py): the
+    largest unclaimed task first; an owner then waits for the helpers' tasks and reads them back from the result
+    cache; a helper returns what it evaluated."""
+    names = [t.metadata.name for t in tasks]
+    parts: dict[int, EvalResult] = {}
+    order = range(len(tasks)) if board is None else sorted(range(len(tasks)), key=lambda i: (-sizes[i], names[i]))
+    if board is not None and board.who == OWNER and os.environ.get(WAIT_ENV):
+        board.wait_for_helper(float(os.environ[WAIT_ENV]))
+    for i in order:
+        if board is not None and not board.claim(names[i]):
+            continue
+        parts[i] = _one_task(tasks[i], sizes[i], encoder, cache, eval_spec, force, bar)
+        if board is not None:
+            if board.who != OWNER:  # counters first: the owner reads them once every task is done
+                board.save_stats({k: encoder.stats[k] for k in _HELPER_COUNTERS})
+            board.finish(names[i])
+    if board is not None and board.who != OWNER:
+        return [parts[i] for i in sorted(parts)]
+    for i in range(len(tasks)):
+        if i not in parts:  # a helper's: done (read back from the result cache) or taken over from a dead helper
+            by_helper = board.wait_done(names[i])
+            parts[i] = _one_task(tasks[i], sizes[i], encoder, cache, eval_spec, force and not by_helper, bar)
+            if not by_helper:
+                board.finish(names[i])
+    return [parts[i] for i in range(len(tasks))]
+
+
+def _one_task(task, size: int, encoder, cache, eval_spec: EvalSpec, force: bool, bar) -> EvalResult:
+    part = EvalResult(entries=[], per_query=[], timing={}, from_cache=False)
+    bar.begin_task(size)
+    _evaluate_task(task, encoder, cache, eval_spec, force, part)
+    bar.end_task()  # subsets served from the result cache, pages from the page cache: done too
+    return part
+
+
+def _merge(out: EvalResult, part: EvalResult) -> None:
+    out.entries.extend(part.entries)
+    out.per_query.extend(part.per_query)
+    out.dataset_revisions.update(part.dataset_revisions)
+    out.task_results.update(part.task_results)
 
 
 def _encoder(load_model, eval_spec: EvalSpec, model_name: str, model_revision: str, page_revision: str, cache_dir: Path,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from colq_sweep import contract as R
 from colq_sweep.console import say, stage
+from colq_sweep.evaluate.shards import Offer, sharing_enabled
 from colq_sweep.fsio import file_lock
 from colq_sweep.pipeline.plan import EvalJob, PointPlan
 from colq_sweep.track import sysmetrics
@@ -75,12 +76,12 @@ def _load_record(tracker: Tracker, run) -> EvalRecord:
     return EvalRecord(run.info.run_id, entries, per_query, dict(run.data.metrics))
 
 
-def _evaluate(job: EvalJob, loader: Callable, progress: str, checkpoint: Path):
+def _evaluate(job: EvalJob, loader: Callable, progress: str, checkpoint: Path, share: Offer | None = None):
     from colq_sweep.evaluate.run import evaluate_model
 
     result = evaluate_model(loader, job.spec, model_name=job.model_name, model_revision=job.revision,
                             results_dir=job.results_dir, cache_dir=job.cache_dir, device=job.device, force=job.force,
-                            progress=progress, page_revision=job.page_revision, pixels=job.pixels)  # fmt: skip
+                            progress=progress, page_revision=job.page_revision, pixels=job.pixels, share=share)  # fmt: skip
     if result.model_meta.get("embed_dim") is None:  # all from caches: the model never loaded; its config says it
         dim = json.loads((Path(checkpoint) / "config.json").read_text()).get("embed_dim")
         result.model_meta["embed_dim"] = int(dim) if dim is not None else None
@@ -155,7 +156,8 @@ def _record_failure(tracker: Tracker, run_id: str, exc: BaseException, status: s
 
 
 def ensure_baseline(
-    plan: PointPlan, tracker: Tracker, parent_id: str | None, who: str, extra_artifacts: list[Path] = ()
+    plan: PointPlan, tracker: Tracker, parent_id: str | None, who: str, extra_artifacts: list[Path] = (),
+    share: Offer | None = None,
 ) -> tuple[EvalRecord, bool]:
     """The model's unquantized evaluation (`plan` is the baseline's plan), as the `baseline` stage of `who`: found
     in MLflow if a finished run exists, else evaluated once.
@@ -164,13 +166,13 @@ def ensure_baseline(
     quantized points call this only after their own work, so no GPU idles behind the lock.
     """
     with stage(who, "baseline") as st:
-        record, computed = _baseline(plan, tracker, parent_id, who, extra_artifacts)
+        record, computed = _baseline(plan, tracker, parent_id, who, extra_artifacts, share)
         st["result"] = f"{'evaluated and tracked as' if computed else 'reused'} run {record.run_id}"
     return record, computed
 
 
 def _baseline(
-    plan: PointPlan, tracker: Tracker, parent_id: str | None, who: str, extra_artifacts: list[Path]
+    plan: PointPlan, tracker: Tracker, parent_id: str | None, who: str, extra_artifacts: list[Path], share: Offer | None
 ) -> tuple[EvalRecord, bool]:
     h = plan.run_key
     query = f"tags.`{R.RUN_KEY}` = '{h}' and tags.`{R.ROLE}` = '{R.ROLE_BASELINE}'"
@@ -185,9 +187,10 @@ def _baseline(
         try:
             tracker.log(run_id, params=plan.point.params())
             tracker.log(run_id, tags={R.ARTIFACT_KEY: f"{plan.checkpoint.mteb_name}@{plan.checkpoint.mteb_revision}"})
-            result = _evaluate(plan.eval, _load_base(plan), f"{who} | baseline evaluate", plan.checkpoint.dir())
+            result = _evaluate(plan.eval, _load_base(plan), f"{who} | baseline evaluate", plan.checkpoint.dir(),
+                               share.of("baseline") if share else None)  # fmt: skip
             metrics = {**R.summarise(result.entries), **R.eval_metrics(result.timing), **_base_size(plan)}
-            tracker.log(run_id, metrics=metrics, tags=R.eval_tags(result.from_cache, result.dataset_revisions))
+            tracker.log(run_id, metrics=metrics, tags=R.eval_tags(result.from_cache, result.dataset_revisions, result.shards))
             _log_results(tracker, run_id, result)
             for a in extra_artifacts:
                 tracker.log_artifact(run_id, a)
@@ -249,9 +252,12 @@ def _run_point(plan: PointPlan, uri: str, sweep_id: str | None, config_yaml: str
             p.write_text(config_yaml)
             extra.append(p)
         logs = [f for f in log_files if f.exists()]
+        share = None  # idle GPU slots of a gpu-pool sweep may take some of this point's tasks (evaluate/shards.py)
+        if sharing_enabled() and sweep_id and config_yaml:
+            share = Offer(str(plan.dirs.outputs), sweep_id, config_yaml)
         if plan.role == R.ROLE_BASELINE:
-            return _run_baseline_point(plan, tracker, parent_id, extra + logs, who)
-        return _run_quantized_point(plan, tracker, parent_id, extra, logs, Path(tmp), who)
+            return _run_baseline_point(plan, tracker, parent_id, extra + logs, who, share)
+        return _run_quantized_point(plan, tracker, parent_id, extra, logs, Path(tmp), who, share)
 
 
 def _fail_on_purpose(plan: PointPlan) -> None:
@@ -260,11 +266,11 @@ def _fail_on_purpose(plan: PointPlan) -> None:
 
 
 def _run_baseline_point(
-    plan: PointPlan, tracker: Tracker, parent_id: str | None, artifacts: list[Path], who: str
+    plan: PointPlan, tracker: Tracker, parent_id: str | None, artifacts: list[Path], who: str, share: Offer | None
 ) -> PointOutcome:
     try:
         _fail_on_purpose(plan)
-        record, _ = ensure_baseline(plan, tracker, parent_id, who, artifacts)
+        record, _ = ensure_baseline(plan, tracker, parent_id, who, artifacts, share)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # noqa: BLE001 - recorded (ensure_baseline marks its run) and reported
@@ -275,6 +281,7 @@ def _run_baseline_point(
 
 def _run_quantized_point(
     plan: PointPlan, tracker: Tracker, parent_id: str | None, extra: list[Path], logs: list[Path], tmp: Path, who: str,
+    share: Offer | None = None,
 ) -> PointOutcome:  # fmt: skip
     run_id = tracker.create_run(plan.run_name, {**point_tags(plan), **device_tags(plan.device)}, parent_id)
     log.info("point %s / %s -> run %s", plan.model, plan.label, run_id)
@@ -289,9 +296,9 @@ def _run_quantized_point(
             artifact, metrics = _quantize_stage(plan, tracker, run_id, who)
         else:  # the original's weights behind a compressed index: nothing to quantize
             artifact, metrics = None, _base_size(plan)
-        result = _evaluate_stage(plan, artifact, metrics, who)
+        result = _evaluate_stage(plan, artifact, metrics, who, share)
         # The baseline last: points of one model quantize side by side instead of waiting for its evaluation.
-        baseline, _ = ensure_baseline(plan.baseline, tracker, parent_id, who)
+        baseline, _ = ensure_baseline(plan.baseline, tracker, parent_id, who, share=share)
         metrics.update(R.compare(result.entries, baseline.entries))
         manifest = artifact.manifest if artifact is not None else None
         _track_stage(tracker, run_id, result, baseline, metrics, manifest, (extra, logs), tmp, monitor, who)
@@ -323,11 +330,12 @@ def _quantize_stage(plan: PointPlan, tracker: Tracker, run_id: str, who: str):
     return artifact, metrics
 
 
-def _evaluate_stage(plan: PointPlan, artifact, metrics: dict[str, float], who: str):
+def _evaluate_stage(plan: PointPlan, artifact, metrics: dict[str, float], who: str, share: Offer | None = None):
     with stage(who, "evaluate") as st:
         loader = _load_base(plan) if artifact is None else _load_quantized(plan, artifact.path)
         ckpt = plan.checkpoint.dir() if artifact is None else artifact.path
-        result = _evaluate(plan.eval, loader, f"{who} | evaluate", ckpt)
+        offer = share.of("point", None if artifact is None else str(artifact.path)) if share else None
+        result = _evaluate(plan.eval, loader, f"{who} | evaluate", ckpt, offer)
         metrics.update(R.summarise(result.entries))
         metrics.update(R.eval_metrics(result.timing))
         st["result"] = _eval_summary(result, metrics)
@@ -338,7 +346,8 @@ def _track_stage(tracker: Tracker, run_id: str, result, baseline: EvalRecord, me
                  files: tuple[list[Path], list[Path]], tmp: Path, monitor, who: str) -> None:  # fmt: skip
     """Metrics, results, the config, the manifest and the logs onto the run, which is then FINISHED."""
     with stage(who, "track") as st:
-        tracker.log(run_id, metrics=metrics, tags={**R.eval_tags(result.from_cache, result.dataset_revisions), R.BASELINE_REF: baseline.run_id})
+        tags = R.eval_tags(result.from_cache, result.dataset_revisions, result.shards)
+        tracker.log(run_id, metrics=metrics, tags={**tags, R.BASELINE_REF: baseline.run_id})
         _log_results(tracker, run_id, result)
         extra, logs = files
         manifests = []

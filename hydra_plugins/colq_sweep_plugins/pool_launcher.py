@@ -6,6 +6,10 @@ Here a slot is a set of `gpus_per_job` devices; at most one job holds a slot; ea
 process whose CUDA_VISIBLE_DEVICES is set before anything imports torch. (Validating every job before the
 first starts is the sweeper's job: hydra_plugins/colq_sweep_plugins/sweeper.py.)
 
+With `share_idle` (the default), a slot left free once no job is waiting helps a running point evaluate: the point
+offers its tasks on a shard board (colq_sweep/evaluate/shards.py) and the slot runs a helper process
+(colq_sweep/pipeline/helper.py) that takes the largest unclaimed tasks; the point reads them back and tracks them.
+
 Configs: conf/hydra/launcher/local.yaml (CPU, one job at a time: the default) and gpu-pool.yaml.
 """
 
@@ -27,6 +31,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from colq_sweep.evaluate import shards
 from hydra_plugins.colq_sweep_plugins.compose import compose_job
 
 log = logging.getLogger(__name__)
@@ -72,6 +77,58 @@ def make_slots(devices: Any, gpus_per_job: int, max_parallel: int | None) -> lis
     return slots[: max_parallel or len(slots)]
 
 
+def _helper(root: str, env: dict[str, str], log_path: str) -> None:
+    os.environ.update(env)  # before torch is imported: this slot's devices only
+    logging.basicConfig(filename=log_path, level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    from colq_sweep.pipeline.helper import help_evaluate
+
+    sys.exit(help_evaluate(root))
+
+
+class _Helpers:
+    """Helper processes on free slots, one board at a time per slot (at most one helper per unclaimed task)."""
+
+    def __init__(self, ctx, configs: list[DictConfig], slots: list[str | None], shown: list[str]):
+        from colq_sweep.track.store import sweep_id_for
+
+        self.ctx, self.slots, self.shown = ctx, slots, shown
+        self.sweep_dir = Path(str(configs[0].hydra.sweep.dir)) if configs else Path(".")
+        self.sweep_id = sweep_id_for(str(configs[0].hydra.sweep.dir)) if configs else ""
+        self.outputs = {str(Path(str(c.outputs_dir)).resolve()) for c in configs}
+        self.running: dict[int, tuple[Any, str]] = {}  # slot -> (process, board)
+        self.n = 0
+
+    def start(self, free: list[int]) -> None:
+        if not free:
+            return
+        for board in shards.open_offers(self.outputs, self.sweep_id):
+            left = len(board.unclaimed()) - sum(b == str(board.root) for _, b in self.running.values())
+            while free and left > 0:
+                slot, left = free.pop(0), left - 1
+                env = {"COLQ_SWEEP_SLOT": str(slot), **({} if self.slots[slot] is None else {"CUDA_VISIBLE_DEVICES": self.slots[slot]})}
+                log_path = self.sweep_dir / "helpers" / f"helper-{self.n}-slot{slot}.log"
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                proc = self.ctx.Process(target=_helper, args=(str(board.root), env, str(log_path)), name=f"colq-helper-{self.n}")
+                proc.start()
+                self.n += 1
+                self.running[slot] = (proc, str(board.root))
+                o = board.offer()
+                log.info("\tslot %d (%s) helps evaluate %s@%s (log: %s)", slot, self.shown[slot], o["model_name"],
+                         o["revision"], log_path)  # fmt: skip
+
+    def reap(self) -> list[int]:
+        """Slots whose helper ended."""
+        done = []
+        for slot, (proc, _board) in list(self.running.items()):
+            if not proc.is_alive():
+                proc.join()
+                if proc.exitcode != 0:
+                    log.warning("the helper on slot %d exited with code %s (its tasks go back to the point)", slot, proc.exitcode)
+                del self.running[slot]
+                done.append(slot)
+        return done
+
+
 class LauncherConfigError(ValueError):
     def __init__(self, field: str, value: Any, fix: str):
         super().__init__(f"config error: {field}={value!r}: {fix}")
@@ -112,12 +169,14 @@ class PoolLauncher(Launcher):
         max_parallel: int | None = None,
         task: str | None = None,
         poll_seconds: float = 0.2,
+        share_idle: bool = True,
     ) -> None:
         self.devices = devices
         self.gpus_per_job = gpus_per_job
         self.max_parallel = max_parallel
         self.task = task
         self.poll_seconds = poll_seconds
+        self.share_idle = share_idle
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -157,11 +216,15 @@ class PoolLauncher(Launcher):
         free = list(range(len(slots)))
         running: dict[int, tuple[Any, int]] = {}  # job -> (process, slot)
         exit_codes: dict[int, int] = {}
-        while pending or running:
+        share = self.share_idle and len(slots) > 1
+        helpers = _Helpers(ctx, configs, slots, shown.split(", ")) if share else None
+        while pending or running or (helpers and helpers.running):
             while pending and free:
                 job, slot = pending.pop(0), free.pop(0)
                 payload = cloudpickle.dumps((self.hydra_context, self.task_function, configs[job], state))
                 env = {"COLQ_SWEEP_SLOT": str(slot)}
+                if share:
+                    env[shards.ENV] = "1"
                 if slots[slot] is not None:
                     env["CUDA_VISIBLE_DEVICES"] = slots[slot]
                 proc = ctx.Process(target=_child, args=(payload, env, self.task), name=f"colq-job-{job}")
@@ -169,7 +232,11 @@ class PoolLauncher(Launcher):
                 running[job] = (proc, slot)
                 log.info("\t#%d : %s  [slot %d: %s]", initial_job_idx + job,
                          " ".join(filter_overrides(job_overrides[job])), slot, shown.split(", ")[slot])  # fmt: skip
+            if helpers is not None and not pending:
+                helpers.start(free)  # free slots help the points still evaluating
             time.sleep(self.poll_seconds)
+            if helpers is not None:
+                free.extend(helpers.reap())
             for job, (proc, slot) in list(running.items()):
                 if not proc.is_alive():
                     proc.join()
