@@ -139,6 +139,31 @@ def pixel_paths(r: dict, name: str, model, processor, items, images, page_embs, 
         enc.release()
 
 
+def loop_profile(r: dict, name: str, model, processor, items, images, args, top: int = 15) -> None:
+    """Where the encoder's page loop spends its time with the last --pixels path (eager): the GPU's busy share of
+    the wall time (CUDA kernel time / wall) and the host ops with the most self time, all threads together."""
+    from torch.profiler import ProfilerActivity, profile
+
+    px = [p for p in args.pixels.split(",") if p][-1]
+    enc = ColQwen3Encoder(model, processor, model_name=f"bench/{name}", model_revision=px, device=args.device,
+                          page_batch_size=args.batch, corpus_cache=False, pixels=px)  # fmt: skip
+    n = min(len(images), args.batch * 4)
+    run = (lambda: encode_stored(enc, items[:n], args.batch)) if items else (lambda: enc.encode_pages(images[:n]))  # noqa: E731
+    run()  # warm-up
+    sync()
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run()
+        sync()
+    wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    gpu = sum(e.self_device_time_total for e in events) / 1e6
+    host = sorted(((e.key, e.self_cpu_time_total / 1e6, e.count) for e in events), key=lambda x: -x[1])[:top]
+    r["loop_profile"] = {"pixels": px, "pages": n, "wall_s": wall, "gpu_busy_s": gpu, "gpu_busy_share": gpu / wall,
+                         "host_top": [(k[:80], round(t, 4), c) for k, t, c in host]}  # fmt: skip
+    enc.release()
+
+
 def linear_params(model) -> tuple[int, int]:
     """(text decoder + projection, vision tower) parameters held in Linear-like layers (packed ones counted)."""
     text = vision = 0
@@ -290,6 +315,8 @@ def run_variant(name, model, processor, images, queries, args, floor_pages_per_s
         r["profile"] = profile_forward(model, batches[0])
     if args.pixels:  # before compiling: compile_regions compiles the model's blocks in place
         pixel_paths(r, name, model, processor, items, images, page_embs, args, compiled=False)
+    if args.loop_profile and args.pixels:
+        loop_profile(r, name, model, processor, items, images, args)
     if args.compile:  # eval.compile=true: the same model with its blocks compiled in place
         try:
             compiled_variant(r, encoder, model, images, queries, batches, page_embs, args, procs)
@@ -303,6 +330,12 @@ def run_variant(name, model, processor, images, queries, args, floor_pages_per_s
     best = max(r[k] for k in ("pages_per_s", "compiled_pages_per_s", "process_pages_per_s", "compiled_process_pages_per_s") if k in r)
     r["pct_of_floor"] = 100 * best / r["floor_pages_per_s"]
     r["plain_pct_of_floor"] = 100 * r["plain_pages_per_s"] / r["floor_pages_per_s"]
+    if "loop_profile" in r:
+        lp = r["loop_profile"]
+        print(name, f"loop profile ({lp['pixels']}, {lp['pages']} pages): wall {lp['wall_s']:.2f} s, GPU busy {lp['gpu_busy_s']:.2f} s "
+              f"({100 * lp['gpu_busy_share']:.0f}%)")  # fmt: skip
+        for k, t, c in lp["host_top"]:
+            print(f"  {t:8.3f} s  x{c:<6d} {k}")
     for key in ("profile", "compiled_profile"):
         if key in r:
             print(name, key, json.dumps(r[key]["share"]), f"{r[key]['total_ms']:.1f} ms/batch")
@@ -330,6 +363,7 @@ def main() -> None:
     ap.add_argument("--stored", default="png", choices=("png", "jpeg", "none"),
                     help="pages as stored bytes the workers decode (an evaluation's path), or none: decoded images")
     ap.add_argument("--pixels", default="", help="also time these eval.preprocess_device paths, e.g. pil,cuda")
+    ap.add_argument("--loop-profile", action="store_true", help="profile the encoder's page loop (last --pixels path)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     tokens = 1280

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU session's measurements on a CUDA machine without Hub access (docs/PERFORMANCE.md records the numbers):
-#   bash bench/h200.sh 4b|8b|bf16|pixels [4b|8b]|pixels2 [4b|8b]|score8b|qcost [size seqlen batch]|qfast|qstep|qmethods   (wheels for the missing packages in .whl/, results under $OUT)
+#   bash bench/h200.sh 4b|8b|bf16|pixels [4b|8b]|pixels2 [4b|8b]|score8b|px4q|qcost [size seqlen batch]|qfast|qstep|qmethods   (wheels for the missing packages in .whl/, results under $OUT)
 # 4b/8b: the full shape through the pipeline (iters 1), the encoding benchmark (bf16 vs W4A16, with a profile) and,
 # for 4b, the corpus cache on a 6-language task; bf16: encoding eager/compiled/threads/processes at both shapes;
 # qcost: our quantize stage vs auto-round's API at the study's seqlen-1024 pairs on 2-layer real shapes; qfast:
@@ -8,7 +8,7 @@
 # the fastest settings. Each step has its own time limit; one failing does not stop the rest. Each mode fits one
 # 10-minute call. Logs and JSON go to $OUT/res.tgz (refreshed after every step: the device returns 8 files at most).
 set -o pipefail
-MODE=${1:?4b, 8b, bf16, pixels [4b|8b], pixels2, score8b, qcost, qfast, qstep or qmethods}
+MODE=${1:?4b, 8b, bf16, pixels [4b|8b], pixels2, score8b, px4q, qcost, qfast, qstep or qmethods}
 OUT=${OUT:-/tmp/out}
 RES=/tmp/res
 mkdir -p "$OUT" "$RES"
@@ -77,6 +77,15 @@ case "$MODE" in
       --pages 48 --serial-pages 8 --batch 8 --queries 128 --compile --pixels pil,cuda --json "$RES/encode_px_8b.json"
     step encode_mix_8b 120 python3 bench/encode.py --checkpoint /tmp/rs/8b --page-size vidore \
       --pages 48 --serial-pages 8 --batch 8 --queries 64 --pixels cuda --json "$RES/encode_mix_8b.json" ;;
+  px4q)  # 4B bf16 and W4A16 (RTN: built in a minute) with pixels=cuda, eager and compiled, the loop's GPU share; batch 16
+    python3 -m colq_sweep.fixtures.realshape --size 4b --out /tmp/rs/4b 2>&1 | tail -1
+    TAILN=6 step rtn_4b 200 python3 -m colq_sweep -m model=colqwen3-4b model.id=null model.revision=null model.path=/tmp/rs/4b \
+      calib=fixture eval=fixture quant=rtn device=cuda outputs_dir=/tmp/o name=h200
+    key=$(ls -t /tmp/o/models | grep -E '^[0-9a-f]{20}$' | head -1)
+    step encode_pxq_4b 300 python3 bench/encode.py --checkpoint /tmp/rs/4b --quantized "/tmp/o/models/$key" --page-size 1700x2200 \
+      --pages 48 --serial-pages 8 --batch 8 --queries 64 --compile --pixels cuda --loop-profile --json "$RES/encode_pxq_4b.json"
+    step encode_px16_4b 150 python3 bench/encode.py --checkpoint /tmp/rs/4b --page-size 1700x2200 \
+      --pages 64 --serial-pages 16 --batch 16 --queries 64 --compile --pixels cuda --json "$RES/encode_px16_4b.json" ;;
   pixels2)  # where the rest of the host time goes with pixels=cuda: worker processes, and decoding left out
     python3 -m colq_sweep.fixtures.realshape --size "${2:-4b}" --out "/tmp/rs/${2:-4b}" 2>&1 | tail -1
     step "encode_pxproc_${2:-4b}" 240 python3 bench/encode.py --checkpoint "/tmp/rs/${2:-4b}" --page-size 1700x2200 \
