@@ -123,7 +123,7 @@ def pixel_paths(r: dict, name: str, model, processor, items, images, page_embs, 
     for px, mode in runs:
         enc = ColQwen3Encoder(model, processor, model_name=f"bench/{name}", model_revision=px, device=args.device,
                               page_batch_size=args.batch, corpus_cache=False, compile=compiled, pixels=px,
-                              preprocess_mode=mode)  # fmt: skip
+                              preprocess_mode=mode, preprocess_workers=args.workers)  # fmt: skip
         run = (lambda e, n: encode_stored(e, items[:n], args.batch)) if items else (lambda e, n: e.encode_pages(images[:n]))  # noqa: E731
         run(enc, args.batch * 2)  # warm-up (and compilation)
         embs: list = []
@@ -272,7 +272,7 @@ def run_variant(name, model, processor, images, queries, args, floor_pages_per_s
                                page_batch_size=args.batch, query_batch_size=args.qbatch, corpus_cache=False,
                                preprocess_workers=workers, compile=compile, preprocess_mode=mode)  # fmt: skip
 
-    fast, serial = encoder(None), encoder(0)
+    fast, serial = encoder(args.workers), encoder(0)
     items = stored(images, args.stored) if args.stored != "none" else None
     encode = (lambda e, ims: encode_stored(e, items[: len(ims)], args.batch)) if items else (lambda e, ims: e.encode_pages(ims))  # noqa: E731
     encode(fast, images[: args.batch * 2])  # warm-up (kernel JIT, allocator, threads)
@@ -363,9 +363,15 @@ def main() -> None:
     ap.add_argument("--stored", default="png", choices=("png", "jpeg", "none"),
                     help="pages as stored bytes the workers decode (an evaluation's path), or none: decoded images")
     ap.add_argument("--pixels", default="", help="also time these eval.preprocess_device paths, e.g. pil,cuda")
+    ap.add_argument("--workers", type=int, default=None, help="eval.preprocess_workers (default auto)")
+    ap.add_argument("--switch-interval", type=float, default=None, help="sys.setswitchinterval (the GIL's hand-over)")
     ap.add_argument("--loop-profile", action="store_true", help="profile the encoder's page loop (last --pixels path)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    if args.switch_interval:
+        import sys
+
+        sys.setswitchinterval(args.switch_interval)
     tokens = 1280
     if args.fixture:
         from colq_sweep.fixtures.offline import ensure_fixtures

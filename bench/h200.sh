@@ -77,15 +77,14 @@ case "$MODE" in
       --pages 48 --serial-pages 8 --batch 8 --queries 128 --compile --pixels pil,cuda --json "$RES/encode_px_8b.json"
     step encode_mix_8b 120 python3 bench/encode.py --checkpoint /tmp/rs/8b --page-size vidore \
       --pages 48 --serial-pages 8 --batch 8 --queries 64 --pixels cuda --json "$RES/encode_mix_8b.json" ;;
-  px4q)  # 4B bf16 and W4A16 (RTN: built in a minute) with pixels=cuda, eager and compiled, the loop's GPU share; batch 16
+  px4q)  # 4B bf16 and W4A16 (RTN: built in a minute) with pixels=cuda, eager and compiled, the loop's profile; the GIL
     python3 -m colq_sweep.fixtures.realshape --size 4b --out /tmp/rs/4b 2>&1 | tail -1
-    TAILN=6 step rtn_4b 200 python3 -m colq_sweep -m model=colqwen3-4b model.id=null model.revision=null model.path=/tmp/rs/4b \
-      calib=fixture eval=fixture quant=rtn device=cuda outputs_dir=/tmp/o name=h200
-    key=$(ls -t /tmp/o/models | grep -E '^[0-9a-f]{20}$' | head -1)
-    step encode_pxq_4b 300 python3 bench/encode.py --checkpoint /tmp/rs/4b --quantized "/tmp/o/models/$key" --page-size 1700x2200 \
+    TAILN=4 step rtn_4b 150 python3 bench/quantize_cost.py --checkpoint /tmp/rs/4b --seqlen 256 --batch-size 8 --nsamples 8 \
+      --algorithms rtn --scheme W4A16 --ours-only --keep-dir /tmp/q4 --json "$RES/rtn_4b.json"
+    step encode_pxq_4b 300 python3 bench/encode.py --checkpoint /tmp/rs/4b --quantized /tmp/q4 --page-size 1700x2200 \
       --pages 48 --serial-pages 8 --batch 8 --queries 64 --compile --pixels cuda --loop-profile --json "$RES/encode_pxq_4b.json"
-    step encode_px16_4b 150 python3 bench/encode.py --checkpoint /tmp/rs/4b --page-size 1700x2200 \
-      --pages 64 --serial-pages 16 --batch 16 --queries 64 --compile --pixels cuda --json "$RES/encode_px16_4b.json" ;;
+    step encode_pxgil_4b 100 python3 bench/encode.py --checkpoint /tmp/rs/4b --page-size 1700x2200 --switch-interval 0.0005 \
+      --pages 48 --serial-pages 8 --batch 8 --queries 64 --pixels cuda --json "$RES/encode_pxgil_4b.json" ;;
   pixels2)  # where the rest of the host time goes with pixels=cuda: worker processes, and decoding left out
     python3 -m colq_sweep.fixtures.realshape --size "${2:-4b}" --out "/tmp/rs/${2:-4b}" 2>&1 | tail -1
     step "encode_pxproc_${2:-4b}" 240 python3 bench/encode.py --checkpoint "/tmp/rs/${2:-4b}" --page-size 1700x2200 \

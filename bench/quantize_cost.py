@@ -78,6 +78,7 @@ def main() -> None:
     ap.add_argument("--low-gpu-mem", action="store_true", help="low_gpu_mem_usage=true (the default is false)")
     ap.add_argument("--ours-only", action="store_true", help="only our stage (settings comparisons: time, weights hash)")
     ap.add_argument("--keep", default=None, help="copy our artifact's model.safetensors here (bench/weights_diff.py)")
+    ap.add_argument("--keep-dir", default=None, help="copy our whole artifact here (a quantized checkpoint to load)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     from colq_sweep.model import ColQwen3Processor, load_colqwen3
@@ -135,6 +136,8 @@ def main() -> None:
             shutil.copyfile(shards[0], args.keep)
         else:
             print(f"--keep: {len(shards)} weight files, not kept (bench/weights_diff.py reads one)")
+    if args.keep_dir:
+        shutil.copytree(art.path, args.keep_dir, dirs_exist_ok=True)
     if args.ours_only:
         finish(results, args, work)
         return

@@ -105,6 +105,31 @@ def weights_device_bytes(model) -> int:
     return total
 
 
+class _Pending:
+    """One batch's real token vectors on their way to the host: queued behind the forward (into page-locked memory,
+    with an event) on CUDA, already there elsewhere."""
+
+    def __init__(self, host: torch.Tensor, done, lengths: list[int]):
+        self.host, self.done, self.lengths = host, done, lengths
+
+    @classmethod
+    def of(cls, real: torch.Tensor, lengths: list[int]) -> _Pending:
+        if real.device.type != "cuda":
+            return cls(real.to("cpu"), None, lengths)
+        host = torch.empty(real.shape, dtype=real.dtype, pin_memory=True)
+        host.copy_(real, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return cls(host, done, lengths)
+
+    def get(self) -> list[torch.Tensor]:
+        host = self.host
+        if self.done is not None:
+            self.done.synchronize()
+            host = host.clone()  # out of page-locked memory: the embeddings may live as long as the corpus
+        return list(torch.split(host, self.lengths))
+
+
 class ColQwen3Encoder(AbsEncoder):
     """mteb encoder for ColQwen3: Tomoro's prompts, MaxSim scoring, one encode per page and task.
 
@@ -235,8 +260,10 @@ class ColQwen3Encoder(AbsEncoder):
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _forward(self, kind: str, batch: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
-        """Run one processed batch; return one (real tokens, dim) tensor per input, on the CPU."""
+    def _forward(self, kind: str, batch: Mapping[str, torch.Tensor], defer: bool = False):
+        """Run one processed batch; return one (real tokens, dim) tensor per input, on the CPU. `defer=True` returns a
+        `_Pending` instead: the copy to the host is queued behind the forward and `.get()` waits for it, so the
+        caller can launch the next batch first (the device is not left idle while the host prepares it)."""
         if self.observer is not None:
             self.observer(kind, batch)
         device = self.model.device
@@ -247,11 +274,14 @@ class ColQwen3Encoder(AbsEncoder):
         }
         with torch.inference_mode(), self._autocast():
             out = self.model(**inputs)
-        # outside inference mode, so the results are ordinary tensors (callers may modify them in place)
-        mask = inputs["attention_mask"].bool()
+        # Which tokens are real is read from the host's mask, so nothing here waits for the device; the gather keeps
+        # every input's real tokens in order (what out[mask] selects), then one copy to the host.
+        mask = batch["attention_mask"].to("cpu").bool()
         lengths = mask.sum(dim=1).tolist()
-        real = out[mask].detach().to("cpu")  # every input's real tokens, in order: one copy to the host
-        return list(torch.split(real, lengths))
+        rows = mask.reshape(-1).nonzero().squeeze(1).to(out.device)
+        real = out.detach().reshape(-1, out.shape[-1]).index_select(0, rows)
+        pending = _Pending.of(real, lengths)
+        return pending if defer else pending.get()
 
     # ---------------------------------------------------------------------------------------- queries
 
@@ -286,17 +316,38 @@ class ColQwen3Encoder(AbsEncoder):
         self._ensure_loaded()
         dtype = self.model.vlm.model.visual.patch_embed.proj.weight.dtype
         pin = torch.device(self.model.device).type == "cuda"
-        yield from self.pages.run(self.processor, dtype, pin, sources, self._forward_pages)
+        held = None  # a batch's results are collected after the next batch is launched
+        launched = iter(self.pages.run(self.processor, dtype, pin, sources, self._forward_pages))
+        while True:
+            try:
+                pending = next(launched)
+            except StopIteration:
+                break
+            except BaseException:
+                if held is not None:  # the finished batch is delivered (and cached) before the failure propagates
+                    yield self._collect(held)
+                raise
+            if held is not None:
+                yield self._collect(held)
+            held = pending
+        if held is not None:
+            yield self._collect(held)
 
-    def _forward_pages(self, n: int, batch: Mapping[str, torch.Tensor], t0: float) -> list[torch.Tensor]:
+    def _collect(self, pending: _Pending) -> list[torch.Tensor]:
+        t0 = time.perf_counter()
+        embs = pending.get()
+        self.stats["page_seconds"] += time.perf_counter() - t0
+        return embs
+
+    def _forward_pages(self, n: int, batch: Mapping[str, torch.Tensor], t0: float) -> _Pending:
         if HOST_KEY in batch:  # pixels=cuda: the pages came decoded; their pixel work runs on the model's device
             dtype = self.model.vlm.model.visual.patch_embed.proj.weight.dtype
             batch = finish(dict(batch), self.processor, self.model.device, dtype)
-        embs = self._forward("page", batch)
+        pending = self._forward("page", batch, defer=True)
         self.stats["pages_encoded"] += n
         self.stats["page_seconds"] += time.perf_counter() - t0
         self._advance(n)
-        return embs
+        return pending
 
     def _advance(self, n: int) -> None:
         if self.progress is not None:
