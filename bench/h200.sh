@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU session's measurements on a CUDA machine without Hub access (docs/PERFORMANCE.md records the numbers):
-#   bash bench/h200.sh 4b|8b|bf16|pixels [4b|8b]|pixels2 [4b|8b]|score8b|px4q|qcost [size seqlen batch]|qfast|qstep|qmethods   (wheels for the missing packages in .whl/, results under $OUT)
+#   bash bench/h200.sh 4b|8b|bf16|pixels [4b|8b]|pixels2 [4b|8b]|score8b|px4q|final4b|qcost [size seqlen batch]|qfast|qstep|qmethods   (wheels for the missing packages in .whl/, results under $OUT)
 # 4b/8b: the full shape through the pipeline (iters 1), the encoding benchmark (bf16 vs W4A16, with a profile) and,
 # for 4b, the corpus cache on a 6-language task; bf16: encoding eager/compiled/threads/processes at both shapes;
 # qcost: our quantize stage vs auto-round's API at the study's seqlen-1024 pairs on 2-layer real shapes; qfast:
@@ -8,7 +8,7 @@
 # the fastest settings. Each step has its own time limit; one failing does not stop the rest. Each mode fits one
 # 10-minute call. Logs and JSON go to $OUT/res.tgz (refreshed after every step: the device returns 8 files at most).
 set -o pipefail
-MODE=${1:?4b, 8b, bf16, pixels [4b|8b], pixels2, score8b, px4q, qcost, qfast, qstep or qmethods}
+MODE=${1:?4b, 8b, bf16, pixels [4b|8b], pixels2, score8b, px4q, final4b, qcost, qfast, qstep or qmethods}
 OUT=${OUT:-/tmp/out}
 RES=/tmp/res
 mkdir -p "$OUT" "$RES"
@@ -85,6 +85,12 @@ case "$MODE" in
       --pages 48 --serial-pages 8 --batch 8 --queries 64 --compile --pixels cuda --loop-profile --json "$RES/encode_pxq_4b.json"
     step encode_pxgil_4b 100 python3 bench/encode.py --checkpoint /tmp/rs/4b --page-size 1700x2200 --switch-interval 0.0005 \
       --pages 48 --serial-pages 8 --batch 8 --queries 64 --pixels cuda --json "$RES/encode_pxgil_4b.json" ;;
+  final4b)  # today's encoder at 4B: 1700x2200 pil and cuda, eager and compiled; ViDoRe's mix with cuda, compiled
+    python3 -m colq_sweep.fixtures.realshape --size 4b --out /tmp/rs/4b 2>&1 | tail -1
+    step encode_final_4b 260 python3 bench/encode.py --checkpoint /tmp/rs/4b --page-size 1700x2200 \
+      --pages 48 --serial-pages 8 --batch 8 --queries 64 --compile --pixels pil,cuda --json "$RES/encode_final_4b.json"
+    step encode_finalmix_4b 200 python3 bench/encode.py --checkpoint /tmp/rs/4b --page-size vidore \
+      --pages 48 --serial-pages 8 --batch 8 --queries 64 --compile --pixels cuda --json "$RES/encode_finalmix_4b.json" ;;
   pixels2)  # where the rest of the host time goes with pixels=cuda: worker processes, and decoding left out
     python3 -m colq_sweep.fixtures.realshape --size "${2:-4b}" --out "/tmp/rs/${2:-4b}" 2>&1 | tail -1
     step "encode_pxproc_${2:-4b}" 240 python3 bench/encode.py --checkpoint "/tmp/rs/${2:-4b}" --page-size 1700x2200 \
