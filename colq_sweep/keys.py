@@ -94,7 +94,7 @@ def config_hash(point: SweepPoint) -> str:
         if q.uses_seed:
             d["seed"] = point.seed
         if q.needs_calibration:
-            d["calib"] = {k: v for k, v in asdict(point.calib).items() if k != "path"}
+            d["calib"] = point.calib.key_dict()
     else:  # knobs do not touch the baseline
         d["quant"] = {"method": "none"}
     return _digest(d, 16)

@@ -61,22 +61,116 @@ class ModelSpec:
         return f"{self.id}@{self.revision}" if self.id else "local"
 
 
+# vidore/colpali_train_set at the commit that uploaded its data (train: 118,195 rows in 82 parquet shards); its
+# first shard is the page source of `calib=pages` (conf/calib/pages.yaml says why this set)
+COLPALI_TRAIN_SET = "vidore/colpali_train_set"
+COLPALI_TRAIN_REVISION = "934d59ae71ddd06510ef9d7fe973d9336d2822a3"
+COLPALI_TRAIN_SHARD = "data/train-00000-of-00082.parquet"
+CALIB_KINDS = ("text", "pages", "mixed")
+
+
+@dataclass(frozen=True)
+class PageSourceSpec:
+    """Where calibration pages come from (`calib.pages`): a Hub dataset of page images (+ their queries) at a pinned
+    revision, or a local folder holding `pages.jsonl` lines `{"image": <file in the folder>, "query": ...}`."""
+
+    source: str = "hub"  # hub | local
+    dataset: str | None = COLPALI_TRAIN_SET
+    revision: str | None = COLPALI_TRAIN_REVISION
+    split: str = "train"
+    data_files: str | None = COLPALI_TRAIN_SHARD  # null: the whole split
+    image_field: str = "image"
+    query_field: str | None = "query"  # null: the source has no queries (then calib.queries_share must be 0)
+    path: str | None = None  # local: the folder
+
+    @property
+    def identity(self) -> str:
+        """What the pages are, less their content pin (quantize/pages.py `pin_pages`); a local folder counts by its
+        content, not its path."""
+        if self.source == "hub":
+            return f"hub:{self.dataset}@{self.revision}:{self.split}:{self.data_files or '*'}:{self.image_field}:{self.query_field}"
+        return f"local:{self.image_field}:{self.query_field}"
+
+    def key_dict(self) -> dict[str, Any]:
+        """The fields that decide which pages are read: a Hub source's, or a local folder's field names (its content
+        is pinned by sha256; the Hub fields a local source ignores are left out)."""
+        names = ("source", "image_field", "query_field")
+        if self.source == "hub":
+            names += ("dataset", "revision", "split", "data_files")
+        return {k: getattr(self, k) for k in names}
+
+
 @dataclass(frozen=True)
 class CalibSpec:
+    """The calibration set. `kind=text` (the study's: rows of `seqlen` tokens of a text source), `pages` (document
+    pages through the page prompt, from `pages`), `mixed` (pages and text rows, `pages_share` of them pages); pages
+    and mixed may add queries (`queries_share`: short text through the query prompt, from the page source)."""
+
     source: str = "hub"
     dataset: str | None = "NeelNanda/pile-10k"
     revision: str | None = "main"
     split: str | None = "train"
     text_field: str = "text"
     path: str | None = None
+    kind: str = "text"
+    pages: PageSourceSpec = field(default_factory=PageSourceSpec)
+    pages_share: float | None = None  # mixed: the fraction of nsamples that are pages
+    queries_share: float = 0.0  # pages / mixed: the fraction of nsamples that are queries
 
     @property
-    def identity(self) -> str:
+    def has_images(self) -> bool:
+        return self.kind != "text"
+
+    @property
+    def reads_text(self) -> bool:
+        return self.kind != "pages"
+
+    @property
+    def text_identity(self) -> str:
         """What the calibration text is, less its content pin (quantize.calibration.pin adds the Hub commit or the
         local file's sha256): a moved or re-spelled .jsonl path is the same calibration set."""
         if self.source == "hub":
             return f"hub:{self.dataset}@{self.revision}:{self.split}:{self.text_field}"
         return f"jsonl:{self.text_field}"
+
+    @property
+    def identity(self) -> str:
+        """The text source's identity for `kind=text` (as before page calibration existed); with pages, the kind,
+        the shares and the page source's identity (+ the text source's for mixed)."""
+        if self.kind == "text":
+            return self.text_identity
+        parts = [f"{self.kind}", f"pages={self.pages.identity}"]
+        if self.kind == "mixed":
+            parts += [f"pages_share={self.pages_share}", f"text={self.text_identity}"]
+        if self.queries_share:
+            parts.append(f"queries_share={self.queries_share}")
+        return ";".join(parts)
+
+    def key_dict(self) -> dict[str, Any]:
+        """The fields that decide results (the config hash's), paths left out; a text calibration gives what it gave
+        before page calibration existed."""
+        text = {k: getattr(self, k) for k in ("source", "dataset", "revision", "split", "text_field")}
+        if self.kind == "text":
+            return text
+        d: dict[str, Any] = {"kind": self.kind, "pages": self.pages.key_dict(),
+                             "queries_share": self.queries_share}  # fmt: skip
+        if self.kind == "mixed":
+            d.update(text=text, pages_share=self.pages_share)
+        return d
+
+    def counts(self, nsamples: int) -> tuple[int, int, int]:
+        """How many of `nsamples` are (pages, queries, text rows)."""
+        queries = round(self.queries_share * nsamples) if self.has_images else 0
+        pages = {"text": 0, "pages": nsamples - queries}.get(self.kind, round((self.pages_share or 0) * nsamples))
+        return pages, queries, nsamples - pages - queries
+
+    @property
+    def tag(self) -> str:
+        """`pages`, `mixed0.5`, `pages+q0.25`; '' for text (labels)."""
+        if self.kind == "text":
+            return ""
+        tag = self.kind + (f"{self.pages_share:g}" if self.kind == "mixed" else "")
+        return tag + (f"+q{self.queries_share:g}" if self.queries_share else "")
 
 
 @cache
@@ -247,8 +341,9 @@ class SweepPoint:
     def label(self) -> str:
         """Short human label of the point within its model, e.g. `w4g128 seqlen=512 bs=8 n=512 iters=1000 seed=42`,
         `original index=pool3-int8`."""
-        index = self.eval.index
-        return self.quant.label(self.seed) + ("" if index.is_default else f" index={index.tag}")
+        index, calib = self.eval.index, self.calib
+        tag = f" calib={calib.tag}" if self.quant.needs_calibration and calib.tag else ""
+        return self.quant.label(self.seed) + tag + ("" if index.is_default else f" index={index.tag}")
 
     def params(self) -> dict[str, Any]:
         """The point's settings as flat MLflow params (`quant.bits`, `eval.page_batch_size`), a method's top-level
@@ -257,6 +352,10 @@ class SweepPoint:
         d["eval"].update(d["eval"].pop("encoder"))
         index = d["eval"].pop("index")  # its own config group: `index.pool_factor`
         root = {k: d["quant"].pop(k) for k in self.quant.root_fields()}
+        if self.calib.kind == "text":  # the page fields mean nothing to a text calibration (and were not there before)
+            d["calib"] = {k: v for k, v in d["calib"].items() if k not in ("kind", "pages", "pages_share", "queries_share")}
+        elif self.calib.kind == "pages":
+            d["calib"] = {k: v for k, v in d["calib"].items() if k in ("kind", "pages", "queries_share")}
         return flatten({**d, "index": index, **root})
 
 

@@ -22,12 +22,14 @@ from colq_sweep.config.checks import (
 )
 from colq_sweep.config.resolvers import entries_line
 from colq_sweep.config.specs import (
+    CALIB_KINDS,
     PREPROCESS_DEVICES,
     CalibSpec,
     EncoderSpec,
     EvalSpec,
     IndexSpec,
     ModelSpec,
+    PageSourceSpec,
     QuantSpec,
     SweepPoint,
     encoder_defaults,
@@ -38,6 +40,7 @@ from colq_sweep.tasks import CATALOGUE, FIXTURE_TASK, LANGUAGES, select_entries
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 DTYPES = ("bfloat16", "float16", "float32")
 CALIB_SOURCES = ("hub", "jsonl")
+PAGE_SOURCES = ("hub", "local")
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 BASE_TOP_LEVEL = {
     "model", "quant", "calib", "eval", "index", "seed", "name", "outputs_dir", "device", "force", "fail_point", "tracking_uri",
@@ -93,8 +96,26 @@ def _quant(d: dict) -> QuantSpec:
     return methods.spec_class(method).from_config(quant, d)
 
 
-def _calib(d: dict) -> CalibSpec:
-    spec = _spec("calib", CalibSpec, d)
+def _calib(d: dict, check: bool = True) -> CalibSpec:
+    """The calibration set; `check=False` (the method reads none): only its keys are checked."""
+    d = dict(d)
+    pages = d.pop("pages", None) or {}
+    if not isinstance(pages, dict):
+        raise ConfigError("calib.pages", pages, "a mapping: source, dataset, revision, split, data_files, image_field, query_field, path")
+    known_keys("calib.pages", pages, PageSourceSpec)
+    spec = _spec("calib", CalibSpec, {**d, "pages": PageSourceSpec(**pages)})
+    if not check:
+        return spec
+    choice("calib.kind", spec.kind, CALIB_KINDS)
+    if spec.reads_text:
+        _text_source(spec)
+    if spec.has_images:
+        _page_source(spec.pages)
+    _shares(spec)
+    return spec
+
+
+def _text_source(spec: CalibSpec) -> None:
     choice("calib.source", spec.source, CALIB_SOURCES)
     if not isinstance(spec.text_field, str) or not spec.text_field:
         raise ConfigError("calib.text_field", spec.text_field, "the name of the column (or .jsonl key) holding the text")
@@ -110,7 +131,43 @@ def _calib(d: dict) -> CalibSpec:
             raise ConfigError("calib.path", spec.path, "calibration .jsonl not found (calib=fixture: `make fixtures`)")
         if not str(spec.path).endswith(".jsonl"):
             raise ConfigError("calib.path", spec.path, "must be a .jsonl file of {\"text\": ...} lines")
-    return spec
+
+
+def _page_source(p: PageSourceSpec) -> None:
+    choice("calib.pages.source", p.source, PAGE_SOURCES)
+    for k in ("image_field", "split"):
+        if not isinstance(getattr(p, k), str) or not getattr(p, k):
+            raise ConfigError(f"calib.pages.{k}", getattr(p, k), "a column name (image_field) / split name (split)")
+    if p.source == "hub":
+        if not p.dataset:
+            raise ConfigError("calib.pages.dataset", p.dataset, "a Hub page source needs a dataset id (e.g. vidore/colpali_train_set)")
+        if not p.revision or not SHA_RE.match(str(p.revision)):
+            raise ConfigError("calib.pages.revision", p.revision, "a Hub page source needs a pinned 40-hex commit sha")
+        return
+    if not p.path or not (Path(p.path) / "pages.jsonl").is_file():
+        raise ConfigError("calib.pages.path", p.path, "a folder with a pages.jsonl of {\"image\": file, \"query\": text} lines "
+                          "(the demo's: `make fixtures`)")  # fmt: skip
+
+
+def _share(name: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+        raise ConfigError(name, v, "a fraction of nsamples from 0 to below 1")
+    return float(v)
+
+
+def _shares(spec: CalibSpec) -> None:
+    q = _share("calib.queries_share", spec.queries_share)
+    if q and spec.kind == "text":
+        raise ConfigError("calib.queries_share", q, "queries come from a page source's query field: use calib.kind=pages or mixed")
+    if q and spec.pages.query_field is None:
+        raise ConfigError("calib.queries_share", q, "the page source has no queries (calib.pages.query_field=null)")
+    if spec.kind == "mixed":
+        if spec.pages_share is None or _share("calib.pages_share", spec.pages_share) == 0 or spec.pages_share + q >= 1:
+            raise ConfigError("calib.pages_share", spec.pages_share,
+                              "mixed needs a share of pages above 0 that leaves room for text rows (pages_share + queries_share < 1)")  # fmt: skip
+    elif spec.pages_share is not None:
+        raise ConfigError("calib.pages_share", spec.pages_share,
+                          f"only for calib.kind=mixed (kind={spec.kind}); set it to null")  # fmt: skip
 
 
 def _entry_pairs(value: Any, tasks: list[str], langs: tuple[str, ...] | None) -> tuple[tuple[str, str], ...] | None:
@@ -272,6 +329,8 @@ def validate(cfg: Any) -> SweepPoint:
     root = _root(d)
     quant = _quant(d)
     model = _model(d["model"])
-    calib = _calib(d["calib"]) if quant.needs_calibration else CalibSpec(
-        **{k: v for k, v in d["calib"].items() if k in CalibSpec.__dataclass_fields__})
+    calib = _calib(d["calib"], check=quant.needs_calibration)
+    if getattr(quant, "vision", False) and quant.needs_calibration and not calib.has_images:
+        raise ConfigError("quant.vision", True, f"the vision tower can only be calibrated on images, and calib={calib.kind} "
+                          "has none: use calib=pages or calib=mixed (or quant.vision=false)")  # fmt: skip
     return SweepPoint(model=model, quant=quant, calib=calib, eval=_eval(d["eval"], _index(d.get("index"))), **root)

@@ -32,6 +32,7 @@ class Need:
     configs: tuple[str, ...] = ()  # datasets: the configs (subsets) a loader reads
     why: str = ""  # which task or point needs it
     any_revision: bool = False  # eval.allow_revision_mismatch: a cached other revision will do (and is recorded)
+    data_files: tuple[str, str] | None = None  # calibration pages: (split, the one file of it that is read)
 
     @property
     def label(self) -> str:
@@ -55,9 +56,14 @@ def needs(points: list[SweepPoint]) -> list[Need]:
     for p in points:
         if p.model.id:
             models[(p.model.id, p.model.revision)] = Need("model", p.model.id, p.model.revision, why=p.model.name)
-        if p.quant.enabled and p.calib.source == "hub":
+        if p.quant.needs_calibration and p.calib.reads_text and p.calib.source == "hub":
             key = (p.calib.dataset, p.calib.revision)
             calib[key] = Need("calibration", str(p.calib.dataset), p.calib.revision, why="calib")
+        pg = p.calib.pages
+        if p.quant.needs_calibration and p.calib.has_images and pg.source == "hub":
+            files = (pg.split, pg.data_files) if pg.data_files else None
+            calib[(pg.dataset, pg.revision, files)] = Need("calibration", str(pg.dataset), pg.revision, why="calib.pages",
+                                                           data_files=files)  # fmt: skip
         by_task: dict[str, list[str]] = {}
         for task, subset in p.eval.entries():
             if task != FIXTURE_TASK:
@@ -118,7 +124,7 @@ def cache_problem(need: Need) -> str | None:
     if need.kind == "model":
         return None if model_snapshot(need.repo, need.revision) is not None else "not in the local cache"
     pinned = need.revision if need.revision and len(need.revision) == 40 else None
-    for config in need.configs or ("default",):
+    for config in need.configs or ("default*" if need.data_files else "default",):  # data_files: default-<hash>
         revs = cached_dataset_revisions(need.repo, config)
         if not revs:
             return f"config {config} not in the local datasets cache"
@@ -165,6 +171,10 @@ def fetch(need: Need) -> None:
         return
     import datasets
 
+    if need.data_files:
+        split, file = need.data_files
+        datasets.load_dataset(need.repo, revision=need.revision, split=split, data_files={split: file})
+        return
     for config in need.configs or (None,):
         datasets.load_dataset(need.repo, config, revision=need.revision)
 

@@ -29,7 +29,8 @@ def preflight(point: SweepPoint, jobs_run_here: bool = True) -> None:
         check_device(point.device)
     check_pixels(point, jobs_run_here)
     q = point.quant
-    if q.needs_calibration and point.calib.source == "jsonl" and not getattr(q, "allow_fewer_samples", False):
+    calib = point.calib
+    if q.needs_calibration and calib.reads_text and calib.source == "jsonl" and not getattr(q, "allow_fewer_samples", False):
         check_calibration_count(point)
 
 
@@ -78,7 +79,8 @@ def check_calibration_count(point: SweepPoint) -> None:
         log.info("preflight: %s is not cached; calibration counted when the point runs", point.model.id)
         return
     q = point.quant
-    key = (file_sha256(point.calib.path), str(tok_dir.resolve()), point.calib.text_field, q.seqlen, q.nsamples,
+    nsamples = point.calib.counts(q.nsamples)[2]  # the text rows (all of them, unless pages are mixed in)
+    key = (file_sha256(point.calib.path), str(tok_dir.resolve()), point.calib.text_field, q.seqlen, nsamples,
            point.seed)  # fmt: skip
     if key not in _CALIB_COUNTS:
         from transformers import AutoTokenizer
@@ -96,16 +98,18 @@ def check_calibration_count(point: SweepPoint) -> None:
             texts = calibration.load_texts(point.calib)
         except CalibrationError as err:
             raise ConfigError("calib.path", point.calib.path, str(err)) from err
-        sel = calibration.select_samples(texts, tokenizer, seqlen=q.seqlen, nsamples=q.nsamples, seed=point.seed,
+        sel = calibration.select_samples(texts, tokenizer, seqlen=q.seqlen, nsamples=nsamples, seed=point.seed,
                                          source=point.calib.source)
         why = (f"{sel.dropped_short} of {sel.candidates_total} texts are shorter than seqlen={q.seqlen} tokens, "
                f"{sel.dropped_repetitive} repetitive")  # fmt: skip
         _CALIB_COUNTS[key] = (sel.used, why)
     used, why = _CALIB_COUNTS[key]
-    if used < q.nsamples:
+    if used < nsamples:
         raise ConfigError(
             "calib.path", point.calib.path,
-            f"only {used} usable calibration samples for nsamples={q.nsamples} ({why}); lower nsamples or "
+            f"only {used} usable calibration samples for "
+            f"{f'nsamples={nsamples}' if nsamples == q.nsamples else f'the {nsamples} text rows of nsamples={q.nsamples}'} "
+            f"({why}); lower nsamples or "
             "seqlen, give more or longer texts, or set quant.allow_fewer_samples=true",
         )  # fmt: skip
 

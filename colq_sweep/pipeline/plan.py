@@ -24,7 +24,8 @@ from pathlib import Path
 from colq_sweep import contract as R
 from colq_sweep import keys
 from colq_sweep.config import CalibSpec, EvalSpec, QuantizedSpec, SweepPoint, baseline_of
-from colq_sweep.quantize import calibration, kernels
+from colq_sweep.quantize import kernels
+from colq_sweep.quantize import pages as page_calib
 from colq_sweep.quantize.errors import BackendUnavailableError, CalibrationError
 from colq_sweep.runtime import resolve_device
 
@@ -143,7 +144,7 @@ def _checkpoint(point: SweepPoint) -> Checkpoint:
 
 def _calibration_pin(point: SweepPoint) -> tuple[str | None, CalibrationError | None]:
     try:
-        return calibration.pin(point.calib), None
+        return page_calib.pin(point.calib), None
     except CalibrationError as err:  # offline with an unpinned Hub ref: the run is keyed on the spec instead
         log.warning("calibration revision not resolvable (%s); keying the run on %s", err, point.calib.identity)
         return None, err
@@ -177,7 +178,7 @@ def resolve(point: SweepPoint) -> PointPlan:
                          resolve(dataclasses.replace(baseline_of(point), force=False)))  # fmt: skip
     calibrates = point.quant.needs_calibration
     calib_rev, calib_problem = _calibration_pin(point) if calibrates else (None, None)
-    semantics = calibration.SEMANTICS[point.calib.source] if calibrates else None
+    semantics = page_calib.semantics(point.calib) if calibrates else None
     key = keys.artifact_key(point, calib_rev, semantics, device.split(":")[0]) if calib_problem is None else None
     backend, compute, kernel_problem = _kernels(point, device)
     quant = QuantJob(point.quant, point.seed, point.calib, calib_rev, semantics, key, keys.quant_knobs(point), ckpt,

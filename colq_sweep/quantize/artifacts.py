@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 CALIB_FILE = "calibration.jsonl"
-PROVENANCE_FILES = (MANIFEST, CALIB_FILE)  # artifact files that are not part of the HF checkpoint
+PAGES_FILE = "calibration_samples.jsonl"  # page calibration: every sample, in auto-round's order (quantize/pages.py)
+
+PROVENANCE_FILES = (MANIFEST, CALIB_FILE, PAGES_FILE)  # artifact files that are not part of the HF checkpoint
 TMP_RE = re.compile(rf"^\.(?P<key>[0-9a-f]{{{KEY_LEN}}})\.tmp-")
 
 

@@ -46,7 +46,7 @@ def _collect(run: MethodRun, tmp: Path, base_dir: Path) -> dict[str, Any]:
     subfolder = run.export_dir.name
     for d in run.scratch:
         shutil.rmtree(d, ignore_errors=True)
-    info = postprocess_export(tmp, base_dir, run.expected_layers)
+    info = postprocess_export(tmp, base_dir, run.expected_layers, run.kept_modules, run.layer_overrides)
     info["autoround_subfolder"] = subfolder
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -65,7 +65,7 @@ def _manifest(
         "key": job.artifact_key,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         # flat numbers, for trackers
-        "samples_used": calib.selection.used if calib else 0,
+        "samples_used": calib.used if calib else 0,
         "samples_requested": job.spec.nsamples if calib else 0,
         "quant_seconds": run.quant_seconds,
         "build_seconds": build_seconds,

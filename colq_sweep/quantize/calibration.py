@@ -339,6 +339,10 @@ class CalibrationData:
     source_identity: str
     revision: str
 
+    @property
+    def used(self) -> int:
+        return self.selection.used
+
     def summary(self) -> dict[str, Any]:
         return {"source": self.source_identity, "revision": self.revision, **self.selection.summary()}
 
@@ -364,6 +368,6 @@ def prepare(
     path = write_for_autoround(selection, out_path)
     log.info(
         "calibration: %d/%d samples usable at seqlen=%d from %s (%d examined)",
-        selection.used, nsamples, seqlen, calib.identity, selection.candidates_examined,
+        selection.used, nsamples, seqlen, calib.text_identity, selection.candidates_examined,
     )  # fmt: skip
-    return CalibrationData(path=path, selection=selection, source_identity=calib.identity, revision=rev)
+    return CalibrationData(path=path, selection=selection, source_identity=calib.text_identity, revision=rev)

@@ -108,7 +108,8 @@ def dequantized_state_dict(path: str | os.PathLike, dtype=None, only: str | None
     prefixes = quant_prefixes(sd)
     for p in sorted(prefixes):
         parts = {leaf: sd.pop(f"{p}.{leaf}", None) for leaf in QUANT_TENSOR_SUFFIXES}
-        sd[f"{p}.weight"] = dequantize_linear(parts, packing, bits, group_size, out_dtype=dtype)
+        gs = int((qc.get("extra_config") or {}).get(p, {}).get("group_size", group_size))  # a layer's own group
+        sd[f"{p}.weight"] = dequantize_linear(parts, packing, bits, gs, out_dtype=dtype)
     return sd
 
 

@@ -26,6 +26,14 @@ log = logging.getLogger(__name__)
 
 QUANT_BLOCKS = "vlm.model.language_model.layers"  # what is quantized: the Qwen3-VL text decoder blocks
 KEPT_MODULES = ["vlm.model.visual", "vlm.lm_head", "embedding_proj_layer"]  # Tomoro names, stay 16-bit
+# with quant.vision=true: the vision tower's patch embedding, position embedding and mergers stay 16-bit
+KEPT_MODULES_VISION = ["vlm.model.visual.patch_embed", "vlm.model.visual.pos_embed", "vlm.model.visual.merger",
+                       "vlm.model.visual.deepstack_merger_list", "vlm.lm_head", "embedding_proj_layer"]  # fmt: skip
+
+
+def kept_modules(vision: bool, vision_kept: list[str] = ()) -> list[str]:
+    """The modules an export keeps 16-bit, as its config's `modules_to_not_convert` names them."""
+    return list(KEPT_MODULES) if not vision else KEPT_MODULES_VISION + sorted(vision_kept)
 PROCESSOR_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -78,16 +86,19 @@ def find_export_dir(raw_dir: Path, result: Any) -> Path:
     return found[0]
 
 
-def postprocess_export(out: Path, base_dir: Path, expected: list[str]) -> dict:
-    """Tomoro-layout config, kept modules restored to the base dtype, layout check, processor files."""
-    info = _tomoro_config(out)
+def postprocess_export(out: Path, base_dir: Path, expected: list[str], kept: list[str] | None = None,
+                       overrides: dict[str, dict] | None = None) -> dict:  # fmt: skip
+    """Tomoro-layout config, kept modules restored to the base dtype, layout check, processor files. `overrides`:
+    per-layer settings that differ from the config's (the vision blocks' own group size), written as the
+    `extra_config` auto-round's loader reads per layer (its AWQ export does not write one)."""
+    info = _tomoro_config(out, list(KEPT_MODULES) if kept is None else kept, overrides or {})
     info.update(_restore_kept_tensors(out, base_dir))
     info["quantized_layers"] = _check_layout(out, expected)
     info["processor_files_from_base"] = _copy_processor_files(out, base_dir)
     return info
 
 
-def _tomoro_config(out: Path) -> dict[str, Any]:
+def _tomoro_config(out: Path, kept: list[str], overrides: dict[str, dict]) -> dict[str, Any]:
     """model_type/embed_dim must survive; the kept modules are named with Tomoro names."""
     cfg_path = out / "config.json"
     cfg = json.loads(cfg_path.read_text())
@@ -101,7 +112,9 @@ def _tomoro_config(out: Path) -> dict[str, Any]:
             continue
         d = json.loads(path.read_text())
         target = d["quantization_config"] if path == cfg_path else d
-        target["modules_to_not_convert"] = list(KEPT_MODULES)
+        target["modules_to_not_convert"] = list(kept)
+        if overrides:
+            target["extra_config"] = {**target.get("extra_config", {}), **overrides}
         path.write_text(json.dumps(d, indent=2) + "\n")
     return {
         "modules_to_not_convert_autoround": qc.get("modules_to_not_convert"),

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from colq_sweep.fsio import fsync_dir, remove
-from colq_sweep.quantize import calibration
+from colq_sweep.quantize import calibration, pages
 from colq_sweep.quantize.artifacts import (
     CALIB_FILE,
+    PAGES_FILE,
     QuantArtifact,
     clean_incomplete,
     clean_key,
@@ -82,6 +83,14 @@ def _calibrate_and_build(job: QuantJob, base_dir: Path, tmp: Path) -> dict:
     q = job.spec
     if not q.needs_calibration:
         return build(job, base_dir, processor, None, tmp, started=started)
+    if job.calib.has_images:
+        calib = pages.prepare(
+            job.calib, processor, seqlen=q.seqlen, nsamples=q.nsamples, seed=job.seed,
+            max_visual_tokens=job.checkpoint.max_visual_tokens, allow_fewer=q.allow_fewer_samples,
+            revision=job.calib_revision,
+        )  # fmt: skip
+        calib.write(tmp / PAGES_FILE)  # the artifact records every sample it was calibrated on
+        return build(job, base_dir, processor, calib, tmp, started=started)
     with _calibration_file(tmp) as calib_path:
         calib = calibration.prepare(
             job.calib, processor.tokenizer, seqlen=q.seqlen, nsamples=q.nsamples, seed=job.seed, out_path=calib_path,

@@ -31,6 +31,8 @@ class MethodRun:
     warnings: list[str] = field(default_factory=list)
     calibration: dict[str, Any] = field(default_factory=dict)  # what the method saw of the calibration data
     scratch: list[Path] = field(default_factory=list)  # folders of the run to remove afterwards
+    layer_overrides: dict[str, dict] = field(default_factory=dict)  # per-layer settings the export config records
+    kept_modules: list[str] | None = None  # the 16-bit modules the export's config names (None: export.KEPT_MODULES)
 
 
 @cache

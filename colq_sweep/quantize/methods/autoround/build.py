@@ -15,12 +15,19 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from colq_sweep.quantize.artifacts import CALIB_FILE
+from colq_sweep.quantize.artifacts import CALIB_FILE, PAGES_FILE
 from colq_sweep.quantize.calibration import CalibrationData
 from colq_sweep.quantize.errors import QuantizationError
 from colq_sweep.quantize.export import QUANT_BLOCKS, find_export_dir
 from colq_sweep.quantize.methods import MethodRun
+from colq_sweep.quantize.methods.autoround.multimodal import (
+    VISION_BLOCKS,
+    PixelRecorder,
+    carry_deepstack,
+    vision_linears,
+)
 from colq_sweep.quantize.methods.autoround.spec import AutoRoundSpec
+from colq_sweep.quantize.pages import PageCalibration
 from colq_sweep.runtime import PeakMemory, env, gc_frozen
 
 if TYPE_CHECKING:
@@ -31,10 +38,13 @@ log = logging.getLogger(__name__)
 LAYER_CONFIG = {"embedding_proj_layer": {"bits": 16}}  # the 320-d projection stays 16-bit
 
 
-def autoround_kwargs(q: AutoRoundSpec, seed: int, device: str, dataset: str | None) -> dict[str, Any]:
+def autoround_kwargs(q: AutoRoundSpec, seed: int, device: str, dataset: str | list | None,
+                     vision: tuple[list[str], list[str]] = ([], [])) -> dict[str, Any]:  # fmt: skip
     """Every AutoRound argument the config decides (plus the fixed ColQwen3 scoping). The default algorithm
     (signround) is passed as before (no `alg_configs`); others as auto-round's names, RTN's opt-RTN choice explicit.
-    A knob the algorithms do not read is not passed (`dataset=None`: no calibration)."""
+    A knob the algorithms do not read is not passed (`dataset=None`: no calibration). `dataset` a list: page
+    calibration's samples (quantize/pages.py), one forward each, `batch_size` as gradient accumulation steps.
+    `vision`: (the vision Linear layers to quantize, those kept 16-bit) when quant.vision=true."""
     kw: dict[str, Any] = dict(scheme=f"W{q.bits}A16", bits=q.bits, group_size=q.group_size, sym=q.sym)
     if q.algorithms != ("signround",):
         kw["alg_configs"] = [{"opt_rtn": "rtn"}.get(a, a) for a in q.algorithms]
@@ -42,8 +52,16 @@ def autoround_kwargs(q: AutoRoundSpec, seed: int, device: str, dataset: str | No
             kw["disable_opt_rtn"] = q.block == "rtn"  # auto-round's `rtn` alone means optimised RTN
     if q.relevant("iters"):
         kw["iters"] = q.iters
-    if dataset is not None:
+    if isinstance(dataset, list):
+        kw.update(nsamples=len(dataset), seqlen=q.seqlen, batch_size=1, gradient_accumulate_steps=q.batch_size)
+    elif dataset is not None:
         kw.update(nsamples=q.nsamples, seqlen=q.seqlen, batch_size=q.batch_size)
+    layer_config = {k: dict(v) for k, v in LAYER_CONFIG.items()}
+    fits, kept = vision
+    if q.vision:
+        layer_config.update({n: {"bits": 16} for n in kept})
+        if q.vision_group_size != q.group_size:
+            layer_config.update({n: {"group_size": q.vision_group_size} for n in fits})
     kw.update(
         seed=seed,
         low_gpu_mem_usage=q.low_gpu_mem_usage,
@@ -54,9 +72,9 @@ def autoround_kwargs(q: AutoRoundSpec, seed: int, device: str, dataset: str | No
         # "cuda:N" as a string is parsed by auto-round as a per-layer map ("<regex>:<device>") and warns;
         # an int index is its own default form for one accelerator
         device_map=int(device.split(":")[1]) if device.startswith("cuda:") else device,
-        quant_nontext_module=False,
-        to_quant_block_names=QUANT_BLOCKS,
-        layer_config={k: dict(v) for k, v in LAYER_CONFIG.items()},
+        quant_nontext_module=q.vision,
+        to_quant_block_names=QUANT_BLOCKS + (f",{VISION_BLOCKS}" if q.vision else ""),
+        layer_config=layer_config,
     )
     if dataset is not None:
         kw["dataset"] = dataset
@@ -123,62 +141,87 @@ class AutoRoundLogWatch(logging.Handler):
         return [m for m in self.messages if any(f in m for f in self.FATAL)]
 
 
-def build(job: QuantJob, base_dir: Path, processor, calib: CalibrationData | None, out: Path) -> MethodRun:
-    """Quantize `base_dir` on the prepared calibration `calib` (None: the algorithms read none); auto-round's export
-    lands in `out`."""
+def build(job: QuantJob, base_dir: Path, processor, calib: CalibrationData | PageCalibration | None, out: Path) -> MethodRun:
+    """Quantize `base_dir` on the prepared calibration `calib` (None: the algorithms read none; a PageCalibration:
+    pages); auto-round's export lands in `out`."""
     AutoRound = autoround_entry()  # import before freezing: its module objects are long-lived too
     with gc_frozen():
         return _run(AutoRound, job, base_dir, processor, calib, out)
 
 
-def _run(AutoRound, job: QuantJob, base_dir: Path, processor, calib: CalibrationData | None, out: Path) -> MethodRun:
+def _run(AutoRound, job: QuantJob, base_dir: Path, processor, calib, out: Path) -> MethodRun:
     from colq_sweep.model import load_colqwen3
-    from colq_sweep.quantize.export import checkpoint_dtype, decoder_linears
+    from colq_sweep.quantize.export import checkpoint_dtype, decoder_linears, kept_modules
 
+    q = job.spec
     load_dtype = checkpoint_dtype(base_dir)
     model = load_colqwen3(base_dir, dtype=load_dtype, device="cpu")
-    expected = decoder_linears(model)
-    kwargs = autoround_kwargs(job.spec, job.seed, job.device, str(calib.path) if calib else None)
+    vision = vision_linears(model, q.vision_group_size) if q.vision else ([], [])
+    if q.vision and not vision[0]:
+        raise QuantizationError(f"quant.vision=true: no vision Linear layer of {job.checkpoint.name} is a multiple of "
+                                f"{q.vision_group_size} wide; set quant.vision_scheme to a group that divides them")  # fmt: skip
+    expected = sorted(decoder_linears(model) + vision[0])
+    pages = isinstance(calib, PageCalibration)
+    dataset = [s.inputs for s in calib.samples] if pages else (str(calib.path) if calib else None)
+    kwargs = autoround_kwargs(q, job.seed, job.device, dataset, vision)
     raw_dir = out / "_autoround_out"
-    recorder = RowRecorder(model.get_input_embeddings())
-    log.info("quantizing %s (%s) on %s: %d decoder Linear layers", job.checkpoint.name, job.label, job.device, len(expected))
-    with PeakMemory(job.device) as mem, AutoRoundLogWatch() as watch:
+    recorder, pixels = RowRecorder(model.get_input_embeddings()), PixelRecorder(model)
+    if vision[1]:
+        log.warning("%d vision Linear layers stay 16-bit: their width is not a multiple of the group size %d (%s)",
+                    len(vision[1]), q.vision_group_size, vision[1][0])  # fmt: skip
+    log.info("quantizing %s (%s) on %s: %d Linear layers (%d of them in the vision tower)", job.checkpoint.name,
+             job.label, job.device, len(expected), len(vision[0]))  # fmt: skip
+    with PeakMemory(job.device) as mem, AutoRoundLogWatch() as watch, carry_deepstack(model) as deepstack:
         t0 = time.perf_counter()
         with env(AR_DISABLE_DATASET_SUBPROCESS="1", AR_WORK_SPACE=str(out / "_ar_work")):
             ar = AutoRound(model, tokenizer=processor.tokenizer, processor=processor,
                            image_processor=processor.image_processor, **kwargs)  # fmt: skip
             try:
-                result = ar.quantize_and_save(str(raw_dir), format=job.spec.format)
+                result = ar.quantize_and_save(str(raw_dir), format=q.format)
             except SystemExit as exc:  # auto-round calls sys.exit() on some failures
                 raise QuantizationError(f"auto-round exited (code {exc.code}) while quantizing") from exc
         quant_seconds = time.perf_counter() - t0
     recorder.remove()
-    _check_calibrated_on(calib, recorder, watch)
+    pixels.remove()
+    _check_calibrated_on(calib, recorder, pixels, watch)
     del model, ar
+    seen = {"rows_seen_by_model": len(recorder.rows), "calibration_forward_calls": recorder.calls,
+            "pixel_rows_seen_by_vision_tower": pixels.rows,
+            "calibration_passes": pixels.rows // calib.pixel_rows if pages and calib.pixel_rows else None, "deepstack_layers_carried": deepstack if pages else 0}  # fmt: skip
     return MethodRun(
         export_dir=find_export_dir(raw_dir, result),
         scratch=[raw_dir, out / "_ar_work"],
         expected_layers=expected,
+        kept_modules=kept_modules(q.vision, vision[1]),
+        layer_overrides={n: {"group_size": q.vision_group_size} for n in vision[0]} if q.vision_group_size != q.group_size else {},
         quant_seconds=quant_seconds,
         memory=mem,
         load_dtype=load_dtype,
-        arguments={**kwargs, **({"dataset": CALIB_FILE} if calib else {})},
+        arguments={**kwargs, **({"dataset": PAGES_FILE if pages else CALIB_FILE} if calib else {})},
         warnings=watch.messages,
-        calibration={"rows_seen_by_model": len(recorder.rows), "calibration_forward_calls": recorder.calls},
+        calibration=seen,
     )
 
 
-def _check_calibrated_on(calib: CalibrationData | None, recorder: RowRecorder, watch: AutoRoundLogWatch) -> None:
-    """The samples auto-round really calibrated on must be exactly our selection (none, without calibration)."""
+def _check_calibrated_on(calib, recorder: RowRecorder, pixels: PixelRecorder, watch: AutoRoundLogWatch) -> None:
+    """The samples auto-round really calibrated on must be exactly our selection (none, without calibration), and
+    a page calibration's pixels must all have reached the vision tower, once."""
     if watch.fatal():
         raise QuantizationError(f"auto-round skipped calibration data: {watch.fatal()[:3]}")
     if calib is None:
         if recorder.rows:
             raise QuantizationError(f"auto-round ran {recorder.calls} calibration forward passes without calibration data")
         return
-    selected = {tuple(ids) for ids in calib.selection.token_ids}
+    pages = isinstance(calib, PageCalibration)
+    selected = calib.token_rows if pages else {tuple(ids) for ids in calib.selection.token_ids}
     if recorder.rows != selected:
         raise QuantizationError(
             f"auto-round calibrated on {len(recorder.rows)} distinct samples, {len(recorder.rows - selected)} of them "
             f"not in our selection of {len(selected)}: the recorded sample count would be wrong"
         )
+    expected_pixels = calib.pixel_rows if pages else 0
+    # with the vision tower quantized too auto-round runs its calibration pass once per group of blocks: whole passes
+    passes = pixels.rows // expected_pixels if expected_pixels else 0
+    if pixels.rows != passes * expected_pixels or (pages and not passes):
+        raise QuantizationError(f"the vision tower saw {pixels.rows} pixel rows in calibration, the selection has "
+                                f"{expected_pixels}: auto-round did not calibrate on the pages as selected")  # fmt: skip

@@ -89,6 +89,9 @@ class AutoRoundSpec(QuantizedSpec):
     low_gpu_mem_usage: bool = knob(False, SPEED)
     enable_torch_compile: bool = False  # changed a third of the int4 codes on an H200: in the keys
     allow_fewer_samples: bool = knob(False, RESULTS)  # calibrate on what survives instead of refusing
+    # the vision tower's blocks quantized too (needs a calibration with images when the algorithms calibrate)
+    vision: bool = knob(False, keyed_at_default=False)
+    vision_scheme: str | None = knob(None, keyed_at_default=False)  # null: the text scheme; same bits, own group
     seqlen: int = knob(1024, root=True)  # calibration sequence length (tokens per sample)
     batch_size: int = knob(8, root=True)  # calibration batch size
     nsamples: int = knob(512, root=True)  # calibration samples
@@ -133,7 +136,15 @@ class AutoRoundSpec(QuantizedSpec):
             return self.needs_calibration
         if name in ("iters", "lr", "minmax_lr"):
             return self.block == "signround"
+        if name == "vision_scheme":
+            return self.vision
         return True
+
+    @property
+    def vision_group_size(self) -> int:
+        """The vision blocks' group size: the vision scheme's, else the text one's."""
+        m = SCHEME_RE.fullmatch(str(self.vision_scheme)) if self.vision_scheme else None
+        return int(m.group(3)) if m and m.group(3) else self.group_size
 
     # ------------------------------------------------------------------------------------------------ validation
 
@@ -168,7 +179,8 @@ class AutoRoundSpec(QuantizedSpec):
                               f"weights, not {self.bits}-bit; use auto or dequant")  # fmt: skip
         for k in ("lr", "minmax_lr"):
             positive_or_null(f"quant.{k}", getattr(self, k))
-        for k in ("low_gpu_mem_usage", "enable_torch_compile", "allow_fewer_samples"):
+        self.check_vision()
+        for k in ("low_gpu_mem_usage", "enable_torch_compile", "allow_fewer_samples", "vision"):
             boolean(f"quant.{k}", getattr(self, k))
         for k in self.root_fields():
             pos_int(k, getattr(self, k))
@@ -177,6 +189,22 @@ class AutoRoundSpec(QuantizedSpec):
                 raise ConfigError("nsamples", self.nsamples,
                                   f"must be >= batch_size ({self.batch_size}); raise nsamples or lower batch_size")  # fmt: skip
             self.check_full_batches()
+
+    def check_vision(self) -> None:
+        boolean("quant.vision", self.vision)
+        if self.vision_scheme is None:
+            return
+        m = SCHEME_RE.fullmatch(str(self.vision_scheme))
+        if not m or int(m.group(2)) != 16:
+            raise ConfigError("quant.vision_scheme", self.vision_scheme, "null (the text scheme) or W<bits>A16G<group>, e.g. W4A16G32")
+        if int(m.group(1)) != self.bits:
+            raise ConfigError("quant.vision_scheme", self.vision_scheme,
+                              f"must have the text scheme's {self.bits} bits: an export holds one bit width (its "
+                              "loaders read one); only the group size may differ")  # fmt: skip
+        group = int(m.group(3)) if m.group(3) else self.group_size
+        choice("quant.vision_scheme group", group, GROUP_SIZES)
+        if self.format == "auto_awq" and group == -1:
+            raise ConfigError("quant.vision_scheme", self.vision_scheme, "the AWQ format holds only grouped weights")
 
     def check_full_batches(self) -> None:
         """auto-round 0.16.1 cannot calibrate a partial last batch of Qwen3-VL (its rotary embeddings are cached per
@@ -201,6 +229,9 @@ class AutoRoundSpec(QuantizedSpec):
         before), `rtn w8g128`, `signround+awq w4g128 best seqlen=2048 ...`."""
         parts = [] if self.algorithms == ("signround",) else [self.method_label()]
         parts.append(f"w{self.bits}g{self.group_size}" + ("" if self.sym else " asym"))
+        if self.vision:
+            vg = self.vision_group_size
+            parts.append("+vision" + (f"(g{vg})" if vg != self.group_size else ""))
         if self.recipe:
             parts.append(self.recipe)
         if self.needs_calibration:

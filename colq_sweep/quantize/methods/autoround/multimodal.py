@@ -1,0 +1,91 @@
+"""What auto-round needs to calibrate a ColQwen3 on pages, and to quantize its vision tower.
+
+- Deepstack. Qwen3-VL adds the vision tower's intermediate features ("deepstack") to the visual positions of the
+  hidden state after each of its first text decoder layers, in the text model's layer loop. auto-round replays
+  decoder blocks one by one from cached inputs, so that addition would be lost from layer 1 on: the later layers
+  would be tuned on hidden states the model never produces. `carry_deepstack` moves the addition into the layers
+  for the duration of a build: the text model hands each layer a dense `colq_deepstack` tensor (batch, K, seq,
+  hidden; zero off the visual positions), which auto-round caches with the other per-sample block inputs, and layer k
+  < K adds its slice to its output. The model's output is unchanged, bit for bit (x + 0 = x off the visual
+  positions, the same sum on them: tests/test_page_calibration.py).
+- `PixelRecorder`: the pixel rows that reach the vision tower during calibration (the page counterpart of the
+  build's token-row recorder).
+- `vision_linears`: the vision blocks' Linear layers a group size can quantize, and those it cannot (in_features
+  not a multiple of the group: Qwen3-VL-8B's 4304-wide MLP input at groups of 32 or 128), which stay 16-bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+
+VISION_BLOCKS = "vlm.model.visual.blocks"  # quantized with quant.vision=true; merger, patch embed stay 16-bit
+
+
+@contextlib.contextmanager
+def carry_deepstack(model) -> Iterator[int]:
+    """Within: deepstack features travel as a layer input (see the module's docstring). Yields K, the number of
+    layers that add one."""
+    import torch
+
+    lm = model.vlm.model.language_model
+    k_layers = len(getattr(model.config.vision_config, "deepstack_visual_indexes", []) or [])
+    lm_forward = lm.forward
+
+    def text_forward(*args, deepstack_visual_embeds=None, visual_pos_masks=None, **kwargs):
+        if deepstack_visual_embeds is None or visual_pos_masks is None:
+            return lm_forward(*args, deepstack_visual_embeds=deepstack_visual_embeds, visual_pos_masks=visual_pos_masks,
+                              **kwargs)  # fmt: skip
+        embeds = kwargs["inputs_embeds"]
+        dense = embeds.new_zeros((*visual_pos_masks.shape[:2], len(deepstack_visual_embeds), embeds.shape[-1]))
+        for k, feats in enumerate(deepstack_visual_embeds):
+            dense[:, :, k][visual_pos_masks.to(dense.device)] = feats.to(dense.device, dense.dtype)
+        return lm_forward(*args, colq_deepstack=dense.transpose(1, 2).contiguous(), **kwargs)
+
+    def layer_forward(orig, k):
+        @functools.wraps(orig)  # auto-round maps positional block inputs by the signature it finds
+        def forward(*args, colq_deepstack: torch.Tensor | None = None, **kwargs):
+            out = orig(*args, **kwargs)
+            if colq_deepstack is None or k >= colq_deepstack.shape[1]:
+                return out
+            return out + colq_deepstack[:, k].to(out.device, out.dtype)
+
+        return forward
+
+    lm.forward = text_forward
+    for k, layer in enumerate(lm.layers):
+        layer.forward = layer_forward(layer.forward, k)
+    try:
+        yield k_layers
+    finally:
+        vars(lm).pop("forward", None)
+        for layer in lm.layers:
+            vars(layer).pop("forward", None)
+
+
+class PixelRecorder:
+    """The pixel rows (patches) that reach the vision tower, and in how many calls, while installed."""
+
+    def __init__(self, model):
+        self.rows = 0
+        self.calls = 0
+        self.handle = model.vlm.model.visual.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args):
+        if args and hasattr(args[0], "shape"):
+            self.calls += 1
+            self.rows += int(args[0].shape[0])
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+def vision_linears(model, group_size: int) -> tuple[list[str], list[str]]:
+    """(the vision blocks' Linear layers that groups of `group_size` divide, those they do not), sorted."""
+    from torch import nn
+
+    names = sorted((n, m.in_features) for n, m in model.named_modules()
+                   if isinstance(m, nn.Linear) and n.startswith(VISION_BLOCKS + "."))  # fmt: skip
+    fits = [n for n, width in names if group_size == -1 or width % group_size == 0]
+    return fits, [n for n, _ in names if n not in set(fits)]
