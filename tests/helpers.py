@@ -100,19 +100,19 @@ def make_plan(fixture_paths, tmp: str | Path, **overrides: Any):
 def artifact_key(point: SweepPoint, calib_rev: str | None = None) -> str:
     """The artifact key the plan gives `point` (with `calib_rev` standing in for the calibration set's pin)."""
     from colq_sweep import keys
-    from colq_sweep.quantize import calibration
+    from colq_sweep.quantize import pages
     from colq_sweep.runtime import resolve_device
 
-    rev = calibration.pin(point.calib) if calib_rev is None else calib_rev
-    return keys.artifact_key(point, rev, calibration.SEMANTICS[point.calib.source], resolve_device(point.device).split(":")[0])
+    rev = pages.pin(point.calib) if calib_rev is None else calib_rev
+    return keys.artifact_key(point, rev, pages.semantics(point.calib), resolve_device(point.device).split(":")[0])
 
 
 def point_key(point: SweepPoint, device: str) -> str:
     """The run key the plan gives `point` on `device`."""
     from colq_sweep import keys
-    from colq_sweep.quantize import calibration
+    from colq_sweep.quantize import pages
 
-    return keys.point_key(point, device, calibration.pin(point.calib) if point.quant.enabled else None)
+    return keys.point_key(point, device, pages.pin(point.calib) if point.quant.enabled else None)
 
 
 def quantize_point(point: SweepPoint, models_dir: str | Path):

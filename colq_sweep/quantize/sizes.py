@@ -16,6 +16,7 @@ from colq_sweep.quantize.tensors import (
 )
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+VISION_PREFIX = "vlm.model.visual."
 
 
 def checkpoint_bytes(d: Path, exclude: tuple[str, ...] = ()) -> tuple[int, int]:
@@ -53,13 +54,20 @@ def param_counts(ckpt: str | os.PathLike) -> dict[str, float]:
     qkey = f"params_int{bits}" if bits else None
     if qkey:
         out[qkey] = 0.0
+    out.update(vision_tensor_bytes=0.0, text_tensor_bytes=0.0, vision_params_quantized=0.0, vision_params=0.0)
     for name, meta in headers.items():
         n = 1
         for s in meta["shape"]:
             n *= s
         nbytes = meta["data_offsets"][1] - meta["data_offsets"][0]
         head, _, leaf = name.rpartition(".")
-        if head in prefixes and leaf in QUANT_TENSOR_SUFFIXES:
+        vision = name.startswith(VISION_PREFIX)  # the vision tower's part (the rest: decoder, embeddings, heads)
+        out["vision_tensor_bytes" if vision else "text_tensor_bytes"] += nbytes
+        quantized = head in prefixes and leaf in QUANT_TENSOR_SUFFIXES
+        if vision and (not quantized or leaf == "qweight"):
+            out["vision_params"] += n * 32 / bits if quantized else n
+            out["vision_params_quantized"] += n * 32 / bits if quantized else 0
+        if quantized:
             if leaf == "qweight":
                 out[qkey] += n * 32 / bits
             else:
@@ -73,6 +81,8 @@ def param_counts(ckpt: str | os.PathLike) -> dict[str, float]:
         else:
             out["params_other"] += n
     out["params_total"] = sum(v for k, v in out.items() if k.startswith("params_"))
+    vp = out.pop("vision_params")
+    out["vision_params_quantized_pct"] = 100.0 * out.pop("vision_params_quantized") / vp if vp else 0.0
     if qkey:
         out["params_quantized_pct"] = 100.0 * out[qkey] / out["params_total"] if out["params_total"] else 0.0
     return out
@@ -93,7 +103,7 @@ def size_report(base_dir: str | os.PathLike, quant_dir: str | os.PathLike) -> di
         "compression_ratio": bw / qw if qw else 0.0,
     }
     base = param_counts(base_dir)
-    for k in ("params_16bit", "params_32bit", "params_other", "params_total"):
+    for k in ("params_16bit", "params_32bit", "params_other", "params_total", "vision_tensor_bytes", "text_tensor_bytes"):
         r[f"base_{k}"] = base[k]
     r.update(param_counts(quant_dir))
     if r.get("params_total"):

@@ -31,12 +31,14 @@ EXCLUDE_EXACT = {
     "quant.low_gpu_mem_usage", "quant.enable_torch_compile", "quant.allow_fewer_samples",
     "quant.scheme",  # W4A16G32 is quant.bits and quant.group_size written together: those two are the factors
 }  # fmt: skip
-EXCLUDE_PREFIX = ("model.", "eval.", "hydra.", "colq.")
+EXCLUDE_PREFIX = ("model.", "eval.", "hydra.", "colq.", "calib.pages.")  # a page source is named by calib.kind
 PREFERRED = ["quant.method", "quant.algorithms", "quant.recipe", "quant.bits", "quant.group_size", "quant.sym", "seqlen",
-             "batch_size", "nsamples", "iters", "seed", "quant.format", "index.pool_factor", "index.dtype"]
+             "batch_size", "nsamples", "iters", "seed", "quant.format", "calib.kind", "calib.pages_share", "calib.queries_share", "quant.vision",
+             "quant.vision_scheme", "index.pool_factor", "index.dtype"]
 SHORT = {"batch_size": "bs", "nsamples": "n", "quant.bits": "bits", "quant.group_size": "group",
          "quant.sym": "sym", "quant.format": "format", "quant.scheme": "scheme", "quant.algorithms": "method",
-         "quant.recipe": "recipe", "index.pool_factor": "pool", "index.dtype": "index", "quant.method": "quant"}
+         "quant.recipe": "recipe", "index.pool_factor": "pool", "index.dtype": "index", "quant.method": "quant",
+         "calib.kind": "calib", "quant.vision": "vision", "calib.pages_share": "pages", "calib.queries_share": "queries"}
 
 
 def factor_candidates(params: list[dict]) -> list[str]:

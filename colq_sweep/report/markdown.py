@@ -136,25 +136,38 @@ def _index_cells(c, weights: float | None) -> list[str]:
     return [page, T.nbytes(total), T.nbytes(both), T.nbytes(million)]
 
 
+def _vision_cell(c, baseline: bool = False, others: list = ()) -> str:
+    """The vision tower's part of the weights, and how much of its parameters are quantized (quant.vision); the
+    original's as its quantized points measured it (`others`)."""
+    v = c.point.metric("vision_tensor_bytes") if not baseline else next(
+        (o.point.metric("base_vision_tensor_bytes") for o in others if o.point.metric("base_vision_tensor_bytes")), None)
+    if v is None:
+        return T.NA
+    pct = 0.0 if baseline else (c.point.metric("vision_params_quantized_pct") or 0.0)
+    return f"{T.nbytes(v)} ({pct:.0f}% quantized)" if pct else f"{T.nbytes(v)} (16-bit)"
+
+
 def section_sizes(analyses: list[ModelAnalysis]) -> list[str]:
     rows = []
     for ma in analyses:
         if ma.baseline:
             b = ma.baseline
-            rows.append([T.code(ma.model), b.short, "-", "-", T.nbytes(b.base_bytes), T.NA, T.NA]
+            rows.append([T.code(ma.model), b.short, "-", "-", T.nbytes(b.base_bytes), T.NA, T.NA, _vision_cell(b, True, ma.configs)]
                         + _index_cells(b, b.base_bytes))  # fmt: skip
         for c in ma.configs:
             weights = c.quant_bytes if c.quant_bytes is not None else c.base_bytes
             lo, hi = c.ci.get("delta_all", (None, None))
             ci = f"[{lo:+.5f}, {hi:+.5f}]" if lo is not None else T.NA
             rows.append([T.code(ma.model), c.short, f"{c.delta_all:+.5f}", ci, T.nbytes(c.base_bytes),
-                         T.nbytes(c.quant_bytes), T.pct(c.reduction_pct, 1, signed=False)] + _index_cells(c, weights))  # fmt: skip
+                         T.nbytes(c.quant_bytes), T.pct(c.reduction_pct, 1, signed=False), _vision_cell(c)]
+                        + _index_cells(c, weights))  # fmt: skip
     return ["## Memory efficiency (on-disk size)", "",
             "Weights on disk, and the index a deployment serves from: what `index.pool_factor` and `index.dtype` store "
             "per page (evaluate/index.py: int8 with its scales, binary packed 8 dimensions a byte), for the corpora "
-            "evaluated here and for a million pages like them. Deployment memory = weights + index. Change = avg NDCG@5 "
+            "evaluated here and for a million pages like them. Vision tower: its part of the weights (16-bit unless "
+            "quant.vision=true quantized its blocks). Deployment memory = weights + index. Change = avg NDCG@5 "
             "vs the original (weights and index uncompressed), with its 95% paired bootstrap interval.", "",
-            T.md_table(["Model", "Configuration", "Change (abs.)", "95% CI", "Original size", "Quantized size", "Reduction", "Index per page",
+            T.md_table(["Model", "Configuration", "Change (abs.)", "95% CI", "Original size", "Quantized size", "Reduction", "Vision tower", "Index per page",
                         "Index (evaluated corpora)", "Deployment memory", "Per million pages"], rows), ""]  # fmt: skip
 
 
