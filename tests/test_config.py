@@ -42,7 +42,12 @@ def test_every_model_and_quant_option_validates(model, quant, fixture_outputs_di
 def test_every_calib_option_validates(calib, fixture_outputs_dir, fixture_paths):
     extra = [f"calib.path={fixture_paths.calibration}"] if calib == "local" else []
     point = validate(composed([f"calib={calib}"] + extra, fixture_outputs_dir))
-    assert point.calib.source == ("hub" if calib == "pile10k" else "jsonl")
+    kind = {"pages": "pages", "mixed": "mixed"}.get(calib, "text")
+    assert point.calib.kind == kind
+    if kind != "pages":  # the text part: pile10k's (mixed takes it too), or a .jsonl
+        assert point.calib.source == ("hub" if calib in ("pile10k", "mixed") else "jsonl")
+    if kind != "text":  # the pinned Hub page source
+        assert point.calib.pages.dataset == "vidore/colpali_train_set" and len(point.calib.pages.revision) == 40
 
 
 @pytest.mark.parametrize(

@@ -151,7 +151,7 @@ def test_page_builds_see_pixels_equal_the_api_and_quantize_the_vision_blocks(fix
 
     # the vision blocks as a target: exactly their Linear layers become packed, every other tensor keeps its layout
     vision = quantize_point(make_point(fixture_paths, tmp_path, **BUILD, **pages_calib(fixture_paths),
-                                       **{"quant.vision": True, "quant.vision_scheme": "W4A16G32"}), tmp_path / "models")  # fmt: skip
+                                       **{"quant.vision": True}), tmp_path / "models")  # fmt: skip
     v_ours = load_file(str(vision.path / "model.safetensors"))
     added, removed = set(v_ours) - set(p_ours), set(p_ours) - set(v_ours)
     linears = {k.rsplit(".", 1)[0] for k in removed}
@@ -161,9 +161,13 @@ def test_page_builds_see_pixels_equal_the_api_and_quantize_the_vision_blocks(fix
     for k in v_ours:
         if k.startswith("vlm.model.visual.") and k.rsplit(".", 1)[0] not in linears:
             assert torch.equal(v_ours[k], base[k]), k  # patch embedding, mergers, norms, biases: the base's
+    # quant.vision_scheme=null: the text group (128) where it divides a layer's input width, else the largest of 64, 32
+    widths = {p: int(v_ours[f"{p}.qweight"].shape[0]) for p in linears}  # AWQ packs along the output: rows = inputs
+    groups = {p: 128 if w % 128 == 0 else 64 for p, w in widths.items()}
+    assert set(widths.values()) == {64, 128} and vision.manifest["calibration"]["vision_layer_groups"] == groups
     cfg = json.loads((vision.path / "config.json").read_text())["quantization_config"]
-    assert cfg["extra_config"] == {p: {"group_size": 32} for p in linears}
-    assert v_ours[f"{sorted(linears)[0]}.scales"].shape[0] == 2  # 64 inputs in groups of 32
+    assert cfg["extra_config"] == {p: {"group_size": g} for p, g in groups.items() if g != 128}
+    assert all(v_ours[f"{p}.scales"].shape[0] == widths[p] // g for p, g in groups.items())
     sizes = size_report(fixture_paths.checkpoint, vision.path)
     assert sizes["vision_tensor_bytes"] < sizes["base_vision_tensor_bytes"] and 0 < sizes["vision_params_quantized_pct"] < 100
     assert sizes["text_tensor_bytes"] == size_report(fixture_paths.checkpoint, pages.path)["text_tensor_bytes"]

@@ -169,6 +169,16 @@ def cases(fx, tmp: Path) -> dict[str, tuple[list[str], list[str], str]]:
         "calib.text_field": (["calib.text_field=content"], ["calib.text_field=''"], "calib.text_field"),
         "calib.path": (["calib=local", f"calib.path={fx.calibration}"], ["calib=local", "calib.path=/nope.jsonl"],
                        "calib.path"),  # fmt: skip
+        "calib.kind": (["calib.kind=pages"], ["calib.kind=images"], "calib.kind"),
+        "calib.pages": (["calib=pages", "calib.pages.source=local", f"calib.pages.path={fx.calibration_pages}"],
+                        ["calib=pages", "calib.pages.source=local", f"calib.pages.path={tmp}"], "calib.pages.path"),
+        "calib.pages_share": (["calib.kind=mixed", "calib.pages_share=0.25"], ["calib.kind=mixed", "calib.pages_share=1.5"],
+                              "calib.pages_share"),  # fmt: skip
+        "calib.queries_share": (["calib=pages", "calib.queries_share=0.25"], ["calib.queries_share=0.25"],
+                                "calib.queries_share"),  # text calibration has no queries  # fmt: skip
+        "quant.vision": (["calib.kind=pages", "quant.vision=true"], ["quant.vision=true"], "quant.vision"),
+        "quant.vision_scheme": (["calib.kind=pages", "quant.vision=true", "quant.vision_scheme=W4A16G32"],
+                                ["quant.vision_scheme=W8A16G32"], "quant.vision_scheme"),  # fmt: skip
         "eval.tasks": (["eval.tasks=[VidoreArxivQARetrieval]"], ["eval.tasks=[NopeRetrieval]"], "eval.tasks"),
         "eval.languages": (["eval.languages=[fr]"], ["eval.languages=[xx]"], "eval.languages"),
         "eval.entries": (["eval.entries=[VidoreFixtureRetrieval/en]"], ["eval.entries=[VidoreFixtureRetrieval/zz]"],

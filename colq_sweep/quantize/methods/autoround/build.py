@@ -24,7 +24,7 @@ from colq_sweep.quantize.methods.autoround.multimodal import (
     VISION_BLOCKS,
     PixelRecorder,
     carry_deepstack,
-    vision_linears,
+    vision_groups,
 )
 from colq_sweep.quantize.methods.autoround.spec import AutoRoundSpec
 from colq_sweep.quantize.pages import PageCalibration
@@ -39,12 +39,12 @@ LAYER_CONFIG = {"embedding_proj_layer": {"bits": 16}}  # the 320-d projection st
 
 
 def autoround_kwargs(q: AutoRoundSpec, seed: int, device: str, dataset: str | list | None,
-                     vision: tuple[list[str], list[str]] = ([], [])) -> dict[str, Any]:  # fmt: skip
+                     vision: dict[str, int | None] | None = None) -> dict[str, Any]:  # fmt: skip
     """Every AutoRound argument the config decides (plus the fixed ColQwen3 scoping). The default algorithm
     (signround) is passed as before (no `alg_configs`); others as auto-round's names, RTN's opt-RTN choice explicit.
     A knob the algorithms do not read is not passed (`dataset=None`: no calibration). `dataset` a list: page
     calibration's samples (quantize/pages.py), one forward each, `batch_size` as gradient accumulation steps.
-    `vision`: (the vision Linear layers to quantize, those kept 16-bit) when quant.vision=true."""
+    `vision`: each vision-block Linear's group size (None: kept 16-bit) when quant.vision=true."""
     kw: dict[str, Any] = dict(scheme=f"W{q.bits}A16", bits=q.bits, group_size=q.group_size, sym=q.sym)
     if q.algorithms != ("signround",):
         kw["alg_configs"] = [{"opt_rtn": "rtn"}.get(a, a) for a in q.algorithms]
@@ -57,11 +57,9 @@ def autoround_kwargs(q: AutoRoundSpec, seed: int, device: str, dataset: str | li
     elif dataset is not None:
         kw.update(nsamples=q.nsamples, seqlen=q.seqlen, batch_size=q.batch_size)
     layer_config = {k: dict(v) for k, v in LAYER_CONFIG.items()}
-    fits, kept = vision
-    if q.vision:
-        layer_config.update({n: {"bits": 16} for n in kept})
-        if q.vision_group_size != q.group_size:
-            layer_config.update({n: {"group_size": q.vision_group_size} for n in fits})
+    for name, group in (vision or {}).items():
+        if group != q.group_size:
+            layer_config[name] = {"bits": 16} if group is None else {"group_size": group}
     kw.update(
         seed=seed,
         low_gpu_mem_usage=q.low_gpu_mem_usage,
@@ -156,21 +154,24 @@ def _run(AutoRound, job: QuantJob, base_dir: Path, processor, calib, out: Path) 
     q = job.spec
     load_dtype = checkpoint_dtype(base_dir)
     model = load_colqwen3(base_dir, dtype=load_dtype, device="cpu")
-    vision = vision_linears(model, q.vision_group_size) if q.vision else ([], [])
-    if q.vision and not vision[0]:
+    groups = vision_groups(model, q.vision_group_size, q.vision_scheme is not None) if q.vision else {}
+    fits, kept = [n for n, g in groups.items() if g is not None], [n for n, g in groups.items() if g is None]
+    if q.vision and not fits:
         raise QuantizationError(f"quant.vision=true: no vision Linear layer of {job.checkpoint.name} is a multiple of "
                                 f"{q.vision_group_size} wide; set quant.vision_scheme to a group that divides them")  # fmt: skip
-    expected = sorted(decoder_linears(model) + vision[0])
+    expected = sorted(decoder_linears(model) + fits)
     pages = isinstance(calib, PageCalibration)
     dataset = [s.inputs for s in calib.samples] if pages else (str(calib.path) if calib else None)
-    kwargs = autoround_kwargs(q, job.seed, job.device, dataset, vision)
+    kwargs = autoround_kwargs(q, job.seed, job.device, dataset, groups)
     raw_dir = out / "_autoround_out"
     recorder, pixels = RowRecorder(model.get_input_embeddings()), PixelRecorder(model)
-    if vision[1]:
-        log.warning("%d vision Linear layers stay 16-bit: their width is not a multiple of the group size %d (%s)",
-                    len(vision[1]), q.vision_group_size, vision[1][0])  # fmt: skip
+    if kept:
+        log.warning("%d vision Linear layers stay 16-bit: no allowed group divides their width (%s)", len(kept), kept[0])
+    if {g for g in groups.values() if g is not None} - {q.vision_group_size}:
+        log.info("vision blocks at groups %s (quant.vision_scheme=null: the text group where it divides a layer's width)",
+                 sorted({g for g in groups.values() if g is not None}))  # fmt: skip
     log.info("quantizing %s (%s) on %s: %d Linear layers (%d of them in the vision tower)", job.checkpoint.name,
-             job.label, job.device, len(expected), len(vision[0]))  # fmt: skip
+             job.label, job.device, len(expected), len(fits))  # fmt: skip
     with PeakMemory(job.device) as mem, AutoRoundLogWatch() as watch, carry_deepstack(model) as deepstack:
         t0 = time.perf_counter()
         with env(AR_DISABLE_DATASET_SUBPROCESS="1", AR_WORK_SPACE=str(out / "_ar_work")):
@@ -187,13 +188,14 @@ def _run(AutoRound, job: QuantJob, base_dir: Path, processor, calib, out: Path) 
     del model, ar
     seen = {"rows_seen_by_model": len(recorder.rows), "calibration_forward_calls": recorder.calls,
             "pixel_rows_seen_by_vision_tower": pixels.rows,
-            "calibration_passes": pixels.rows // calib.pixel_rows if pages and calib.pixel_rows else None, "deepstack_layers_carried": deepstack if pages else 0}  # fmt: skip
+            "calibration_passes": pixels.rows // calib.pixel_rows if pages and calib.pixel_rows else None, "deepstack_layers_carried": deepstack if pages else 0,
+            "vision_layer_groups": groups}  # fmt: skip
     return MethodRun(
         export_dir=find_export_dir(raw_dir, result),
         scratch=[raw_dir, out / "_ar_work"],
         expected_layers=expected,
-        kept_modules=kept_modules(q.vision, vision[1]),
-        layer_overrides={n: {"group_size": q.vision_group_size} for n in vision[0]} if q.vision_group_size != q.group_size else {},
+        kept_modules=kept_modules(q.vision, kept),
+        layer_overrides={n: {"group_size": g} for n, g in groups.items() if g is not None and g != q.group_size},
         quant_seconds=quant_seconds,
         memory=mem,
         load_dtype=load_dtype,

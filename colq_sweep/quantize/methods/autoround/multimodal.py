@@ -10,8 +10,8 @@
   positions, the same sum on them: tests/test_page_calibration.py).
 - `PixelRecorder`: the pixel rows that reach the vision tower during calibration (the page counterpart of the
   build's token-row recorder).
-- `vision_linears`: the vision blocks' Linear layers a group size can quantize, and those it cannot (in_features
-  not a multiple of the group: Qwen3-VL-8B's 4304-wide MLP input at groups of 32 or 128), which stay 16-bit.
+- `vision_groups`: each vision-block Linear layer's group size, or 16-bit where no allowed group divides its input
+  width (Qwen3-VL-8B's 4304-wide MLP input is not a multiple of 32).
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ def carry_deepstack(model) -> Iterator[int]:
     lm_forward = lm.forward
 
     def text_forward(*args, deepstack_visual_embeds=None, visual_pos_masks=None, **kwargs):
-        if deepstack_visual_embeds is None or visual_pos_masks is None:
-            return lm_forward(*args, deepstack_visual_embeds=deepstack_visual_embeds, visual_pos_masks=visual_pos_masks,
-                              **kwargs)  # fmt: skip
+        # every sample carries the input, zeros without an image: auto-round caches a block input per sample and
+        # pairs them by position, so a text row or query without it would shift the pages' ones
         embeds = kwargs["inputs_embeds"]
-        dense = embeds.new_zeros((*visual_pos_masks.shape[:2], len(deepstack_visual_embeds), embeds.shape[-1]))
-        for k, feats in enumerate(deepstack_visual_embeds):
-            dense[:, :, k][visual_pos_masks.to(dense.device)] = feats.to(dense.device, dense.dtype)
+        dense = embeds.new_zeros((*embeds.shape[:2], k_layers, embeds.shape[-1]))
+        if deepstack_visual_embeds is not None and visual_pos_masks is not None:
+            for k, feats in enumerate(deepstack_visual_embeds):
+                dense[:, :, k][visual_pos_masks.to(dense.device)] = feats.to(dense.device, dense.dtype)
         return lm_forward(*args, colq_deepstack=dense.transpose(1, 2).contiguous(), **kwargs)
 
     def layer_forward(orig, k):
@@ -81,11 +81,19 @@ class PixelRecorder:
         self.handle.remove()
 
 
-def vision_linears(model, group_size: int) -> tuple[list[str], list[str]]:
-    """(the vision blocks' Linear layers that groups of `group_size` divide, those they do not), sorted."""
+AUTO_GROUPS = (128, 64, 32)  # quant.vision_scheme=null: the text group, else the largest of these that divides
+
+
+def vision_groups(model, group_size: int, explicit: bool) -> dict[str, int | None]:
+    """Each vision-block Linear layer's group size, None where it stays 16-bit. `explicit` (quant.vision_scheme
+    set): `group_size` where it divides the layer's input width, else 16-bit; otherwise (null): the text scheme's
+    group where it divides, else the largest of AUTO_GROUPS that does (the fixture's 64-wide tower at 32), else
+    16-bit. Recorded per layer in the export's extra_config and the manifest."""
     from torch import nn
 
-    names = sorted((n, m.in_features) for n, m in model.named_modules()
-                   if isinstance(m, nn.Linear) and n.startswith(VISION_BLOCKS + "."))  # fmt: skip
-    fits = [n for n, width in names if group_size == -1 or width % group_size == 0]
-    return fits, [n for n, _ in names if n not in set(fits)]
+    out: dict[str, int | None] = {}
+    for name, m in sorted(model.named_modules()):
+        if isinstance(m, nn.Linear) and name.startswith(VISION_BLOCKS + "."):
+            options = (group_size,) if explicit or group_size == -1 else (group_size, *(g for g in AUTO_GROUPS if g < group_size))
+            out[name] = next((g for g in options if g == -1 or m.in_features % g == 0), None)
+    return out
