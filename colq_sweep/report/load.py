@@ -49,7 +49,8 @@ class Loaded:
 
 # runs logged before the index settings existed evaluated the uncompressed index: the same factor level as now
 # what runs logged before these settings existed had: the uncompressed index, text calibration, a 16-bit vision tower
-INDEX_DEFAULTS = {"index.pool_factor": "1", "index.dtype": "bf16", "calib.kind": "text", "quant.vision": "False"}
+INDEX_DEFAULTS = {"index.pool_factor": "1", "index.dtype": "bf16", "calib.kind": "text", "calib.queries_share": "0.0",
+                  "quant.vision": "False"}
 
 
 def _all_runs(client, experiment_ids: list[str], filter_string: str = "") -> list:
