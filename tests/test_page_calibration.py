@@ -67,6 +67,12 @@ def test_config_refusals_keys_and_labels(fixture_paths, fixture_outputs_dir, tmp
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "quant.vision=True" in lines[0] and "calib=pages" in lines[0], proc.stderr
+    # a seqlen with no room for a page after its prompt (23 tokens on the fixture) is refused before the launch
+    proc = subprocess.run([sys.executable, "-m", "colq_sweep", "experiment=demo", "calib=pages", "seqlen=16",
+                           f"outputs_dir={fixture_outputs_dir}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "seqlen=16" in lines[0] and "23-token prompt" in lines[0], proc.stderr
 
 
 def test_deepstack_carry_leaves_the_model_exact_and_replays_true_layer_inputs(fixture_paths):

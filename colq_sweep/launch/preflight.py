@@ -30,6 +30,8 @@ def preflight(point: SweepPoint, jobs_run_here: bool = True) -> None:
     check_pixels(point, jobs_run_here)
     q = point.quant
     calib = point.calib
+    if q.needs_calibration and calib.has_images:
+        check_page_room(point)
     if q.needs_calibration and calib.reads_text and calib.source == "jsonl" and not getattr(q, "allow_fewer_samples", False):
         check_calibration_count(point)
 
@@ -70,6 +72,31 @@ def _tokenizer_dir(point: SweepPoint) -> Path | None:
         return None
 
 
+def _tokenizer(tok_dir: Path):
+    from transformers import AutoTokenizer
+
+    quiet = logging.getLogger("transformers")
+    level, quiet.level = quiet.level, logging.ERROR  # its config-type notice is noise before a one-line error
+    try:
+        return AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=False)
+    finally:
+        quiet.setLevel(level)
+
+
+def check_page_room(point: SweepPoint) -> None:
+    """Page calibration caps a page at seqlen minus its prompt's tokens: a seqlen below that leaves no page."""
+    tok_dir = _tokenizer_dir(point)
+    if tok_dir is None:
+        return
+    from colq_sweep.model import IMAGE_PROMPT
+
+    prompt = len(_tokenizer(tok_dir)(IMAGE_PROMPT)["input_ids"]) - 1  # the image pad becomes the page's tokens
+    seqlen = point.quant.seqlen
+    if seqlen <= prompt:
+        raise ConfigError("seqlen", seqlen, f"page calibration fits a page into seqlen after its {prompt}-token prompt; "
+                          f"use seqlen > {prompt} (a page then has up to seqlen - {prompt} visual tokens)")  # fmt: skip
+
+
 def check_calibration_count(point: SweepPoint) -> None:
     """Count the usable samples of a local calibration file exactly as the quantize stage will select them."""
     from colq_sweep.fsio import file_sha256
@@ -83,17 +110,10 @@ def check_calibration_count(point: SweepPoint) -> None:
     key = (file_sha256(point.calib.path), str(tok_dir.resolve()), point.calib.text_field, q.seqlen, nsamples,
            point.seed)  # fmt: skip
     if key not in _CALIB_COUNTS:
-        from transformers import AutoTokenizer
-
         from colq_sweep.quantize import calibration
         from colq_sweep.quantize.errors import CalibrationError
 
-        quiet = logging.getLogger("transformers")
-        level, quiet.level = quiet.level, logging.ERROR  # its config-type notice is noise before a one-line error
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=False)
-        finally:
-            quiet.setLevel(level)
+        tokenizer = _tokenizer(tok_dir)
         try:
             texts = calibration.load_texts(point.calib)
         except CalibrationError as err:
