@@ -107,6 +107,15 @@ def test_deepstack_carry_leaves_the_model_exact_and_replays_true_layer_inputs(fi
     assert torch.equal(replayed, true_l1)
     assert not torch.equal(layers[0](*args, **{n: v for n, v in kwargs.items() if n != "colq_deepstack"}), true_l1)
     assert "forward" not in vars(layers[0])  # the carry is gone afterwards
+    # a sample without an image (a query, a text row) carries a broadcast zero: the same output, nothing to cache
+    q = proc.process_queries(["water cost and staff risk"])
+    with torch.no_grad():
+        ref = model(**q)
+        with carry_deepstack(model) as k:
+            h0 = layers[0].register_forward_pre_hook(lambda m, a, kw: seen.__setitem__("q", dict(kw)), with_kwargs=True)
+            out = model(**q)
+            h0.remove()
+    assert torch.equal(out, ref) and seen["q"]["colq_deepstack"].shape == (1, k, 1, 1)
 
 
 def test_page_builds_see_pixels_equal_the_api_and_quantize_the_vision_blocks(fixture_paths, tmp_path):

@@ -85,11 +85,8 @@ class PageSourceSpec:
 
     @property
     def identity(self) -> str:
-        """What the pages are, less their content pin (quantize/pages.py `pin_pages`); a local folder counts by its
-        content, not its path."""
-        if self.source == "hub":
-            return f"hub:{self.dataset}@{self.revision}:{self.split}:{self.data_files or '*'}:{self.image_field}:{self.query_field}"
-        return f"local:{self.image_field}:{self.query_field}"
+        """What the pages are (`key_dict`), less their content pin (quantize/pages.py `pin_pages`)."""
+        return ":".join(str(v) for v in self.key_dict().values())
 
     def key_dict(self) -> dict[str, Any]:
         """The fields that decide which pages are read: a Hub source's, or a local folder's field names (its content
@@ -291,6 +288,11 @@ class QuantSpec:
     def uses_seed(self) -> bool:
         """Whether the seed can change what this spec produces (calibration sampling, tuning)."""
         return self.enabled
+
+    @property
+    def needs_images(self) -> bool:
+        """Whether its calibration must hold images (a vision tower it calibrates)."""
+        return False
 
     def label(self, seed: int) -> str:
         return "original"

@@ -330,7 +330,7 @@ def validate(cfg: Any) -> SweepPoint:
     quant = _quant(d)
     model = _model(d["model"])
     calib = _calib(d["calib"], check=quant.needs_calibration)
-    if getattr(quant, "vision", False) and quant.needs_calibration and not calib.has_images:
+    if quant.needs_images and not calib.has_images:
         raise ConfigError("quant.vision", True, f"the vision tower can only be calibrated on images, and calib={calib.kind} "
                           "has none: use calib=pages or calib=mixed (or quant.vision=false)")  # fmt: skip
     return SweepPoint(model=model, quant=quant, calib=calib, eval=_eval(d["eval"], _index(d.get("index"))), **root)

@@ -88,9 +88,9 @@ def check_page_room(point: SweepPoint) -> None:
     tok_dir = _tokenizer_dir(point)
     if tok_dir is None:
         return
-    from colq_sweep.model import IMAGE_PROMPT
+    from colq_sweep.quantize.pages import prompt_tokens
 
-    prompt = len(_tokenizer(tok_dir)(IMAGE_PROMPT)["input_ids"]) - 1  # the image pad becomes the page's tokens
+    prompt = prompt_tokens(_tokenizer(tok_dir))
     seqlen = point.quant.seqlen
     if seqlen <= prompt:
         raise ConfigError("seqlen", seqlen, f"page calibration fits a page into seqlen after its {prompt}-token prompt; "

@@ -26,14 +26,8 @@ log = logging.getLogger(__name__)
 
 QUANT_BLOCKS = "vlm.model.language_model.layers"  # what is quantized: the Qwen3-VL text decoder blocks
 KEPT_MODULES = ["vlm.model.visual", "vlm.lm_head", "embedding_proj_layer"]  # Tomoro names, stay 16-bit
-# with quant.vision=true: the vision tower's patch embedding, position embedding and mergers stay 16-bit
-KEPT_MODULES_VISION = ["vlm.model.visual.patch_embed", "vlm.model.visual.pos_embed", "vlm.model.visual.merger",
-                       "vlm.model.visual.deepstack_merger_list", "vlm.lm_head", "embedding_proj_layer"]  # fmt: skip
-
-
-def kept_modules(vision: bool, vision_kept: list[str] = ()) -> list[str]:
-    """The modules an export keeps 16-bit, as its config's `modules_to_not_convert` names them."""
-    return list(KEPT_MODULES) if not vision else KEPT_MODULES_VISION + sorted(vision_kept)
+# with quant.vision=true: of the vision tower, its patch and position embeddings and mergers stay 16-bit
+KEPT_MODULES_VISION = [f"vlm.model.visual.{m}" for m in ("patch_embed", "pos_embed", "merger", "deepstack_merger_list")]
 PROCESSOR_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -67,6 +61,13 @@ def decoder_linears(model) -> list[str]:
     from torch import nn
 
     return sorted(n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith(QUANT_BLOCKS + "."))
+
+
+def kept_modules(vision: bool, vision_kept: list[str] = ()) -> list[str]:
+    """The modules an export keeps 16-bit, as its config's `modules_to_not_convert` names them."""
+    if not vision:
+        return list(KEPT_MODULES)
+    return KEPT_MODULES_VISION + sorted(vision_kept) + [m for m in KEPT_MODULES if m != "vlm.model.visual"]
 
 
 def find_export_dir(raw_dir: Path, result: Any) -> Path:

@@ -214,16 +214,21 @@ class PageCalibration:
         return atomic_write(path, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
 
 
-def page_budget(processor, seqlen: int, max_visual_tokens: int) -> tuple[int, int]:
-    """(visual tokens a calibration page may have, the page prompt's other tokens)."""
+def prompt_tokens(tokenizer) -> int:
+    """The page prompt's tokens besides the page's own (its one image pad becomes the page's visual tokens)."""
     from colq_sweep.model import IMAGE_PROMPT
 
-    prompt = len(processor.tokenizer(IMAGE_PROMPT)["input_ids"]) - 1  # the one image pad becomes the page's tokens
+    return len(tokenizer(IMAGE_PROMPT)["input_ids"]) - 1
+
+
+def page_budget(tokenizer, seqlen: int, max_visual_tokens: int) -> int:
+    """The visual tokens a calibration page may have."""
+    prompt = prompt_tokens(tokenizer)
     budget = min(max_visual_tokens, seqlen - prompt)
     if budget < 1:
         raise CalibrationError(f"seqlen={seqlen} leaves no room for a page: its prompt alone is {prompt} tokens; "
                                f"raise seqlen (page calibration caps a page at seqlen - {prompt} visual tokens)")  # fmt: skip
-    return budget, prompt
+    return budget
 
 
 def prepare(calib: CalibSpec, processor, *, seqlen: int, nsamples: int, seed: int, max_visual_tokens: int,
@@ -235,7 +240,7 @@ def prepare(calib: CalibSpec, processor, *, seqlen: int, nsamples: int, seed: in
     if n_pages < 1:
         raise CalibrationError(f"nsamples={nsamples} with calib.pages_share={calib.pages_share} leaves no page; raise either")
     rev = revision or pin(calib)
-    budget, _ = page_budget(processor, seqlen, max_visual_tokens)
+    budget = page_budget(processor.tokenizer, seqlen, max_visual_tokens)
     page_proc = ColQwen3Processor.build(copy.deepcopy(processor.image_processor), processor.tokenizer, budget)
     rows = _Rows(calib.pages)
     order = _permutation(len(rows), seed)
@@ -269,9 +274,9 @@ def prepare(calib: CalibSpec, processor, *, seqlen: int, nsamples: int, seed: in
                           nsamples_requested=nsamples, seqlen=seqlen, seed=seed, visual_budget=budget,
                           candidates_total=len(rows), pages_unreadable=unreadable, text=text_sel)  # fmt: skip
     out.record = [s.record() for s in samples]
+    s = out.summary()
     log.info("calibration: %d pages (<= %d visual tokens), %d queries, %d text rows from %s",
-             *(sum(s.kind == k for s in samples) for k in ("page",)), budget,
-             *(sum(s.kind == k for s in samples) for k in ("query", "text")), calib.identity)  # fmt: skip
+             s["pages"], budget, s["queries"], s["text_rows"], calib.identity)  # fmt: skip
     return out
 
 

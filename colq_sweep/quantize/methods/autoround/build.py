@@ -172,7 +172,8 @@ def _run(AutoRound, job: QuantJob, base_dir: Path, processor, calib, out: Path) 
                  sorted({g for g in groups.values() if g is not None}))  # fmt: skip
     log.info("quantizing %s (%s) on %s: %d Linear layers (%d of them in the vision tower)", job.checkpoint.name,
              job.label, job.device, len(expected), len(fits))  # fmt: skip
-    with PeakMemory(job.device) as mem, AutoRoundLogWatch() as watch, carry_deepstack(model) as deepstack:
+    carry = carry_deepstack(model) if pages else contextlib.nullcontext(0)  # text rows have no deepstack to carry
+    with PeakMemory(job.device) as mem, AutoRoundLogWatch() as watch, carry as deepstack:
         t0 = time.perf_counter()
         with env(AR_DISABLE_DATASET_SUBPROCESS="1", AR_WORK_SPACE=str(out / "_ar_work")):
             ar = AutoRound(model, tokenizer=processor.tokenizer, processor=processor,
@@ -184,18 +185,18 @@ def _run(AutoRound, job: QuantJob, base_dir: Path, processor, calib, out: Path) 
         quant_seconds = time.perf_counter() - t0
     recorder.remove()
     pixels.remove()
-    _check_calibrated_on(calib, recorder, pixels, watch)
+    passes = _check_calibrated_on(calib, recorder, pixels, watch)
     del model, ar
     seen = {"rows_seen_by_model": len(recorder.rows), "calibration_forward_calls": recorder.calls,
             "pixel_rows_seen_by_vision_tower": pixels.rows,
-            "calibration_passes": pixels.rows // calib.pixel_rows if pages and calib.pixel_rows else None, "deepstack_layers_carried": deepstack if pages else 0,
+            "calibration_passes": passes, "deepstack_layers_carried": deepstack,
             "vision_layer_groups": groups}  # fmt: skip
     return MethodRun(
         export_dir=find_export_dir(raw_dir, result),
         scratch=[raw_dir, out / "_ar_work"],
         expected_layers=expected,
         kept_modules=kept_modules(q.vision, kept),
-        layer_overrides={n: {"group_size": g} for n, g in groups.items() if g is not None and g != q.group_size},
+        layer_overrides={n: c for n, c in kwargs["layer_config"].items() if "group_size" in c},
         quant_seconds=quant_seconds,
         memory=mem,
         load_dtype=load_dtype,
@@ -205,15 +206,15 @@ def _run(AutoRound, job: QuantJob, base_dir: Path, processor, calib, out: Path) 
     )
 
 
-def _check_calibrated_on(calib, recorder: RowRecorder, pixels: PixelRecorder, watch: AutoRoundLogWatch) -> None:
+def _check_calibrated_on(calib, recorder: RowRecorder, pixels: PixelRecorder, watch: AutoRoundLogWatch) -> int | None:
     """The samples auto-round really calibrated on must be exactly our selection (none, without calibration), and
-    a page calibration's pixels must all have reached the vision tower, once."""
+    a page calibration's pixels must have reached the vision tower in whole passes; returns how many (pages)."""
     if watch.fatal():
         raise QuantizationError(f"auto-round skipped calibration data: {watch.fatal()[:3]}")
     if calib is None:
         if recorder.rows:
             raise QuantizationError(f"auto-round ran {recorder.calls} calibration forward passes without calibration data")
-        return
+        return None
     pages = isinstance(calib, PageCalibration)
     selected = calib.token_rows if pages else {tuple(ids) for ids in calib.selection.token_ids}
     if recorder.rows != selected:
@@ -227,3 +228,4 @@ def _check_calibrated_on(calib, recorder: RowRecorder, pixels: PixelRecorder, wa
     if pixels.rows != passes * expected_pixels or (pages and not passes):
         raise QuantizationError(f"the vision tower saw {pixels.rows} pixel rows in calibration, the selection has "
                                 f"{expected_pixels}: auto-round did not calibrate on the pages as selected")  # fmt: skip
+    return passes if pages else None

@@ -5,7 +5,7 @@
   decoder blocks one by one from cached inputs, so that addition would be lost from layer 1 on: the later layers
   would be tuned on hidden states the model never produces. `carry_deepstack` moves the addition into the layers
   for the duration of a build: the text model hands each layer a dense `colq_deepstack` tensor (batch, K, seq,
-  hidden; zero off the visual positions), which auto-round caches with the other per-sample block inputs, and layer k
+  hidden; zero off the visual positions; a broadcast zero for a sample without an image), which auto-round caches with the other per-sample block inputs, and layer k
   < K adds its slice to its output. The model's output is unchanged, bit for bit (x + 0 = x off the visual
   positions, the same sum on them: tests/test_page_calibration.py).
 - `PixelRecorder`: the pixel rows that reach the vision tower during calibration (the page counterpart of the
@@ -34,13 +34,14 @@ def carry_deepstack(model) -> Iterator[int]:
     lm_forward = lm.forward
 
     def text_forward(*args, deepstack_visual_embeds=None, visual_pos_masks=None, **kwargs):
-        # every sample carries the input, zeros without an image: auto-round caches a block input per sample and
-        # pairs them by position, so a text row or query without it would shift the pages' ones
+        # every sample carries the input: auto-round caches a block input per sample and pairs them by position, so
+        # a text row or query without it would shift the pages' ones; without an image it is a broadcast zero
         embeds = kwargs["inputs_embeds"]
+        if deepstack_visual_embeds is None or visual_pos_masks is None:
+            return lm_forward(*args, colq_deepstack=embeds.new_zeros((embeds.shape[0], k_layers, 1, 1)), **kwargs)
         dense = embeds.new_zeros((*embeds.shape[:2], k_layers, embeds.shape[-1]))
-        if deepstack_visual_embeds is not None and visual_pos_masks is not None:
-            for k, feats in enumerate(deepstack_visual_embeds):
-                dense[:, :, k][visual_pos_masks.to(dense.device)] = feats.to(dense.device, dense.dtype)
+        for k, feats in enumerate(deepstack_visual_embeds):
+            dense[:, :, k][visual_pos_masks.to(dense.device)] = feats.to(dense.device, dense.dtype)
         return lm_forward(*args, colq_deepstack=dense.transpose(1, 2).contiguous(), **kwargs)
 
     def layer_forward(orig, k):
@@ -65,16 +66,14 @@ def carry_deepstack(model) -> Iterator[int]:
 
 
 class PixelRecorder:
-    """The pixel rows (patches) that reach the vision tower, and in how many calls, while installed."""
+    """The pixel rows (patches) that reach the vision tower while installed."""
 
     def __init__(self, model):
         self.rows = 0
-        self.calls = 0
         self.handle = model.vlm.model.visual.register_forward_pre_hook(self._hook)
 
     def _hook(self, module, args):
         if args and hasattr(args[0], "shape"):
-            self.calls += 1
             self.rows += int(args[0].shape[0])
 
     def remove(self) -> None:

@@ -131,6 +131,10 @@ class AutoRoundSpec(QuantizedSpec):
     def uses_seed(self) -> bool:
         return self.needs_calibration or self.block == "signround"
 
+    @property
+    def needs_images(self) -> bool:  # type: ignore[override]
+        return self.vision and self.needs_calibration  # a calibrated vision tower (RTN reads no calibration)
+
     def relevant(self, name: str) -> bool:
         if name in ("seqlen", "nsamples", "batch_size", "allow_fewer_samples"):
             return self.needs_calibration
@@ -180,7 +184,7 @@ class AutoRoundSpec(QuantizedSpec):
         for k in ("lr", "minmax_lr"):
             positive_or_null(f"quant.{k}", getattr(self, k))
         self.check_vision()
-        for k in ("low_gpu_mem_usage", "enable_torch_compile", "allow_fewer_samples", "vision"):
+        for k in ("low_gpu_mem_usage", "enable_torch_compile", "allow_fewer_samples"):
             boolean(f"quant.{k}", getattr(self, k))
         for k in self.root_fields():
             pos_int(k, getattr(self, k))
