@@ -37,6 +37,11 @@ HOST, PID, PID_START = "colq.host", "colq.pid", "colq.pid_start"  # the process 
 # the Slurm job that owns a run made inside one (raw job id, its array form 12_3, the cluster): colq_sweep/launch/slurm.py
 SLURM_JOB_ID, SLURM_ARRAY_JOB, SLURM_CLUSTER = "colq.slurm_job_id", "colq.slurm_array_job", "colq.slurm_cluster"
 SWEEP_ID, SWEEP_DIR, OVERRIDES = "colq.sweep_id", "colq.sweep_dir", "colq.overrides"
+# a search's parent run (hydra/sweeper=colq-tolerance | colq-optuna) and its candidates' runs: search/
+SEARCH_KIND, SEARCH_ANSWER = "colq.search.kind", "colq.search.answer"  # tolerance | optuna; the answer in words
+SEARCH_CHOSEN, SEARCH_VERDICT = "colq.search.chosen", "colq.search.verdict"  # tolerance: true on the chosen run
+SEARCH_BEST, SEARCH_TRIALS = "colq.search.best", "colq.search.trials"  # optuna: best / Pareto member; its trial numbers
+NOTE = "mlflow.note.content"  # a run's description in the MLflow UI
 PARENT = "mlflow.parentRunId"
 GIT_COMMIT = "mlflow.source.git.commit"
 
@@ -45,6 +50,7 @@ RESULTS_DIR = "results"
 ENTRIES_CSV, PER_QUERY_CSV = "entries.csv", "per_query.csv"
 ENTRIES_ARTIFACT = f"{RESULTS_DIR}/{ENTRIES_CSV}"
 PER_QUERY_ARTIFACT = f"{RESULTS_DIR}/{PER_QUERY_CSV}"
+SEARCH_ARTIFACT = "search/search.json"  # a search's candidates or trials, their costs, losses, values, verdicts
 MTEB_ARTIFACTS = f"{RESULTS_DIR}/mteb"  # mteb's own result file of each task (<Task>.json, TaskResult as mteb wrote it)
 
 # one row per (task, subset) entry, and one row per query (the paired unit of the report's bootstrap)

@@ -93,6 +93,11 @@ def unknown_key(argv: list[str]) -> str | None:
 
 
 def _values(o) -> list[str]:
+    """The override's values as text; an interval (a search's range: search/space.py) by its lower end."""
+    from hydra.core.override_parser.types import IntervalSweep
+
+    if isinstance(o.value(), IntervalSweep):
+        return [str(o.value().start)]
     return [str(v) for v in o.sweep_string_iterator()] if o.is_sweep_override() else [str(o.value())]
 
 

@@ -44,7 +44,7 @@ PAGE_SOURCES = ("hub", "local")
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 BASE_TOP_LEVEL = {
     "model", "quant", "calib", "eval", "index", "seed", "name", "outputs_dir", "device", "force", "fail_point", "tracking_uri",
-    "system_metrics", "hydra",
+    "system_metrics", "search", "hydra",
 }  # fmt: skip
 
 

@@ -69,6 +69,34 @@ def significance(lo: float | None, hi: float | None) -> str:
     return "not significant"
 
 
+def point_interval(entries: list[dict], per_query: list[dict], base_entries: list[dict], base_per_query: list[dict],
+                   n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
+    """One configuration against its original, by the protocol above (entries both have, in report order; the
+    queries both have, sorted): the average NDCG@5's change and relative change (percent) with their percentile
+    intervals, `delta`, `delta_lo`, `delta_hi`, `pct`, `pct_lo`, `pct_hi`. The report's own intervals use the
+    entries common to every configuration of the model, so they match this when the configurations share entries."""
+    bench = {(e["task"], e["subset"]): str(e.get("benchmark", "")) for e in entries}
+    base_keys = {(e["task"], e["subset"]) for e in base_entries}
+    scores: dict[tuple, dict] = {}
+    for side, rows in ((0, per_query), (1, base_per_query)):
+        for r in rows:
+            scores.setdefault((r["task"], r["subset"]), ({}, {}))[side][str(r["query_id"])] = float(r["ndcg_at_5"])
+    values = []
+    for key in sorted(set(bench) & base_keys, key=lambda k: (bench[k], k[0], k[1])):
+        q, b = scores.get(key, ({}, {}))
+        ids = sorted(set(q) & set(b))
+        if ids:
+            values.append(np.array([[q[i] for i in ids], [b[i] for i in ids]]))
+    if not values:
+        raise ValueError("no entry with queries on both sides")
+    point = np.array([v.mean(axis=1) for v in values]).mean(axis=0)  # (2,): configuration, original
+    reps = bootstrap_entry_means(values, n_boot, seed).mean(axis=1)  # (B, 2)
+    delta, pct = reps[:, 0] - reps[:, 1], 100.0 * (reps[:, 0] - reps[:, 1]) / reps[:, 1]
+    (d_lo, p_lo), (d_hi, p_hi) = percentile_ci(np.stack([delta, pct], axis=1))
+    return {"delta": float(point[0] - point[1]), "delta_lo": float(d_lo), "delta_hi": float(d_hi),
+            "pct": float(100.0 * (point[0] - point[1]) / point[1]), "pct_lo": float(p_lo), "pct_hi": float(p_hi)}  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------------ design
 
 

@@ -64,6 +64,31 @@ def abort_sweep(config: DictConfig, reason: str) -> None:
         print(f"colq_sweep: the sweep's parent run could not be marked FAILED: {exc}", file=sys.stderr)
 
 
+def record_search(config: DictConfig, record: dict, answer: str, params: dict[str, str], child_tags: dict[str, dict[str, str]]) -> None:
+    """A search's outcome on its parent run (still open): the record as `search/search.json` (what the report
+    reads), the answer as the run's description and a tag, the searched space as params; and tags on the runs of
+    its candidates or trials (`child_tags`: run id -> tags, e.g. `colq.search.chosen`)."""
+    import tempfile
+
+    from colq_sweep.track.store import TrackingUnavailable, sweep_id_for
+
+    try:
+        tracker = _tracker(config)
+        parent = tracker.find_parent(sweep_id_for(str(config.hydra.sweep.dir)))
+        if parent is None:
+            return
+        tracker.log(parent, params=params, tags={R.SEARCH_KIND: record["kind"], R.SEARCH_ANSWER: answer[:4000],
+                                                 R.NOTE: answer})  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(R.SEARCH_ARTIFACT).name
+            path.write_text(json.dumps(record, indent=1, sort_keys=True, default=str))
+            tracker.log_artifact(parent, path, str(Path(R.SEARCH_ARTIFACT).parent))
+        for run_id, tags in child_tags.items():
+            tracker.log(run_id, tags=tags)
+    except TrackingUnavailable as exc:
+        print(f"colq_sweep: the search's outcome could not be logged to its parent run: {exc}", file=sys.stderr)
+
+
 def job_status(job_dir: Path, label: str, note: str | None = None) -> dict:
     """The status a job wrote; a job that wrote none crashed (`note`: what its launcher knows, e.g. its Slurm state)."""
     status_file = job_dir / STATUS_FILE

@@ -28,28 +28,39 @@ class ColqSweeper(BasicSweeper):
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.validate = validate
 
-    def _jobs(self, all_overrides: list[list[str]]) -> list[tuple[int, Path, str]]:
-        """Compose (and validate) every job's config; return (number, job directory, overrides) per job. The
-        validated points are kept in `self.points` for the checks that look at all of them at once."""
-        from colq_sweep.config import ConfigError, validate
+    def _compose(self, overrides: list[str], idx: int):
+        """Job `idx`'s config and its directory. Hydra re-composes each job from the primary config: the sweep
+        directory resolved once in sweep() is pinned."""
+        assert self.config is not None and self.hydra_context is not None
+        cfg = compose_job(self.hydra_context, self.config, overrides, idx, str(self.config.hydra.sweep.dir))
+        return cfg, Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+
+    def _check(self, cfg):
+        """The validated point of a composed job config (a ConfigError names the first bad field)."""
+        from colq_sweep.config import validate
         from colq_sweep.launch.preflight import preflight
 
-        assert self.config is not None and self.hydra_context is not None
+        point = validate(cfg)
+        preflight(point, jobs_run_here=self._jobs_run_here())
+        return point
+
+    def _jobs(self, all_overrides: list[list[str]], what: str = "job") -> list[tuple[int, Path, str]]:
+        """Compose (and validate) every job's config; return (number, job directory, overrides) per job. The
+        validated points are kept in `self.points` for the checks that look at all of them at once."""
+        from colq_sweep.config import ConfigError
+
         jobs = []
         self.points = []
         for idx, overrides in enumerate(all_overrides):
-            # Hydra re-composes each job from the primary config: pin the sweep directory resolved once in sweep()
-            cfg = compose_job(self.hydra_context, self.config, overrides, idx, str(self.config.hydra.sweep.dir))
+            cfg, job_dir = self._compose(overrides, idx)
             shown = " ".join(filter_overrides(overrides))
             if self.validate:
                 try:
-                    point = validate(cfg)
-                    preflight(point, jobs_run_here=self._jobs_run_here())
-                    self.points.append(point)
+                    self.points.append(self._check(cfg))
                 except ConfigError as err:
-                    print(f"colq_sweep: job #{idx} ({shown}): {err} [nothing was launched]", file=sys.stderr)
+                    print(f"colq_sweep: {what} #{idx} ({shown}): {err} [nothing was launched]", file=sys.stderr)
                     sys.exit(2)
-            jobs.append((idx, Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir), shown))
+            jobs.append((idx, job_dir, shown))
         return jobs
 
     def _note_same_points(self, jobs: list[tuple[int, Path, str]]) -> None:
@@ -104,43 +115,71 @@ class ColqSweeper(BasicSweeper):
                   "--artifacts-destination $HOME/mlartifacts --serve-artifacts --host 0.0.0.0 --port 5000`, and pass "
                   "tracking_uri=http://<that host>:5000", file=sys.stderr)  # fmt: skip
 
-    def sweep(self, arguments: list[str]) -> Any:
-        from colq_sweep.track.multirun import abort_sweep, close_sweep, open_sweep
-        from colq_sweep.track.store import TrackingUnavailable
-
-        assert self.config is not None and self.launcher is not None and self.hydra_context is not None
-        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        overrides = parser.parse_overrides(self._parse_config() + list(arguments))
-        self.overrides = self.split_arguments(overrides, self.max_batch_size)
-        # One literal sweep directory for every job, wherever it runs: `${colq_stamp:}` would re-evaluate in a
-        # job process (a Slurm node), scattering its outputs and losing its parent run.
+    def _pin_sweep_dir(self) -> Path:
+        """One literal sweep directory for every job, wherever it runs: `${colq_stamp:}` would re-evaluate in a
+        job process (a Slurm node), scattering its outputs and losing its parent run."""
+        assert self.config is not None
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
         with open_dict(self.config):
             self.config.hydra.sweep.dir = str(sweep_dir)
+        return sweep_dir
+
+    def _parsed(self, arguments: list[str]) -> list:
+        assert self.hydra_context is not None
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        return parser.parse_overrides(self._parse_config() + list(arguments))
+
+    def _open_parent(self, sweep_dir: Path, n_jobs: int) -> None:
+        """The sweep directory, its multirun.yaml and the MLflow parent run (exit 2 if the store is unreachable)."""
+        from colq_sweep.track.multirun import open_sweep
+        from colq_sweep.track.store import TrackingUnavailable
+
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        try:
+            open_sweep(self.config, n_jobs)
+        except TrackingUnavailable as exc:
+            print(f"colq_sweep: {exc} [nothing was launched]", file=sys.stderr)
+            sys.exit(2)
+
+    def _launch(self, batch: list[list[str]], initial_job_idx: int, notes: dict[int, str]) -> list:
+        """Launch one batch; a job that raised is noted (job number -> why) for the summary, not re-raised."""
+        assert self.launcher is not None
+        results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
+        for i, r in enumerate(results):
+            if r.status.name == "FAILED":
+                log.error("job failed: %s: %s", " ".join(r.overrides), r._return_value)
+                notes[initial_job_idx + i] = str(r._return_value)
+        return results
+
+    def _refuse_search_keys(self) -> None:
+        """`search.*` is read only by the search sweepers: a grid sweep given one says so instead of ignoring it."""
+        assert self.config is not None
+        given = [o for o in self.config.hydra.overrides.task if o.lstrip("+~").startswith("search.")]
+        if given:
+            print(f"colq_sweep: config error: {given[0]}: search.* is read only by a search; add "
+                  "hydra/sweeper=colq-tolerance (or drop it) [nothing was launched]", file=sys.stderr)  # fmt: skip
+            sys.exit(2)
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from colq_sweep.track.multirun import abort_sweep, close_sweep
+
+        sweep_dir = self._pin_sweep_dir()
+        self._refuse_search_keys()
+        self.overrides = self.split_arguments(self._parsed(arguments), self.max_batch_size)
         jobs = self._jobs([job for batch in self.overrides for job in batch])  # exits 2 before anything is written
         self._check_hub_inputs(list(arguments))
         self._note_same_points(jobs)
         self._warn_sqlite_on_cluster()
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        try:
-            open_sweep(self.config, len(jobs))
-        except TrackingUnavailable as exc:
-            print(f"colq_sweep: {exc} [nothing was launched]", file=sys.stderr)
-            sys.exit(2)
+        self._open_parent(sweep_dir, len(jobs))
         returns = []
         notes: dict[int, str] = {}  # job number -> why it failed, as its launcher saw it (e.g. its Slurm state)
         initial_job_idx = 0
         try:
             while not self.is_done():
                 batch = self.get_job_batch()
-                results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
-                for i, r in enumerate(results):  # a job that raised is reported by the summary, not re-raised here
-                    if r.status.name == "FAILED":
-                        log.error("job failed: %s: %s", " ".join(r.overrides), r._return_value)
-                        notes[initial_job_idx + i] = str(r._return_value)
+                returns.append(self._launch(batch, initial_job_idx, notes))
                 initial_job_idx += len(batch)
-                returns.append(results)
         except BaseException as exc:  # the launcher itself gave up (bad pool settings, Ctrl-C, ...)
             abort_sweep(self.config, f"{type(exc).__name__}: {exc}")
             raise

@@ -93,6 +93,11 @@ def vision_groups(model, group_size: int, explicit: bool) -> dict[str, int | Non
     out: dict[str, int | None] = {}
     for name, m in sorted(model.named_modules()):
         if isinstance(m, nn.Linear) and name.startswith(VISION_BLOCKS + "."):
-            options = (group_size,) if explicit or group_size == -1 else (group_size, *(g for g in AUTO_GROUPS if g < group_size))
-            out[name] = next((g for g in options if g == -1 or m.in_features % g == 0), None)
+            out[name] = vision_group(m.in_features, group_size, explicit)
     return out
+
+
+def vision_group(in_features: int, group_size: int, explicit: bool) -> int | None:
+    """The rule of `vision_groups` for one layer of input width `in_features` (search/cost.py predicts with it)."""
+    options = (group_size,) if explicit or group_size == -1 else (group_size, *(g for g in AUTO_GROUPS if g < group_size))
+    return next((g for g in options if g == -1 or in_features % g == 0), None)

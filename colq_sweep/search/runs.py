@@ -1,0 +1,59 @@
+"""What a search reads back from the MLflow store between its jobs: a finished point's interval against its
+original, and the original's index size (the vectors the index-cost prediction scales)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+
+from colq_sweep import contract as R
+
+log = logging.getLogger("colq_sweep")
+
+
+def tracker_for(config):
+    import os
+
+    from colq_sweep.track.store import Tracker, resolve_tracking_uri
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # downloads between jobs, no bars
+
+    return Tracker(resolve_tracking_uri(config.outputs_dir, config.get("tracking_uri")), str(config.name))
+
+
+def interval_of(tracker, run_id: str | None) -> dict | None:
+    """The point's change vs the original it was compared with (its `colq.baseline_run_id`), with 95 % intervals
+    (report/stats.py point_interval: 2000 replicates, seed 0, as the report's defaults); None if not computable."""
+    from colq_sweep.report.stats import point_interval
+
+    if not run_id:
+        return None
+    try:
+        run = tracker.client.get_run(run_id)
+        base_id = run.data.tags.get(R.BASELINE_REF)
+        if not base_id:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = [R.read_csv(tracker.download(rid, art, f"{tmp}/{i}"))
+                    for i, (rid, art) in enumerate([(run_id, R.ENTRIES_ARTIFACT), (run_id, R.PER_QUERY_ARTIFACT),
+                                                    (base_id, R.ENTRIES_ARTIFACT), (base_id, R.PER_QUERY_ARTIFACT)])]  # fmt: skip
+        return point_interval(*rows)
+    except Exception as exc:  # noqa: BLE001 - a missing artifact leaves the point estimate, said in the verdict
+        log.warning("no interval for run %s: %s", run_id, exc)
+        return None
+
+
+def original_vectors(tracker, point) -> float | None:
+    """The stored vectors over the evaluation of the point's original (pages x vectors per page of its finished
+    evaluation in the store), None when it has not been evaluated yet."""
+    from colq_sweep.config.specs import baseline_of
+    from colq_sweep.pipeline.plan import resolve
+
+    plan = resolve(baseline_of(point))
+    done = tracker.find(f"tags.`{R.RUN_KEY}` = '{plan.run_key}' and tags.`{R.ROLE}` = '{R.ROLE_BASELINE}'")
+    if not done:
+        return None
+    m = done[0].data.metrics
+    if "index_pages" not in m or "index_vectors_per_page" not in m:
+        return None
+    return float(m["index_pages"]) * float(m["index_vectors_per_page"])

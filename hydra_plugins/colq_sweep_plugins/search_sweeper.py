@@ -1,0 +1,298 @@
+"""The search sweepers: `hydra/sweeper=colq-tolerance` (colq_sweep/search/tolerance.py) and `hydra/sweeper=colq-optuna`
+(colq_sweep/search/study.py). Both keep what the grid sweeper guarantees: every candidate's config (for Optuna:
+every choice and both ends of every range) validated before the first job runs, the Hub inputs checked, one MLflow
+parent run with the jobs as children, the end-of-sweep summary and exit code (1 when a point failed), any launcher.
+Jobs are launched in batches through the configured launcher (local, gpu-pool, Slurm), each batch after the
+previous one's results are read: a search decides what to run next from what it has seen.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import filter_overrides
+
+from hydra_plugins.colq_sweep_plugins.sweeper import ColqSweeper
+
+
+def _refuse(err: Exception) -> None:
+    print(f"colq_sweep: {err} [nothing was launched]", file=sys.stderr)
+    sys.exit(2)
+
+
+class _SearchSweeper(ColqSweeper):
+    def _finish(self, jobs: list, notes: dict[int, str], record: dict, answer: str, table: str, params: dict,
+                child_tags: dict) -> None:  # fmt: skip
+        from colq_sweep.track.multirun import close_sweep, record_search
+
+        record_search(self.config, record, answer, params, child_tags)
+        failed = close_sweep(self.config, jobs, notes)  # prints the jobs' summary
+        print(f"\ncolq_sweep {record['kind']} search\n{table}\n{answer}", file=sys.stderr)
+        if failed:
+            sys.exit(1)
+
+
+class ToleranceSweeper(_SearchSweeper):
+    """The cheapest candidate within `search.max_loss_pct`: candidates in cost order, stop at the first that passes."""
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from colq_sweep.config import ConfigError
+        from colq_sweep.search.tolerance import SearchSpec
+
+        assert self.config is not None
+        sweep_dir = self._pin_sweep_dir()
+        from hydra.core.override_parser.types import IntervalSweep
+
+        try:
+            spec = SearchSpec.from_config(dict(self.config.get("search") or {}))
+            parsed = self._parsed(arguments)
+            for o in parsed:
+                if isinstance(o.value(), IntervalSweep):
+                    raise ConfigError(o.get_key_element(), str(o.input_line).split("=", 1)[-1],
+                                      "a tolerance search tries a list of candidates (a,b,c or choice(a,b,c)); for "
+                                      "ranges use hydra/sweeper=colq-optuna")  # fmt: skip
+            grid = [job for batch in self.split_arguments(parsed, None) for job in batch]
+        except ConfigError as err:
+            _refuse(err)
+        self.validate = True
+        self._jobs(grid, what="candidate")  # exits 2 before anything is written
+        self._check_hub_inputs(list(arguments))
+        first = self._originals_needed(grid)
+        self._open_parent(sweep_dir, len(grid) + len(first))
+        notes: dict[int, str] = {}
+        jobs = self._run_originals(first, notes)
+        cands, order = self._ordered(grid, spec, len(first))  # after the originals: their index sizes are known
+        jobs += self._run(grid, cands, order, spec, notes)
+        from colq_sweep import contract as R
+        from colq_sweep.search.tolerance import answer, as_record, decide, table
+
+        chosen = decide(cands, spec)
+        tags = {c.run_id: {R.SEARCH_VERDICT: c.verdict[:4000], R.SEARCH_CHOSEN: str(c is chosen).lower()}
+                for c in cands if c.run_id}  # fmt: skip
+        params = {"search.max_loss_pct": spec.max_loss_pct, "search.criterion": spec.criterion, "search.cost": spec.cost,
+                  "search.candidates": len(cands)}  # fmt: skip
+        self._finish(jobs, notes, as_record(cands, spec), answer(cands, spec), table(cands, spec), params, tags)
+
+    def _originals_needed(self, grid: list[list[str]]) -> list[list[str]]:
+        """The original of each model whose index size is not in the store, when the candidates differ in index
+        settings (the index costs scale the original's stored vectors): evaluated first."""
+        from colq_sweep.search.runs import original_vectors, tracker_for
+
+        if len({p.eval.index for p in self.points}) < 2:
+            return []
+        tracker = tracker_for(self.config)
+        first, seen = [], set()
+        for g, p in zip(grid, self.points, strict=False):
+            if p.model.name not in seen:
+                seen.add(p.model.name)
+                if original_vectors(tracker, p) is None:
+                    first.append(self._original_of(g))
+        return first
+
+    def _ordered(self, grid: list[list[str]], spec, offset: int):
+        """The candidates in cost order (job numbers from `offset`), and the grid index of each."""
+        from colq_sweep.search.cost import calibration_tokens, predict
+        from colq_sweep.search.runs import original_vectors, tracker_for
+        from colq_sweep.search.tolerance import Candidate
+
+        tracker = tracker_for(self.config)
+        vectors: dict[str, float | None] = {}
+        costs = []
+        for p in self.points:
+            if p.model.name not in vectors:
+                vectors[p.model.name] = original_vectors(tracker, p)
+            costs.append(predict(p.quant, _checkpoint_dir(p), p.eval.index, vectors[p.model.name],
+                                 calib_tokens=calibration_tokens(p)))  # fmt: skip
+        order = sorted(range(len(grid)), key=lambda i: (costs[i].sort_key(spec.cost), i))
+        shown = _distinguishing(grid)
+        cands = [Candidate(num=offset + pos, overrides=shown[i], model=self.points[i].model.name,
+                           label=self.points[i].label, cost=costs[i]) for pos, i in enumerate(order)]  # fmt: skip
+        return cands, order
+
+    def _original_of(self, overrides: list[str]) -> list[str]:
+        """A candidate's overrides less what quantizes or compresses: its model's original, uncompressed index."""
+        from colq_sweep.config import ConfigError
+
+        keep = [o for o in overrides if not o.lstrip("+~").startswith(("quant", "index."))] + ["quant=none"]
+        try:
+            self._check(self._compose(keep, 0)[0])
+        except ConfigError as err:
+            _refuse(f"the original (to measure the index size the costs need) does not compose from {' '.join(keep)}: "
+                    f"{err}; or use search.cost=quant_time")  # fmt: skip
+        return keep
+
+    def _run_originals(self, first: list[list[str]], notes: dict[int, str]) -> list[tuple[int, Path, str]]:
+        from colq_sweep.track.multirun import abort_sweep
+
+        if not first:
+            return []
+        try:
+            self._launch(first, 0, notes)
+        except BaseException as exc:
+            abort_sweep(self.config, f"{type(exc).__name__}: {exc}")
+            raise
+        return [(i, self._compose(o, i)[1], " ".join(filter_overrides(o))) for i, o in enumerate(first)]
+
+    def _run(self, grid, cands, order, spec, notes: dict[int, str]) -> list[tuple[int, Path, str]]:
+        """Launch the candidates in order, `max_batch_size` (default 1) at a time, until one passes; return the
+        launched jobs (number, directory, overrides)."""
+        from colq_sweep.search.runs import interval_of, tracker_for
+        from colq_sweep.track.multirun import abort_sweep, job_status
+
+        jobs: list[tuple[int, Path, str]] = []
+        step = self.max_batch_size or 1
+        try:
+            for at in range(0, len(cands), step):
+                batch = cands[at : at + step]
+                overrides = [grid[order[at + k]] for k in range(len(batch))]
+                self._launch(overrides, batch[0].num, notes)
+                tracker = tracker_for(self.config)
+                for c, o in zip(batch, overrides, strict=False):
+                    job_dir = self._compose(o, c.num)[1]
+                    jobs.append((c.num, job_dir, c.overrides))
+                    status = job_status(job_dir, c.label, notes.get(c.num))
+                    ok = status["status"] in ("FINISHED", "SKIPPED")
+                    c.record(status, interval_of(tracker, status.get("run_id")) if ok else None)
+                if any(c.passes(spec) for c in batch):
+                    break
+        except BaseException as exc:
+            abort_sweep(self.config, f"{type(exc).__name__}: {exc}")
+            raise
+        return jobs
+
+
+def _distinguishing(grid: list[list[str]]) -> list[str]:
+    """Each job's overrides less those every job shares (`quant.scheme=W8A16`, not the whole command line)."""
+    lists = [filter_overrides(g) for g in grid]
+    shared = set.intersection(*(set(x) for x in lists)) if len(lists) > 1 else set()
+    return [" ".join(o for o in x if o not in shared) or " ".join(x) for x in lists]
+
+
+def _checkpoint_dir(point) -> Path:
+    from colq_sweep.model import resolve_checkpoint_dir
+
+    return resolve_checkpoint_dir(point.model.source, point.model.revision)
+
+
+class OptunaSweeper(_SearchSweeper):
+    """Trials sampled by Optuna from choice()/interval()/range() overrides; the study stored beside the MLflow store."""
+
+    def __init__(self, n_trials: int = 20, n_jobs: int = 1, objectives: Any = ("ndcg5",), sampler: str = "auto",
+                 seed: int = 42, storage: str | None = None, study_name: str | None = None,
+                 params: dict[str, str] | None = None, validate: bool = True, max_batch_size: int | None = None):  # fmt: skip
+        super().__init__(max_batch_size=max_batch_size, params=params, validate=validate)
+        self.settings = dict(n_trials=n_trials, n_jobs=n_jobs, objectives=objectives, sampler=sampler, seed=seed,
+                             storage=storage, study_name=study_name)  # fmt: skip
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from colq_sweep.config import ConfigError
+        from colq_sweep.search.space import parse_space
+        from colq_sweep.search.study import StudySettings
+
+        assert self.config is not None
+        sweep_dir = self._pin_sweep_dir()
+        self._refuse_search_keys()
+        try:
+            settings = StudySettings.from_config(self.settings)
+            space = parse_space(self._parsed(arguments))
+        except ConfigError as err:
+            _refuse(err)
+        if not space.dims:
+            _refuse("config error: nothing to search: give at least one choice(...), a,b list, interval(a,b) or range(a,b)")
+        corners, full = space.corners()
+        self.validate = True
+        self._jobs(corners, what="search corner")  # every choice and both ends of every range; exits 2
+        self._check_hub_inputs(list(arguments))
+        if not full:
+            print(f"colq_sweep: note: {len(corners)} corner configurations checked one value at a time (the whole "
+                  "product is too large); a sampled combination the config refuses fails its trial without running", file=sys.stderr)  # fmt: skip
+        storage = settings.storage or f"sqlite:///{Path(str(self.config.outputs_dir)).resolve() / 'optuna.db'}"
+        name = settings.name_for(str(self.config.name), space.describe(), list(space.fixed))
+        self._open_parent(sweep_dir, settings.n_trials)
+        notes: dict[int, str] = {}
+        study, jobs = self._trials(settings, space, storage, name, notes)
+        from colq_sweep import contract as R
+        from colq_sweep.search.study import INTERRUPTED, RUN_ID, answer, as_record, table
+
+        record = as_record(study, settings, space.describe(), storage)
+        best_runs = {t["run_id"] for t in record["trials"] if t["best"] and t["run_id"]}
+        trials: dict[str, list[int]] = {}
+        for t in study.get_trials(deepcopy=False):
+            if t.user_attrs.get(RUN_ID) and not t.user_attrs.get(INTERRUPTED):
+                trials.setdefault(t.user_attrs[RUN_ID], []).append(t.number)
+        tags = {rid: {R.SEARCH_BEST: str(rid in best_runs).lower(), R.SEARCH_TRIALS: ",".join(map(str, nums))}
+                for rid, nums in trials.items()}  # fmt: skip
+        params = {"search.space": space.describe()[:6000], "search.study": name, "search.storage": storage,
+                  "search.objectives": ",".join(settings.objectives), "search.sampler": settings.sampler_name,
+                  "search.n_trials": settings.n_trials}  # fmt: skip
+        self._finish(jobs, notes, record, answer(record), table(record), params, tags)
+
+    def _trials(self, settings, space, storage: str, name: str, notes: dict[int, str]):
+        from optuna.trial import TrialState
+
+        from colq_sweep.config import ConfigError
+        from colq_sweep.search.study import (
+            ERROR,
+            LABEL,
+            OVERRIDES,
+            RUN_ID,
+            counted,
+            objective_values,
+            open_study,
+            recover_interrupted,
+        )
+        from colq_sweep.track.multirun import abort_sweep, job_status
+
+        study = open_study(settings, storage, name)
+        requeued = recover_interrupted(study)
+        if requeued:
+            print(f"colq_sweep: study {name}: trial(s) {', '.join(f'#{n}' for n in requeued)} were left running by an "
+                  "interrupted sweep: marked FAIL and queued again", file=sys.stderr)  # fmt: skip
+        done = counted(study)
+        if done:
+            print(f"colq_sweep: study {name} ({storage}): {done} trial(s) already done, "
+                  f"{max(settings.n_trials - done, 0)} to run", file=sys.stderr)  # fmt: skip
+        dists = {d.name: d.distribution() for d in space.dims}
+        jobs: list[tuple[int, Path, str]] = []
+        num = 0
+        try:
+            while counted(study) < settings.n_trials:
+                k = min(settings.n_jobs, settings.n_trials - counted(study))
+                batch = []
+                for _ in range(k):
+                    trial = study.ask(dists)
+                    overrides = space.overrides(trial.params)
+                    shown = " ".join(overrides[len(space.fixed):])
+                    trial.set_user_attr(OVERRIDES, shown)
+                    try:
+                        point = self._check(self._compose(overrides, num)[0])
+                    except ConfigError as err:
+                        trial.set_user_attr(ERROR, str(err)[:1000])
+                        study.tell(trial, state=TrialState.FAIL)
+                        print(f"colq_sweep: trial #{trial.number} ({shown}): {err}: not run (FAIL)", file=sys.stderr)
+                        continue
+                    trial.set_user_attr(LABEL, f"{point.model.name} {point.label}")
+                    batch.append((trial, overrides, num, shown))
+                    num += 1
+                if not batch:
+                    continue
+                self._launch([b[1] for b in batch], batch[0][2], notes)
+                for trial, overrides, n, shown in batch:
+                    job_dir = self._compose(overrides, n)[1]
+                    jobs.append((n, job_dir, f"trial #{trial.number}: {shown}"))
+                    status = job_status(job_dir, shown, notes.get(n))
+                    if status.get("run_id"):
+                        trial.set_user_attr(RUN_ID, status["run_id"])
+                    values = objective_values(status.get("metrics") or {}, settings.objectives) \
+                        if status["status"] in ("FINISHED", "SKIPPED") else None
+                    if values is None:
+                        trial.set_user_attr(ERROR, str(status.get("error") or "no objective values")[:1000])
+                        study.tell(trial, state=TrialState.FAIL)
+                    else:
+                        study.tell(trial, values)
+        except BaseException as exc:
+            abort_sweep(self.config, f"{type(exc).__name__}: {exc}")
+            raise
+        return study, jobs
