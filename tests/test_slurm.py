@@ -141,3 +141,18 @@ def test_a_cancelled_job_is_marked_killed_by_the_next_sweep_and_rerun(slurm_swee
     rerun = [r for r in by_role(outputs, "quantized", "FINISHED") if r.data.params.get("seqlen") == "64"]
     assert len(rerun) == 1 and rerun[0].data.tags["colq.slurm_job_id"] != job
     t.finish(no_job)
+
+
+def test_a_tolerance_search_runs_its_candidates_through_sbatch_one_round_at_a_time(slurm_sweep, fixture_paths, monkeypatch):
+    """The search's rounds through the Slurm launcher: each candidate an sbatch job, submitted after the previous
+    one's result was read (W4A16 RTN fails 1 %, W8A16 passes), the parent run closed with the answer."""
+    conf, outputs, first = slurm_sweep
+    monkeypatch.setenv("SLURM_CONF", conf)
+    assert first.returncode == 0
+    proc = sweep(conf, outputs, fixture_paths.root, "hydra/sweeper=colq-tolerance", "search.max_loss_pct=1",
+                 "quant.algorithms=[rtn]", "quant.scheme=W8A16,W4A16")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    search = proc.stderr[proc.stderr.index("colq_sweep tolerance search"):]
+    assert "Chosen: #1 tiny rtn w8g128 (quant.scheme=W8A16)" in search and "#0   quant.scheme=W4A16" in search
+    chosen = [r for r in by_role(outputs, "quantized") if r.data.tags.get("colq.search.chosen") == "true"]
+    assert [r.data.params["quant.scheme"] for r in chosen] == ["W8A16"] and chosen[0].data.tags.get("colq.slurm_job_id")

@@ -135,6 +135,9 @@ def cases(fx, tmp: Path) -> dict[str, tuple[list[str], list[str], str]]:
         "tracking_uri": ([f"tracking_uri=sqlite:///{tmp}/m.db"], ["tracking_uri=mlflow.db"], "tracking_uri"),
         "fail_point": (["fail_point=true"], ["fail_point=maybe"], "fail_point"),
         "system_metrics": (["system_metrics=false"], ["system_metrics=sometimes"], "system_metrics"),
+        "search.max_loss_pct": (["search.max_loss_pct=2.5"], ["search.max_loss_pct=-1"], "search.max_loss_pct"),
+        "search.criterion": (["search.criterion=interval"], ["search.criterion=ci"], "search.criterion"),
+        "search.cost": (["search.cost=quant_time"], ["search.cost=time"], "search.cost"),
         "model.name": (["model.name=tiny2"], ["model.name=a b"], "model.name"),
         "model.id": (hub_model, ["model.id=TomoroAI/tomoro-colqwen3-embed-4b"], "model.path"),
         "model.revision": (hub_model, hub_model[:2] + ["model.revision=main"], "model.revision"),
@@ -226,7 +229,8 @@ def test_the_readme_and_the_config_tree_agree(env):
     for group, options in groups.items():
         assert sorted(documented[group][0]) == options, f"options of {group}"
     root = OmegaConf.load(CONF / "config.yaml")
-    top = sorted(k for k in root if k not in ("defaults", "hydra"))
+    top = sorted(f"{k}.{sub}" if sub else k for k in root if k not in ("defaults", "hydra")  # a block: its keys
+                 for sub in (list(root[k]) if OmegaConf.is_dict(root[k]) else [None]))  # fmt: skip
     assert sorted(readme_top_keys()) == top, "README key table vs conf/config.yaml"
     for group in ("model", "quant", "calib", "eval", "encoder"):
         options, keys = documented[group]

@@ -327,6 +327,9 @@ def validate(cfg: Any) -> SweepPoint:
         if not isinstance(d.get(k), dict):
             raise ConfigError(k, d.get(k), f"missing config group; choose one with {k}=<option>")
     root = _root(d)
+    from colq_sweep.search.tolerance import SearchSpec
+
+    SearchSpec.from_config(d.get("search"))  # read by the tolerance search; checked for every job all the same
     quant = _quant(d)
     model = _model(d["model"])
     calib = _calib(d["calib"], check=quant.needs_calibration)

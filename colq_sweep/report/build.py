@@ -33,7 +33,8 @@ def build_report_from_points(points: list[PointResults], out_dir: str | Path, *,
                   budget=budget, pages=pages)[0]
 
 
-def _build(points, out_dir, *, title, n_boot, seed, plots, meta, notes, budget, pages) -> tuple[Path, Answer | None]:
+def _build(points, out_dir, *, title, n_boot, seed, plots, meta, notes, budget, pages,
+           searches=()) -> tuple[Path, Answer | None]:  # fmt: skip
     if n_boot < 1:
         raise ValueError("n_boot must be >= 1")
     out = Path(out_dir)
@@ -53,7 +54,7 @@ def _build(points, out_dir, *, title, n_boot, seed, plots, meta, notes, budget, 
     from colq_sweep.report.markdown import render_markdown
 
     md = render_markdown(analyses, points, figs, title=title, n_boot=n_boot, seed=seed, meta=meta, notes=notes,
-                         across=across, answer=ans)
+                         across=across, answer=ans, searches=searches)
     write_frames(out, across)
     return write_outputs(out, md, analyses, points), ans
 
@@ -92,7 +93,7 @@ def report_of(name, tracking_uri, outputs_dir, out_dir, log_to_mlflow, n_boot, s
     for n in loaded.notes:
         log.warning("report: %s", n)
     path, ans = _build(loaded.points, out, title=name, n_boot=n_boot, seed=seed, plots=plots, meta=meta,
-                       notes=loaded.notes, budget=budget, pages=pages)
+                       notes=loaded.notes, budget=budget, pages=pages, searches=loaded.searches)
     if mteb_export:
         from colq_sweep.report.mteb_export import export
 

@@ -45,6 +45,7 @@ class Loaded:
     points: list[PointResults]
     parent_run_id: str | None
     notes: list[str] = field(default_factory=list)
+    searches: list[dict] = field(default_factory=list)  # report/search.py: the newest record of each search
 
 
 # runs logged before the index settings existed evaluated the uncompressed index: the same factor level as now
@@ -174,10 +175,13 @@ def load_experiment(name: str, tracking_uri: str) -> Loaded:
     unfinished = [r for r in point_runs if r.info.status != FINISHED]
     with tempfile.TemporaryDirectory(prefix="colq-report-") as tmp, quiet_downloads():
         points = [_point(client, r, Path(tmp), notes) for r in chosen + unfinished]
+        from colq_sweep.report.search import load_searches
+
+        searches = load_searches(client, runs, Path(tmp))
     for p in points:
         p.model = group_of.get(p.run_id, p.model)
     points.sort(key=lambda p: (p.model, p.role != "baseline", p.start_time or 0))
-    return Loaded(points=points, parent_run_id=parent, notes=notes)
+    return Loaded(points=points, parent_run_id=parent, notes=notes, searches=searches)
 
 
 def _latest_quantized(point_runs: list, notes: list[str]) -> list:

@@ -204,7 +204,7 @@ def section_failed(points: list[PointResults]) -> list[str]:
 
 def render_markdown(analyses: list[ModelAnalysis], points: list[PointResults], plots: dict | None, *, title: str,
                     n_boot: int, seed: int, meta: dict[str, Any] | None = None, notes: list[str] | None = None,
-                    across=None, answer=None) -> str:
+                    across=None, answer=None, searches=()) -> str:
     meta = meta or {}
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"# Quantization report: {title}", ""]
@@ -216,6 +216,9 @@ def render_markdown(analyses: list[ModelAnalysis], points: list[PointResults], p
     lines += section_executive(analyses)
     if across is not None:
         lines += section_across(across, answer, (plots or {}).get("frontier"))
+    from colq_sweep.report.search import section_searches
+
+    lines += section_searches(list(searches))
     lines += section_method(analyses, n_boot, seed)
     if notes:
         lines += ["## Data notes", ""] + [f"- {n}" for n in notes] + [""]

@@ -116,3 +116,12 @@ def calibration_tokens(point) -> float:
     if not getattr(q, "needs_calibration", False):
         return 0.0
     return float(q.nsamples * q.seqlen)
+
+
+def built_bytes(metrics: dict[str, float]) -> float | None:
+    """A finished point's checkpoint on disk, from its metrics: the quantized export's, or the original's (a
+    baseline run logs `total_bytes`, a quantized one `quant_total_bytes` beside its base's)."""
+    for k in ("quant_total_bytes", "total_bytes", "base_total_bytes"):
+        if metrics.get(k) is not None:
+            return float(metrics[k])
+    return None

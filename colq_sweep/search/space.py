@@ -92,6 +92,16 @@ class Space:
     def describe(self) -> str:
         return "; ".join(d.describe() for d in self.dims)
 
+    @property
+    def size(self) -> int | None:
+        """How many configurations the space has; None when a dimension is continuous."""
+        n = 1
+        for d in self.dims:
+            if d.kind == "float":
+                return None
+            n *= len(d.values) if d.kind == "choice" else (int(d.high) - int(d.low)) // (d.step or 1) + 1
+        return n
+
 
 def parse_space(overrides: list) -> Space:
     """Hydra's parsed overrides (`OverridesParser.parse_overrides`) as a search space; a ConfigError names the first

@@ -12,6 +12,9 @@ one sweep point, the objectives read from what its job reported.
 - A point that failed is a FAIL trial with its error (`colq_error`), never a zero; a trial whose sampled
   combination the config refuses (a value inside a range can break a rule its ends pass, e.g. nsamples not a
   multiple of batch_size) is a FAIL trial that launched nothing.
+- A sampled configuration that an earlier trial finished is not run again: the trial is told that trial's values
+  (`colq_same_as`), so the sampler learns, and does not count. A finite space (choices, integer ranges) ends the
+  search once every configuration has finished, with fewer trials than n_trials if it has fewer configurations.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from colq_sweep.config.checks import ConfigError, pos_int
 OBJECTIVES = {"ndcg5": "maximize", "bytes": "minimize"}
 SAMPLERS = ("auto", "tpe", "nsga2", "random")
 INTERRUPTED, ERROR, OVERRIDES, RUN_ID, LABEL = "colq_interrupted", "colq_error", "colq_overrides", "colq_run_id", "colq_label"
+SAME_AS = "colq_same_as"  # a sampled configuration already finished: told that trial's values, not run, not counted
+MAX_REPEATS = 100  # samples in a row that only repeat finished configurations: the sampler has nothing new to try
 
 
 @dataclass(frozen=True)
@@ -102,8 +107,23 @@ def counted(study) -> int:
     """Trials that count towards n_trials: finished ones and real failures (not the interrupted)."""
     from optuna.trial import TrialState
 
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.state == TrialState.COMPLETE or t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED))  # fmt: skip
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get(SAME_AS) is None and (
+               t.state == TrialState.COMPLETE or t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED)))  # fmt: skip
+
+
+def finished_configs(study) -> dict[tuple, tuple[int, list[float]]]:
+    """Each finished configuration (its sorted parameters) -> (the first trial that ran it, its values)."""
+    from optuna.trial import TrialState
+
+    out: dict[tuple, tuple[int, list[float]]] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.user_attrs.get(SAME_AS) is None:
+            out.setdefault(config_key(t.params), (t.number, list(t.values)))
+    return out
+
+
+def config_key(params: dict) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in params.items()))
 
 
 def objective_values(metrics: dict[str, float], objectives: tuple[str, ...]) -> list[float] | None:
@@ -113,7 +133,9 @@ def objective_values(metrics: dict[str, float], objectives: tuple[str, ...]) -> 
         if o == "ndcg5":
             v = metrics.get("avg_ndcg_at_5_all")
         else:
-            weights = metrics.get("quant_total_bytes", metrics.get("base_total_bytes"))
+            from colq_sweep.search.cost import built_bytes
+
+            weights = built_bytes(metrics)
             v = None if weights is None else float(weights) + float(metrics.get("index_total_bytes", 0.0))
         if v is None or not math.isfinite(float(v)):
             return None
@@ -122,11 +144,13 @@ def objective_values(metrics: dict[str, float], objectives: tuple[str, ...]) -> 
 
 
 def best_numbers(study) -> list[int]:
-    """The best trial (one objective) or the Pareto set (two), by trial number; [] before any trial finished."""
+    """The best trial (one objective) or the Pareto set (two), by trial number, each configuration once (the trial
+    that ran it, not its repeats); [] before any trial finished."""
     try:
-        return sorted(t.number for t in study.best_trials)
+        best = study.best_trials
     except ValueError:
         return []
+    return sorted({t.user_attrs.get(SAME_AS, t.number) for t in best})
 
 
 def format_value(objective: str, v: float) -> str:
@@ -140,7 +164,7 @@ def as_record(study, settings: StudySettings, space_text: str, storage: str) -> 
     best = set(best_numbers(study))
     trials = []
     for t in study.get_trials(deepcopy=False):
-        if t.state not in (TrialState.COMPLETE, TrialState.FAIL):
+        if t.state not in (TrialState.COMPLETE, TrialState.FAIL) or t.user_attrs.get(SAME_AS) is not None:
             continue
         trials.append({"number": t.number, "state": t.state.name, "params": dict(t.params),
                        "values": list(t.values) if t.values else None, "best": t.number in best,

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from colq_sweep.config.checks import ConfigError, choice
-from colq_sweep.search.cost import COSTS, Cost
+from colq_sweep.search.cost import COSTS, Cost, built_bytes
 
 CRITERIA = ("point", "interval")
 OK = ("FINISHED", "SKIPPED")  # a SKIPPED point was found finished in the store: its numbers are real
@@ -74,11 +74,17 @@ class Candidate:
         if self.done and "delta_pct_ndcg_at_5_all" in m:
             self.loss_pct = -float(m["delta_pct_ndcg_at_5_all"])
             self.loss_hi_pct = -interval["pct_lo"] if interval else None
-            weights = m.get("quant_total_bytes", m.get("base_total_bytes"))
+            weights = built_bytes(m)
             if weights is not None:  # as predicted: with the index when the prediction had it
                 index = float(m.get("index_total_bytes", 0.0)) if self.cost.index_bytes is not None else 0.0
                 self.measured_bytes = float(weights) + index
-        elif self.done:  # a run that has no comparison (an original among the candidates): no loss to test
+        elif self.done and self.label == "original":  # the original itself among the candidates: no loss by definition
+            self.loss_pct = self.loss_hi_pct = 0.0
+            weights = built_bytes(m)
+            if weights is not None:
+                index = float(m.get("index_total_bytes", 0.0)) if self.cost.index_bytes is not None else 0.0
+                self.measured_bytes = float(weights) + index
+        elif self.done:  # a run that has no comparison: no loss to test
             self.status, self.error = "FAILED", "no change vs the original was logged"
 
     def passes(self, spec: SearchSpec) -> bool:

@@ -57,8 +57,9 @@ class ToleranceSweeper(_SearchSweeper):
         except ConfigError as err:
             _refuse(err)
         self.validate = True
-        self._jobs(grid, what="candidate")  # exits 2 before anything is written
+        self._note_same_points(self._jobs(grid, what="candidate"))  # exits 2 before anything is written
         self._check_hub_inputs(list(arguments))
+        self._warn_sqlite_on_cluster()
         first = self._originals_needed(grid)
         self._open_parent(sweep_dir, len(grid) + len(first))
         notes: dict[int, str] = {}
@@ -205,6 +206,7 @@ class OptunaSweeper(_SearchSweeper):
         self.validate = True
         self._jobs(corners, what="search corner")  # every choice and both ends of every range; exits 2
         self._check_hub_inputs(list(arguments))
+        self._warn_sqlite_on_cluster()
         if not full:
             print(f"colq_sweep: note: {len(corners)} corner configurations checked one value at a time (the whole "
                   "product is too large); a sampled combination the config refuses fails its trial without running", file=sys.stderr)  # fmt: skip
@@ -217,6 +219,7 @@ class OptunaSweeper(_SearchSweeper):
         from colq_sweep.search.study import INTERRUPTED, RUN_ID, answer, as_record, table
 
         record = as_record(study, settings, space.describe(), storage)
+        record["answer"] = answer(record)
         best_runs = {t["run_id"] for t in record["trials"] if t["best"] and t["run_id"]}
         trials: dict[str, list[int]] = {}
         for t in study.get_trials(deepcopy=False):
@@ -227,7 +230,7 @@ class OptunaSweeper(_SearchSweeper):
         params = {"search.space": space.describe()[:6000], "search.study": name, "search.storage": storage,
                   "search.objectives": ",".join(settings.objectives), "search.sampler": settings.sampler_name,
                   "search.n_trials": settings.n_trials}  # fmt: skip
-        self._finish(jobs, notes, record, answer(record), table(record), params, tags)
+        self._finish(jobs, notes, record, record["answer"], table(record), params, tags)
 
     def _trials(self, settings, space, storage: str, name: str, notes: dict[int, str]):
         from optuna.trial import TrialState
@@ -236,9 +239,13 @@ class OptunaSweeper(_SearchSweeper):
         from colq_sweep.search.study import (
             ERROR,
             LABEL,
+            MAX_REPEATS,
             OVERRIDES,
             RUN_ID,
+            SAME_AS,
+            config_key,
             counted,
+            finished_configs,
             objective_values,
             open_study,
             recover_interrupted,
@@ -257,12 +264,35 @@ class OptunaSweeper(_SearchSweeper):
         dists = {d.name: d.distribution() for d in space.dims}
         jobs: list[tuple[int, Path, str]] = []
         num = 0
+        repeats = 0
         try:
             while counted(study) < settings.n_trials:
+                finished = finished_configs(study)
+                if space.size is not None and len(finished) >= space.size:
+                    print(f"colq_sweep: study {name}: all {space.size} configuration(s) of the space have finished "
+                          f"({counted(study)} trial(s) counted, n_trials={settings.n_trials})", file=sys.stderr)  # fmt: skip
+                    break
+                if repeats >= MAX_REPEATS:
+                    print(f"colq_sweep: study {name}: the sampler repeated finished configurations {MAX_REPEATS} times "
+                          "in a row: stopping", file=sys.stderr)  # fmt: skip
+                    break
                 k = min(settings.n_jobs, settings.n_trials - counted(study))
-                batch = []
+                batch, twins, in_batch = [], [], {}
                 for _ in range(k):
                     trial = study.ask(dists)
+                    key = config_key(trial.params)
+                    same = finished.get(key)
+                    if same is not None:  # told the earlier values: the sampler learns, nothing runs, not counted
+                        trial.set_user_attr(SAME_AS, same[0])
+                        study.tell(trial, same[1])
+                        repeats += 1
+                        continue
+                    if key in in_batch:  # sampled twice in one batch: told the first one's outcome after it
+                        trial.set_user_attr(SAME_AS, in_batch[key].number)
+                        twins.append((trial, in_batch[key]))
+                        continue
+                    repeats = 0
+                    in_batch[key] = trial
                     overrides = space.overrides(trial.params)
                     shown = " ".join(overrides[len(space.fixed):])
                     trial.set_user_attr(OVERRIDES, shown)
@@ -277,6 +307,8 @@ class OptunaSweeper(_SearchSweeper):
                     batch.append((trial, overrides, num, shown))
                     num += 1
                 if not batch:
+                    for twin, _ in twins:
+                        study.tell(twin, state=TrialState.FAIL)
                     continue
                 self._launch([b[1] for b in batch], batch[0][2], notes)
                 for trial, overrides, n, shown in batch:
@@ -292,6 +324,9 @@ class OptunaSweeper(_SearchSweeper):
                         study.tell(trial, state=TrialState.FAIL)
                     else:
                         study.tell(trial, values)
+                for twin, first in twins:
+                    told = study.get_trials(deepcopy=False)[first.number]
+                    study.tell(twin, told.values) if told.values else study.tell(twin, state=TrialState.FAIL)
         except BaseException as exc:
             abort_sweep(self.config, f"{type(exc).__name__}: {exc}")
             raise
