@@ -73,8 +73,8 @@ slurm-up: ## as root: install slurm-wlm + munge if missing, start a one-node Slu
 slurm-down: ## stop the one-node Slurm cluster of slurm-up
 	scripts/slurm-down.sh
 
-ui: $(STAMP) ## serve the MLflow UI for the embedded store on http://127.0.0.1:$(PORT)
-	$(PY) -m mlflow ui --backend-store-uri sqlite:///$(abspath $(OUT))/mlflow.db --host 127.0.0.1 --port $(PORT)
+ui: $(STAMP) ## serve the MLflow UI for the embedded store on http://127.0.0.1:$(PORT), printing each experiment's runs address
+	$(PY) -m colq_sweep.track.ui --outputs-dir $(OUT) --host 127.0.0.1 --port $(PORT)
 
 lint: $(STAMP) ## ruff check
 	$(PY) -m ruff check colq_sweep hydra_plugins tests

@@ -23,9 +23,14 @@ def check_overrides_or_exit(argv: list[str] | None = None):
     written and its tracking server answers. Returns the reading of the command line (config/overrides.py)."""
     from colq_sweep.config.overrides import read_command_line
 
-    line = read_command_line(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    line = read_command_line(argv)
     if line.error:
         refuse(line.error)
+    given = [a for a in argv if a.lstrip("+~").startswith("search.")]
+    if given and not {"-m", "--multirun"} & set(argv):  # a multirun's sweeper decides (only a search reads it)
+        refuse(f"colq_sweep: config error: {given[0]}: search.* is read only by a tolerance search: "
+               "python -m colq_sweep -m hydra/sweeper=colq-tolerance <candidates> (or drop it)")  # fmt: skip
     for outputs_dir, tracking_uri in line.results:
         check_results_or_exit(outputs_dir, tracking_uri)
     return line

@@ -62,6 +62,8 @@ def test_a_large_space_is_checked_one_value_at_a_time():
     ("a=range(5,5)", "the range is empty"),
     ("a=range(0.5,2)", "range(start, stop[, step]) of integers"),
     ("a=choice(1,1)", "listed twice"),
+    ("a=choice(true,1)", "compare equal"),
+    ("a=tag(log,range(1,9))", "applies to interval"),
 ])  # fmt: skip
 def test_a_space_that_cannot_be_searched_is_one_line(override, words):
     with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
@@ -76,9 +78,18 @@ def test_a_space_that_cannot_be_searched_is_one_line(override, words):
 def test_the_cost_orders_schemes_groups_vision_and_index(fixture_paths):
     from colq_sweep.config.specs import IndexSpec, QuantSpec
     from colq_sweep.quantize.methods.autoround.spec import AutoRoundSpec
-    from colq_sweep.search.cost import predict
+    from colq_sweep.search.cost import checkpoint_shapes
+    from tests.helpers import make_point
 
-    ckpt = fixture_paths.root / "tiny-colqwen3"
+    headers, dim = checkpoint_shapes(make_point(fixture_paths, fixture_paths.root.parent))
+    assert dim == 32 and headers["vlm.model.language_model.layers.0.mlp.down_proj.weight"]["shape"] == [128, 256]
+
+    def predict(quant, ckpt, index, vectors, calib_tokens=0.0):
+        from colq_sweep.search.cost import predict as real
+
+        return real(quant, headers, index, vectors, dim, calib_tokens=calib_tokens)
+
+    ckpt = None
 
     def q(scheme: str = "W4A16", **kw):
         return AutoRoundSpec.from_config({"scheme": scheme, "format": "auto", **kw}, {"seqlen": 64, "nsamples": 8,
@@ -177,35 +188,78 @@ def test_the_study_resumes_interrupted_trials_and_counts_only_real_ones(tmp_path
     from optuna.trial import TrialState
 
     from colq_sweep.search.study import (
+        ERROR,
+        OWNER,
         SAME_AS,
         StudySettings,
         best_numbers,
         counted,
-        finished_configs,
         open_study,
+        owner,
         recover_interrupted,
+        tried_configs,
     )
 
     settings = StudySettings.from_config({"objectives": ["ndcg5", "bytes"], "n_trials": 4})
     assert settings.sampler_name == "nsga2"
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    study = open_study(settings, url, "s")
-    dists = {d.name: d.distribution() for d in space("g=choice(32,128)").dims}
+    url, text = f"sqlite:///{tmp_path / 'optuna.db'}", "g in {32, 64, 128}"
+    study = open_study(settings, url, "s", text)
+    dists = {d.name: d.distribution() for d in space("g=choice(32,64,128)").dims}
     a = study.ask(dists)
     study.tell(a, [0.8, 100.0])
-    b = study.ask(dists)
+    b = study.enqueue_trial({"g": 64 if a.params["g"] != 64 else 128}) or study.ask(dists)
+    b.set_user_attr(OWNER, {"host": "elsewhere", "pid": 1, "start": "0"})  # failed in an earlier sweep
+    b.set_user_attr(ERROR, "boom")
     study.tell(b, state=TrialState.FAIL)
     c = study.ask(dists)  # left RUNNING: the sweep was killed here
-    again = open_study(settings, url, "s")
+    mine = study.ask(dists)  # RUNNING and owned by a live process on this host (another sweep of the study)
+    mine.set_user_attr(OWNER, owner())
+    again = open_study(settings, url, "s", text)
     assert recover_interrupted(again) == [c.number] and counted(again) == 2  # the interrupted one does not count
     queued = again.ask(dists)
     assert queued.params == c.params  # its parameters run first
     again.tell(queued, [0.7, 50.0])
-    same = again.ask({"g": dists["g"]})
-    same.set_user_attr(SAME_AS, 0)
+    tried = config(tried_configs(again))
+    assert b.params["g"] != a.params["g"] and {a.params["g"], queued.params["g"]} <= tried
+    assert (b.params["g"] in tried) == (b.params["g"] == queued.params["g"])  # failed in an earlier sweep: retried
+    same = again.ask(dists)
+    same.set_user_attr(SAME_AS, a.number)
     again.tell(same, [0.8, 100.0])
-    assert counted(again) == 3 and len(finished_configs(again)) == (2 if queued.params != a.params else 1)
-    assert set(best_numbers(again)) <= {a.number, queued.number} and same.number not in best_numbers(again)
+    assert counted(again) == 3  # the repeat is not counted
+    assert set(best_numbers(again)) <= {a.number, queued.number} and best_numbers(again)  # repeats map to their first
+
+
+def test_a_resumed_sampler_does_not_replay_its_samples():
+    import optuna
+    from optuna.distributions import IntDistribution
+
+    from colq_sweep.search.study import StudySettings
+
+    def first(offset: int) -> list[int]:
+        study = optuna.create_study(sampler=StudySettings.from_config({"sampler": "random"}).make_sampler(offset))
+        return [study.ask({"x": IntDistribution(0, 10**6)}).params["x"] for _ in range(3)]
+
+    assert first(0) == first(0) and first(3) != first(0)
+
+
+def config(tried: dict) -> set:
+    return {int(dict(k)["g"]) for k in tried}
+
+
+def test_a_study_made_for_something_else_or_an_unusable_storage_is_one_line(tmp_path):
+    from colq_sweep.search.study import StudySettings, open_study
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    one = StudySettings.from_config({"objectives": ["ndcg5"]})
+    open_study(one, url, "s", "g in {32, 128}")
+    with pytest.raises(ConfigError, match="was made for 1 objective"):
+        open_study(StudySettings.from_config({"objectives": ["ndcg5", "bytes"]}), url, "s", "g in {32, 128}")
+    with pytest.raises(ConfigError, match="searches another space"):
+        open_study(one, url, "s", "g in {32, 64}")
+    for bad in ("foo://nowhere", "sqlite:////proc/colq/optuna.db"):
+        with pytest.raises(ConfigError) as err:
+            open_study(one, bad, "s", "g in {32, 128}")
+        assert err.value.field == "hydra.sweeper.storage" and "cannot be opened" in str(err.value)
 
 
 @pytest.mark.parametrize("bad, field", [({"n_trials": 0}, "hydra.sweeper.n_trials"), ({"objectives": ["speed"]}, "hydra.sweeper.objectives"),
@@ -243,8 +297,14 @@ def cli(outputs: Path, fixtures: Path, *args: str) -> subprocess.CompletedProces
      "colq_sweep: config error: search.max_loss_pct=-1: the tolerated loss in percent of the original's avg NDCG@5: "
      "a number from 0 (no loss) to below 100, e.g. search.max_loss_pct=1 [nothing was launched]"),
     (["search.max_loss_pct=3", "quant.scheme=W2A16,W4A16"],
-     "colq_sweep: config error: search.max_loss_pct=3: search.* is read only by a search; add hydra/sweeper=colq-tolerance "
-     "(or drop it) [nothing was launched]"),
+     "colq_sweep: config error: search.max_loss_pct=3: search.* is read only by a tolerance search; add "
+     "hydra/sweeper=colq-tolerance (or drop it) [nothing was launched]"),
+    (["hydra/sweeper=colq-tolerance", "search.max_loss_pct=1,3", "quant.scheme=W2A16,W4A16"],
+     "colq_sweep: config error: search.max_loss_pct='1,3': a search setting takes one value: run one search per tolerance "
+     "[nothing was launched]"),
+    (["hydra/sweeper=colq-optuna", "hydra.sweeper.storage=foo://nowhere", "quant.scheme=choice(W2A16,W4A16)"],
+     "colq_sweep: config error: hydra.sweeper.storage='foo://nowhere': the Optuna storage cannot be opened: "
+     "NoSuchModuleError: Can't load plugin: sqlalchemy.dialects:foo [nothing was launched]"),
     (["hydra/sweeper=colq-tolerance", "iters=interval(1,10)"],
      "colq_sweep: config error: iters='interval(1,10)': a tolerance search tries a list of candidates (a,b,c or "
      "choice(a,b,c)); for ranges use hydra/sweeper=colq-optuna [nothing was launched]"),

@@ -121,6 +121,7 @@ def cases(fx, tmp: Path) -> dict[str, tuple[list[str], list[str], str]]:
     hub_model = ["model.path=null", "model.id=TomoroAI/tomoro-colqwen3-embed-4b", f"model.revision={SHA}"]
     hub_calib = ["calib=pile10k"]
     w8 = ["quant.scheme=W8A16", "quant.bits=8", "quant.format=auto_round"]  # explicit, as the derived values are
+    tol = ["-m", "hydra/sweeper=colq-tolerance"]  # search.* belongs to a tolerance search (a single run refuses it)
     return {
         "seqlen": (["seqlen=48"], ["seqlen=0"], "seqlen"),
         "batch_size": (["batch_size=2"], ["batch_size=0"], "batch_size"),
@@ -135,9 +136,9 @@ def cases(fx, tmp: Path) -> dict[str, tuple[list[str], list[str], str]]:
         "tracking_uri": ([f"tracking_uri=sqlite:///{tmp}/m.db"], ["tracking_uri=mlflow.db"], "tracking_uri"),
         "fail_point": (["fail_point=true"], ["fail_point=maybe"], "fail_point"),
         "system_metrics": (["system_metrics=false"], ["system_metrics=sometimes"], "system_metrics"),
-        "search.max_loss_pct": (["search.max_loss_pct=2.5"], ["search.max_loss_pct=-1"], "search.max_loss_pct"),
-        "search.criterion": (["search.criterion=interval"], ["search.criterion=ci"], "search.criterion"),
-        "search.cost": (["search.cost=quant_time"], ["search.cost=time"], "search.cost"),
+        "search.max_loss_pct": (tol + ["search.max_loss_pct=2.5"], tol + ["search.max_loss_pct=-1"], "search.max_loss_pct"),
+        "search.criterion": (tol + ["search.criterion=interval"], tol + ["search.criterion=ci"], "search.criterion"),
+        "search.cost": (tol + ["search.cost=quant_time"], ["search.cost=quant_time"], "search.cost"),  # not a search: refused
         "model.name": (["model.name=tiny2"], ["model.name=a b"], "model.name"),
         "model.id": (hub_model, ["model.id=TomoroAI/tomoro-colqwen3-embed-4b"], "model.path"),
         "model.revision": (hub_model, hub_model[:2] + ["model.revision=main"], "model.revision"),

@@ -29,11 +29,6 @@ def run_job(cfg: DictConfig):
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     if not multirun:  # a multirun's jobs were checked by the sweeper before any started
-        given = [o for o in hc.overrides.task if o.lstrip("+~").startswith("search.")]
-        if given:
-            print(f"colq_sweep: config error: {given[0]}: search.* is read only by a search; run it with "
-                  "-m hydra/sweeper=colq-tolerance and candidates (or drop it)", file=sys.stderr)  # fmt: skip
-            sys.exit(2)
         preflight_or_exit(point, list(hc.overrides.task))
     from colq_sweep.pipeline.plan import resolve  # after validation: a bad config costs no heavy import
     from colq_sweep.pipeline.point import run_point

@@ -49,13 +49,33 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:.3g} MB" if n < 1e9 else f"{n / 1e9:.3g} GB"
 
 
-def _headers(ckpt: Path) -> dict[str, dict]:
+def checkpoint_shapes(point) -> tuple[dict[str, dict], int]:
+    """The base checkpoint's tensor headers (name -> dtype, shape) and its embedding width, without reading a
+    weight: a local checkpoint's files, the Hub snapshot in the cache, or else the safetensors headers read from
+    the Hub (range requests: nothing is downloaded but the headers and config.json)."""
     from colq_sweep.quantize.tensors import read_safetensors_header, safetensors_files
 
-    out: dict[str, dict] = {}
-    for f in safetensors_files(ckpt):
-        out.update(read_safetensors_header(f))
-    return out
+    model = point.model
+    ckpt = Path(model.path) if model.path else None
+    if ckpt is None:
+        from huggingface_hub import snapshot_download
+
+        try:
+            ckpt = Path(snapshot_download(repo_id=model.id, revision=model.revision, local_files_only=True))
+        except Exception:  # noqa: BLE001 - not cached: read the headers from the Hub
+            ckpt = None
+    if ckpt is not None:
+        headers: dict[str, dict] = {}
+        for f in safetensors_files(ckpt):
+            headers.update(read_safetensors_header(f))
+        return headers, int(json.loads((ckpt / "config.json").read_text()).get("embed_dim") or 0)
+    from huggingface_hub import get_safetensors_metadata, hf_hub_download
+
+    meta = get_safetensors_metadata(model.id, revision=model.revision)
+    headers = {name: {"dtype": t.dtype, "shape": list(t.shape)} for f in meta.files_metadata.values()
+               for name, t in f.tensors.items()}  # fmt: skip
+    config = json.loads(Path(hf_hub_download(model.id, "config.json", revision=model.revision)).read_text())
+    return headers, int(config.get("embed_dim") or 0)
 
 
 _WIDTH = {"BF16": 16, "F16": 16, "F32": 32, "F64": 64, "F8_E4M3": 8, "F8_E5M2": 8, "I8": 8, "U8": 8}
@@ -76,14 +96,15 @@ def _group(quant, name: str, in_features: int) -> int | None:
     return None
 
 
-def predict(quant, ckpt: Path, index, vectors: float | None, embed_dim: int | None = None, calib_tokens: float = 0.0) -> Cost:
-    """The cost of a point with quantization `quant` (a QuantSpec) and index `index` (an IndexSpec) on checkpoint
-    `ckpt`; `vectors`: the original's stored vectors over the evaluation (None: unknown)."""
+def predict(quant, headers: dict[str, dict], index, vectors: float | None, embed_dim: int, calib_tokens: float = 0.0) -> Cost:
+    """The cost of a point with quantization `quant` (a QuantSpec) and index `index` (an IndexSpec) on a checkpoint
+    of these tensor `headers` (checkpoint_shapes); `vectors`: the original's stored vectors over the evaluation
+    (None: unknown)."""
     from colq_sweep.evaluate.index import stored_bytes
 
     weights = 0.0
     quantized = 0.0
-    for name, meta in _headers(ckpt).items():
+    for name, meta in headers.items():
         n = math.prod(meta["shape"])
         width = _WIDTH.get(meta["dtype"], 16)
         group = _group(quant, name, meta["shape"][1]) if quant.enabled and len(meta["shape"]) == 2 else None
@@ -96,8 +117,7 @@ def predict(quant, ckpt: Path, index, vectors: float | None, embed_dim: int | No
         quantized += n
     index_bytes = None
     if vectors is not None:
-        dim = embed_dim or int(json.loads((ckpt / "config.json").read_text()).get("embed_dim") or 0)
-        index_bytes = float(stored_bytes(math.ceil(vectors / index.pool_factor), dim, index.dtype))
+        index_bytes = float(stored_bytes(math.ceil(vectors / index.pool_factor), embed_dim, index.dtype))
     return Cost(weights, index_bytes, calib_tokens * _steps(quant) * quantized)
 
 

@@ -44,16 +44,18 @@ def interval_of(tracker, run_id: str | None) -> dict | None:
 
 
 def original_vectors(tracker, point) -> float | None:
-    """The stored vectors over the evaluation of the point's original (pages x vectors per page of its finished
-    evaluation in the store), None when it has not been evaluated yet."""
+    """The stored vectors over the evaluation of the point's original (pages x vectors per page of its newest
+    finished evaluation in the store: the same model name, entries and page-token cap; the device does not change
+    them), None when it has not been evaluated yet."""
+    from colq_sweep import keys
     from colq_sweep.config.specs import baseline_of
-    from colq_sweep.pipeline.plan import resolve
 
-    plan = resolve(baseline_of(point))
-    done = tracker.find(f"tags.`{R.RUN_KEY}` = '{plan.run_key}' and tags.`{R.ROLE}` = '{R.ROLE_BASELINE}'")
-    if not done:
-        return None
-    m = done[0].data.metrics
-    if "index_pages" not in m or "index_vectors_per_page" not in m:
-        return None
-    return float(m["index_pages"]) * float(m["index_vectors_per_page"])
+    base = baseline_of(point)
+    done = tracker.find(f"tags.`{R.ROLE}` = '{R.ROLE_BASELINE}' and tags.`{R.MODEL}` = '{point.model.name}' and "
+                        f"tags.`{R.EVAL_HASH}` = '{keys.eval_hash(base)}' and "
+                        f"params.`model.max_num_visual_tokens` = '{point.model.max_num_visual_tokens}'")  # fmt: skip
+    for run in sorted(done, key=lambda r: -(r.info.start_time or 0)):
+        m = run.data.metrics
+        if "index_pages" in m and "index_vectors_per_page" in m:
+            return float(m["index_pages"]) * float(m["index_vectors_per_page"])
+    return None

@@ -124,8 +124,8 @@ def parse_space(overrides: list) -> Space:
         elif isinstance(v, ChoiceSweep):
             texts = tuple(o.sweep_string_iterator())
             values = tuple(x if isinstance(x, SCALARS) else t for x, t in zip(v.list, texts, strict=False))
-            if len(set(map(repr, values))) != len(values):
-                raise ConfigError(key, typed, "a value is listed twice")
+            if len(set(map(repr, values))) != len(values) or len(set(values)) != len(values):  # 1 == 1.0 == true
+                raise ConfigError(key, typed, "a value is listed twice (or two values compare equal: 1, 1.0, true)")
             dims.append(Dimension(key, "choice", values=values, texts=texts))
         else:
             raise ConfigError(key, typed, "use choice(...), a comma list, interval(a,b) or range(a,b[,step])")
@@ -152,6 +152,8 @@ def _interval(o, key: str, v) -> Dimension:
 
 
 def _range(o, key: str, v) -> Dimension:
+    if "log" in v.tags:
+        raise ConfigError(key, _typed(o), "tag(log, ...) applies to interval(...), not to range(...)")
     if not all(isinstance(x, int) and not isinstance(x, bool) for x in (v.start, v.stop, v.step)) or v.step <= 0:
         raise ConfigError(key, _typed(o), "range(start, stop[, step]) of integers with step > 0 (or use interval)")
     last = v.start + (v.stop - v.start - 1) // v.step * v.step

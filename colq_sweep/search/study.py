@@ -13,8 +13,13 @@ one sweep point, the objectives read from what its job reported.
   combination the config refuses (a value inside a range can break a rule its ends pass, e.g. nsamples not a
   multiple of batch_size) is a FAIL trial that launched nothing.
 - A sampled configuration that an earlier trial finished is not run again: the trial is told that trial's values
-  (`colq_same_as`), so the sampler learns, and does not count. A finite space (choices, integer ranges) ends the
-  search once every configuration has finished, with fewer trials than n_trials if it has fewer configurations.
+  (`colq_same_as`), so the sampler learns, and does not count; one that failed in this sweep, or that the config
+  refused, is told FAIL the same way (a rerun of the command retries what failed in an earlier sweep). A finite
+  space (choices, integer ranges) ends the search once every configuration has been tried, with fewer trials than
+  n_trials if it has fewer configurations. A resumed study's sampler is seeded with seed + its trial count, so it
+  does not replay the samples it made before.
+- A study of the same name made for other objectives or another space is refused (one line, exit 2); so is a
+  storage that cannot be opened.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from colq_sweep.config.checks import ConfigError, pos_int
 OBJECTIVES = {"ndcg5": "maximize", "bytes": "minimize"}
 SAMPLERS = ("auto", "tpe", "nsga2", "random")
 INTERRUPTED, ERROR, OVERRIDES, RUN_ID, LABEL = "colq_interrupted", "colq_error", "colq_overrides", "colq_run_id", "colq_label"
+OWNER, SPACE = "colq_owner", "colq_space"  # a trial's process; the space a study was made for
 SAME_AS = "colq_same_as"  # a sampled configuration already finished: told that trial's values, not run, not counted
 MAX_REPEATS = 100  # samples in a row that only repeat finished configurations: the sampler has nothing new to try
 
@@ -67,11 +73,13 @@ class StudySettings:
     def sampler_name(self) -> str:
         return ("tpe" if len(self.objectives) == 1 else "nsga2") if self.sampler == "auto" else self.sampler
 
-    def make_sampler(self):
+    def make_sampler(self, offset: int = 0):
+        """The sampler, seeded with `seed` + `offset` (the trials a resumed study already has: the same seed would
+        replay the samples it already made)."""
         import optuna
 
         return {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler,
-                "random": optuna.samplers.RandomSampler}[self.sampler_name](seed=self.seed)  # fmt: skip
+                "random": optuna.samplers.RandomSampler}[self.sampler_name](seed=self.seed + offset)  # fmt: skip
 
     def name_for(self, experiment: str, space_text: str, fixed: list[str]) -> str:
         if self.study_name:
@@ -80,21 +88,57 @@ class StudySettings:
         return f"{experiment}-{hashlib.sha256(what.encode()).hexdigest()[:12]}"
 
 
-def open_study(settings: StudySettings, storage: str, name: str):
+def open_study(settings: StudySettings, storage: str, name: str, space_text: str):
+    """The study (created, or loaded to resume), its sampler seeded past the trials it has. A ConfigError when the
+    storage cannot be opened, or when a study of that name was made for other objectives or another space."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(storage=storage, study_name=name, load_if_exists=True, sampler=settings.make_sampler(),
-                               directions=[OBJECTIVES[o] for o in settings.objectives])  # fmt: skip
+    directions = [OBJECTIVES[o] for o in settings.objectives]
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True, directions=directions)
+    except Exception as exc:  # noqa: BLE001 - a bad URL, a missing driver, an unwritable file: one line
+        raise ConfigError("hydra.sweeper.storage", storage, f"the Optuna storage cannot be opened: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:200]}") from None  # fmt: skip
+    stored = [d.name.lower() for d in study.directions]
+    if stored != directions:
+        raise ConfigError("hydra.sweeper.objectives", list(settings.objectives), f"study {name} in {storage} was made "
+                          f"for {len(stored)} objective(s) ({', '.join(stored)}): use another hydra.sweeper.study_name")  # fmt: skip
+    made_for = study.user_attrs.get(SPACE)
+    if made_for is None:
+        study.set_user_attr(SPACE, space_text)
+    elif made_for != space_text:
+        raise ConfigError("hydra.sweeper.study_name", name, f"that study searches another space ({made_for}): use "
+                          "another hydra.sweeper.study_name (or null: named after its space)")  # fmt: skip
+    study.sampler = settings.make_sampler(offset=len(study.trials))
+    return study
+
+
+def owner() -> dict:
+    """This process, as a trial records its owner (a resumed study leaves a live owner's trials alone)."""
+    import os
+    import socket
+
+    from colq_sweep.runtime import process_start
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": process_start(os.getpid())}
 
 
 def recover_interrupted(study) -> list[int]:
-    """Trials left RUNNING by a sweep that was killed: FAIL (`colq_interrupted`), their parameters queued again."""
+    """Trials left RUNNING by a sweep that is gone (killed): FAIL (`colq_interrupted`), their parameters queued
+    again. A trial whose owner still runs on this host (another sweep of the same study) is left alone."""
+    import socket
+
     import optuna
     from optuna.trial import TrialState
 
+    from colq_sweep.runtime import process_alive
+
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        o = t.user_attrs.get(OWNER) or {}
+        if o.get("host") == socket.gethostname() and process_alive(int(o.get("pid") or 0), o.get("start")):
+            continue
         optuna.trial.Trial(study, t._trial_id).set_user_attr(INTERRUPTED, True)
         study.tell(t.number, state=TrialState.FAIL)
         if t.params:
@@ -111,14 +155,20 @@ def counted(study) -> int:
                t.state == TrialState.COMPLETE or t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED)))  # fmt: skip
 
 
-def finished_configs(study) -> dict[tuple, tuple[int, list[float]]]:
-    """Each finished configuration (its sorted parameters) -> (the first trial that ran it, its values)."""
+def tried_configs(study) -> dict[tuple, tuple[int, list[float] | None]]:
+    """Each configuration not to run again (its sorted parameters) -> (the trial that ran it, its values, None for
+    a failure): finished ones, ones the config refused, and ones that failed in this sweep (a rerun retries those)."""
     from optuna.trial import TrialState
 
-    out: dict[tuple, tuple[int, list[float]]] = {}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if t.user_attrs.get(SAME_AS) is None:
+    me = owner()
+    out: dict[tuple, tuple[int, list[float] | None]] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        if t.user_attrs.get(SAME_AS) is not None or t.user_attrs.get(INTERRUPTED):
+            continue
+        if t.state == TrialState.COMPLETE:
             out.setdefault(config_key(t.params), (t.number, list(t.values)))
+        elif str(t.user_attrs.get(ERROR, "")).startswith("config error") or t.user_attrs.get(OWNER) == me:
+            out.setdefault(config_key(t.params), (t.number, None))
     return out
 
 

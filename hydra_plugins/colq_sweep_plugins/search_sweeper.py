@@ -38,17 +38,20 @@ class ToleranceSweeper(_SearchSweeper):
     """The cheapest candidate within `search.max_loss_pct`: candidates in cost order, stop at the first that passes."""
 
     def sweep(self, arguments: list[str]) -> Any:
+        from hydra.core.override_parser.types import IntervalSweep
+
         from colq_sweep.config import ConfigError
         from colq_sweep.search.tolerance import SearchSpec
 
         assert self.config is not None
         sweep_dir = self._pin_sweep_dir()
-        from hydra.core.override_parser.types import IntervalSweep
-
         try:
             spec = SearchSpec.from_config(dict(self.config.get("search") or {}))
             parsed = self._parsed(arguments)
             for o in parsed:
+                if o.is_sweep_override() and o.key_or_group.startswith("search."):
+                    raise ConfigError(o.get_key_element(), str(o.input_line).split("=", 1)[-1],
+                                      "a search setting takes one value: run one search per tolerance")  # fmt: skip
                 if isinstance(o.value(), IntervalSweep):
                     raise ConfigError(o.get_key_element(), str(o.input_line).split("=", 1)[-1],
                                       "a tolerance search tries a list of candidates (a,b,c or choice(a,b,c)); for "
@@ -57,14 +60,30 @@ class ToleranceSweeper(_SearchSweeper):
         except ConfigError as err:
             _refuse(err)
         self.validate = True
-        self._note_same_points(self._jobs(grid, what="candidate"))  # exits 2 before anything is written
+        self._jobs(grid, what="candidate")  # exits 2 before anything is written
         self._check_hub_inputs(list(arguments))
         self._warn_sqlite_on_cluster()
-        first = self._originals_needed(grid)
+        originals = self._originals_of_models(grid)
+        try:  # the store and the checkpoints' headers, before anything is written: an error is one line, exit 2
+            from colq_sweep.search.cost import checkpoint_shapes
+            from colq_sweep.search.runs import original_vectors, tracker_for
+
+            tracker = tracker_for(self.config)
+            shapes = {p.model.name: checkpoint_shapes(p) for p in self.points}
+            vary_index = len({p.eval.index for p in self.points}) > 1
+            first = [o for name, o in originals.items() if vary_index and original_vectors(tracker, o[1]) is None]
+        except Exception as exc:  # noqa: BLE001 - an unreachable store or Hub: one line
+            _refuse(f"the candidates' costs cannot be predicted: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
         self._open_parent(sweep_dir, len(grid) + len(first))
         notes: dict[int, str] = {}
-        jobs = self._run_originals(first, notes)
-        cands, order = self._ordered(grid, spec, len(first))  # after the originals: their index sizes are known
+        from colq_sweep.track.multirun import abort_sweep
+
+        try:
+            jobs = self._run_originals([o[0] for o in first], notes)
+            cands, order = self._ordered(grid, spec, len(first), shapes)  # after the originals: index sizes known
+        except BaseException as exc:
+            abort_sweep(self.config, f"{type(exc).__name__}: {exc}")
+            raise
         jobs += self._run(grid, cands, order, spec, notes)
         from colq_sweep import contract as R
         from colq_sweep.search.tolerance import answer, as_record, decide, table
@@ -76,24 +95,20 @@ class ToleranceSweeper(_SearchSweeper):
                   "search.candidates": len(cands)}  # fmt: skip
         self._finish(jobs, notes, as_record(cands, spec), answer(cands, spec), table(cands, spec), params, tags)
 
-    def _originals_needed(self, grid: list[list[str]]) -> list[list[str]]:
-        """The original of each model whose index size is not in the store, when the candidates differ in index
-        settings (the index costs scale the original's stored vectors): evaluated first."""
-        from colq_sweep.search.runs import original_vectors, tracker_for
-
+    def _originals_of_models(self, grid: list[list[str]]) -> dict[str, tuple[list[str], Any]]:
+        """model name -> (the overrides of its original, that point), checked (exit 2) when the candidates differ in
+        index settings: the index costs scale the original's stored vectors, so it may have to be evaluated first."""
         if len({p.eval.index for p in self.points}) < 2:
-            return []
-        tracker = tracker_for(self.config)
-        first, seen = [], set()
-        for g, p in zip(grid, self.points, strict=False):
-            if p.model.name not in seen:
-                seen.add(p.model.name)
-                if original_vectors(tracker, p) is None:
-                    first.append(self._original_of(g))
-        return first
+            return {}
+        out: dict[str, tuple[list[str], Any]] = {}
+        for g, p in zip(grid, self.points, strict=True):
+            if p.model.name not in out:
+                out[p.model.name] = self._original_of(g)
+        return out
 
-    def _ordered(self, grid: list[list[str]], spec, offset: int):
-        """The candidates in cost order (job numbers from `offset`), and the grid index of each."""
+    def _ordered(self, grid: list[list[str]], spec, offset: int, shapes: dict):
+        """The candidates in cost order (job numbers from `offset`) and the grid index of each; the points (and the
+        same-point notes) follow that order, so every number said is a job number."""
         from colq_sweep.search.cost import calibration_tokens, predict
         from colq_sweep.search.runs import original_vectors, tracker_for
         from colq_sweep.search.tolerance import Candidate
@@ -104,25 +119,31 @@ class ToleranceSweeper(_SearchSweeper):
         for p in self.points:
             if p.model.name not in vectors:
                 vectors[p.model.name] = original_vectors(tracker, p)
-            costs.append(predict(p.quant, _checkpoint_dir(p), p.eval.index, vectors[p.model.name],
+            headers, dim = shapes[p.model.name]
+            costs.append(predict(p.quant, headers, p.eval.index, vectors[p.model.name], dim,
                                  calib_tokens=calibration_tokens(p)))  # fmt: skip
+        if len({p.eval.index for p in self.points}) > 1 and None in vectors.values():
+            unknown = ", ".join(sorted(m for m, v in vectors.items() if v is None))
+            print(f"colq_sweep: note: the index size of {unknown} is unknown (its original did not finish): those "
+                  "candidates are ordered by their weights alone", file=sys.stderr)  # fmt: skip
         order = sorted(range(len(grid)), key=lambda i: (costs[i].sort_key(spec.cost), i))
         shown = _distinguishing(grid)
         cands = [Candidate(num=offset + pos, overrides=shown[i], model=self.points[i].model.name,
                            label=self.points[i].label, cost=costs[i]) for pos, i in enumerate(order)]  # fmt: skip
+        self.points = [self.points[i] for i in order]
+        self._note_same_points([(c.num, Path(), " ".join(filter_overrides(grid[i]))) for c, i in zip(cands, order, strict=True)])
         return cands, order
 
-    def _original_of(self, overrides: list[str]) -> list[str]:
+    def _original_of(self, overrides: list[str]) -> tuple[list[str], Any]:
         """A candidate's overrides less what quantizes or compresses: its model's original, uncompressed index."""
         from colq_sweep.config import ConfigError
 
         keep = [o for o in overrides if not o.lstrip("+~").startswith(("quant", "index."))] + ["quant=none"]
         try:
-            self._check(self._compose(keep, 0)[0])
+            return keep, self._check(self._compose(keep, 0)[0])
         except ConfigError as err:
             _refuse(f"the original (to measure the index size the costs need) does not compose from {' '.join(keep)}: "
                     f"{err}; or use search.cost=quant_time")  # fmt: skip
-        return keep
 
     def _run_originals(self, first: list[list[str]], notes: dict[int, str]) -> list[tuple[int, Path, str]]:
         from colq_sweep.track.multirun import abort_sweep
@@ -171,12 +192,6 @@ def _distinguishing(grid: list[list[str]]) -> list[str]:
     return [" ".join(o for o in x if o not in shared) or " ".join(x) for x in lists]
 
 
-def _checkpoint_dir(point) -> Path:
-    from colq_sweep.model import resolve_checkpoint_dir
-
-    return resolve_checkpoint_dir(point.model.source, point.model.revision)
-
-
 class OptunaSweeper(_SearchSweeper):
     """Trials sampled by Optuna from choice()/interval()/range() overrides; the study stored beside the MLflow store."""
 
@@ -190,11 +205,11 @@ class OptunaSweeper(_SearchSweeper):
     def sweep(self, arguments: list[str]) -> Any:
         from colq_sweep.config import ConfigError
         from colq_sweep.search.space import parse_space
-        from colq_sweep.search.study import StudySettings
+        from colq_sweep.search.study import StudySettings, counted, open_study, recover_interrupted
 
         assert self.config is not None
         sweep_dir = self._pin_sweep_dir()
-        self._refuse_search_keys()
+        self._refuse_search_keys("colq-optuna")
         try:
             settings = StudySettings.from_config(self.settings)
             space = parse_space(self._parsed(arguments))
@@ -212,9 +227,21 @@ class OptunaSweeper(_SearchSweeper):
                   "product is too large); a sampled combination the config refuses fails its trial without running", file=sys.stderr)  # fmt: skip
         storage = settings.storage or f"sqlite:///{Path(str(self.config.outputs_dir)).resolve() / 'optuna.db'}"
         name = settings.name_for(str(self.config.name), space.describe(), list(space.fixed))
-        self._open_parent(sweep_dir, settings.n_trials)
+        try:  # before the parent run: a storage that cannot be opened, or a study made for something else, is exit 2
+            study = open_study(settings, storage, name, space.describe())
+        except ConfigError as err:
+            _refuse(err)
+        requeued = recover_interrupted(study)
+        if requeued:
+            print(f"colq_sweep: study {name}: trial(s) {', '.join(f'#{n}' for n in requeued)} were left running by an "
+                  "interrupted sweep: marked FAIL and queued again", file=sys.stderr)  # fmt: skip
+        done = counted(study)
+        if done:
+            print(f"colq_sweep: study {name} ({storage}): {done} trial(s) already done, "
+                  f"{max(settings.n_trials - done, 0)} to run", file=sys.stderr)  # fmt: skip
+        self._open_parent(sweep_dir, max(settings.n_trials - done, 0))
         notes: dict[int, str] = {}
-        study, jobs = self._trials(settings, space, storage, name, notes)
+        jobs = self._trials(study, settings, space, name, notes)
         from colq_sweep import contract as R
         from colq_sweep.search.study import INTERRUPTED, RUN_ID, answer, as_record, table
 
@@ -232,102 +259,104 @@ class OptunaSweeper(_SearchSweeper):
                   "search.n_trials": settings.n_trials}  # fmt: skip
         self._finish(jobs, notes, record, record["answer"], table(record), params, tags)
 
-    def _trials(self, settings, space, storage: str, name: str, notes: dict[int, str]):
+    def _trials(self, study, settings, space, name: str, notes: dict[int, str]) -> list[tuple[int, Path, str]]:
+        """Ask, launch and tell, `n_jobs` trials a round, until the study has n_trials (or its space is exhausted)."""
         from optuna.trial import TrialState
 
-        from colq_sweep.config import ConfigError
         from colq_sweep.search.study import (
-            ERROR,
-            LABEL,
             MAX_REPEATS,
-            OVERRIDES,
-            RUN_ID,
+            OWNER,
             SAME_AS,
             config_key,
             counted,
-            finished_configs,
-            objective_values,
-            open_study,
-            recover_interrupted,
+            owner,
+            tried_configs,
         )
-        from colq_sweep.track.multirun import abort_sweep, job_status
+        from colq_sweep.track.multirun import abort_sweep
 
-        study = open_study(settings, storage, name)
-        requeued = recover_interrupted(study)
-        if requeued:
-            print(f"colq_sweep: study {name}: trial(s) {', '.join(f'#{n}' for n in requeued)} were left running by an "
-                  "interrupted sweep: marked FAIL and queued again", file=sys.stderr)  # fmt: skip
-        done = counted(study)
-        if done:
-            print(f"colq_sweep: study {name} ({storage}): {done} trial(s) already done, "
-                  f"{max(settings.n_trials - done, 0)} to run", file=sys.stderr)  # fmt: skip
         dists = {d.name: d.distribution() for d in space.dims}
         jobs: list[tuple[int, Path, str]] = []
-        num = 0
-        repeats = 0
+        me, repeats = owner(), 0
         try:
             while counted(study) < settings.n_trials:
-                finished = finished_configs(study)
-                if space.size is not None and len(finished) >= space.size:
-                    print(f"colq_sweep: study {name}: all {space.size} configuration(s) of the space have finished "
+                tried = tried_configs(study)
+                if space.size is not None and len(tried) >= space.size:
+                    print(f"colq_sweep: study {name}: all {space.size} configuration(s) of the space have been tried "
                           f"({counted(study)} trial(s) counted, n_trials={settings.n_trials})", file=sys.stderr)  # fmt: skip
                     break
                 if repeats >= MAX_REPEATS:
-                    print(f"colq_sweep: study {name}: the sampler repeated finished configurations {MAX_REPEATS} times "
+                    print(f"colq_sweep: study {name}: the sampler repeated tried configurations {MAX_REPEATS} times "
                           "in a row: stopping", file=sys.stderr)  # fmt: skip
                     break
-                k = min(settings.n_jobs, settings.n_trials - counted(study))
                 batch, twins, in_batch = [], [], {}
-                for _ in range(k):
+                for _ in range(min(settings.n_jobs, settings.n_trials - counted(study))):
                     trial = study.ask(dists)
+                    trial.set_user_attr(OWNER, me)
                     key = config_key(trial.params)
-                    same = finished.get(key)
-                    if same is not None:  # told the earlier values: the sampler learns, nothing runs, not counted
-                        trial.set_user_attr(SAME_AS, same[0])
-                        study.tell(trial, same[1])
+                    if key in tried:  # told the earlier outcome: the sampler learns, nothing runs, not counted
+                        trial.set_user_attr(SAME_AS, tried[key][0])
+                        values = tried[key][1]
+                        study.tell(trial, values) if values else study.tell(trial, state=TrialState.FAIL)
                         repeats += 1
                         continue
-                    if key in in_batch:  # sampled twice in one batch: told the first one's outcome after it
+                    if key in in_batch:  # sampled twice in one round: told the first one's outcome after it
                         trial.set_user_attr(SAME_AS, in_batch[key].number)
                         twins.append((trial, in_batch[key]))
                         continue
                     repeats = 0
                     in_batch[key] = trial
-                    overrides = space.overrides(trial.params)
-                    shown = " ".join(overrides[len(space.fixed):])
-                    trial.set_user_attr(OVERRIDES, shown)
-                    try:
-                        point = self._check(self._compose(overrides, num)[0])
-                    except ConfigError as err:
-                        trial.set_user_attr(ERROR, str(err)[:1000])
-                        study.tell(trial, state=TrialState.FAIL)
-                        print(f"colq_sweep: trial #{trial.number} ({shown}): {err}: not run (FAIL)", file=sys.stderr)
-                        continue
-                    trial.set_user_attr(LABEL, f"{point.model.name} {point.label}")
-                    batch.append((trial, overrides, num, shown))
-                    num += 1
-                if not batch:
-                    for twin, _ in twins:
-                        study.tell(twin, state=TrialState.FAIL)
-                    continue
-                self._launch([b[1] for b in batch], batch[0][2], notes)
-                for trial, overrides, n, shown in batch:
-                    job_dir = self._compose(overrides, n)[1]
-                    jobs.append((n, job_dir, f"trial #{trial.number}: {shown}"))
-                    status = job_status(job_dir, shown, notes.get(n))
-                    if status.get("run_id"):
-                        trial.set_user_attr(RUN_ID, status["run_id"])
-                    values = objective_values(status.get("metrics") or {}, settings.objectives) \
-                        if status["status"] in ("FINISHED", "SKIPPED") else None
-                    if values is None:
-                        trial.set_user_attr(ERROR, str(status.get("error") or "no objective values")[:1000])
-                        study.tell(trial, state=TrialState.FAIL)
-                    else:
-                        study.tell(trial, values)
+                    prepared = self._prepare(trial, space, len(jobs) + len(batch))
+                    if prepared is not None:
+                        batch.append(prepared)
+                self._round(study, batch, settings, notes, jobs)
                 for twin, first in twins:
-                    told = study.get_trials(deepcopy=False)[first.number]
-                    study.tell(twin, told.values) if told.values else study.tell(twin, state=TrialState.FAIL)
+                    values = study.get_trials(deepcopy=False)[first.number].values
+                    study.tell(twin, values) if values else study.tell(twin, state=TrialState.FAIL)
         except BaseException as exc:
             abort_sweep(self.config, f"{type(exc).__name__}: {exc}")
             raise
-        return study, jobs
+        return jobs
+
+    def _prepare(self, trial, space, num: int):
+        """A trial's overrides validated (a refusal is a FAIL trial that runs nothing): (trial, overrides, job, shown)."""
+        from optuna.trial import TrialState
+
+        from colq_sweep.config import ConfigError
+        from colq_sweep.search.study import ERROR, LABEL, OVERRIDES
+
+        overrides = space.overrides(trial.params)
+        shown = " ".join(overrides[len(space.fixed):])
+        trial.set_user_attr(OVERRIDES, shown)
+        try:
+            point = self._check(self._compose(overrides, num)[0])
+        except ConfigError as err:
+            trial.set_user_attr(ERROR, str(err)[:1000])
+            trial.study.tell(trial, state=TrialState.FAIL)
+            print(f"colq_sweep: trial #{trial.number} ({shown}): {err}: not run (FAIL)", file=sys.stderr)
+            return None
+        trial.set_user_attr(LABEL, f"{point.model.name} {point.label}")
+        return trial, overrides, num, shown
+
+    def _round(self, study, batch: list, settings, notes: dict[int, str], jobs: list) -> None:
+        """Launch one round of trials and tell each its objective values (FAIL with the error when there are none)."""
+        from optuna.trial import TrialState
+
+        from colq_sweep.search.study import ERROR, RUN_ID, objective_values
+        from colq_sweep.track.multirun import job_status
+
+        if not batch:
+            return
+        self._launch([b[1] for b in batch], batch[0][2], notes)
+        for trial, overrides, n, shown in batch:
+            job_dir = self._compose(overrides, n)[1]
+            jobs.append((n, job_dir, f"trial #{trial.number}: {shown}"))
+            status = job_status(job_dir, shown, notes.get(n))
+            if status.get("run_id"):
+                trial.set_user_attr(RUN_ID, status["run_id"])
+            ok = status["status"] in ("FINISHED", "SKIPPED")
+            values = objective_values(status.get("metrics") or {}, settings.objectives) if ok else None
+            if values is None:
+                trial.set_user_attr(ERROR, str(status.get("error") or "no objective values")[:1000])
+                study.tell(trial, state=TrialState.FAIL)
+            else:
+                study.tell(trial, values)

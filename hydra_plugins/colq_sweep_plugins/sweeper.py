@@ -152,13 +152,14 @@ class ColqSweeper(BasicSweeper):
                 notes[initial_job_idx + i] = str(r._return_value)
         return results
 
-    def _refuse_search_keys(self) -> None:
-        """`search.*` is read only by the search sweepers: a grid sweep given one says so instead of ignoring it."""
+    def _refuse_search_keys(self, sweeper: str = "colq") -> None:
+        """`search.*` is read only by the tolerance search: another sweep given one says so instead of ignoring it."""
         assert self.config is not None
         given = [o for o in self.config.hydra.overrides.task if o.lstrip("+~").startswith("search.")]
         if given:
-            print(f"colq_sweep: config error: {given[0]}: search.* is read only by a search; add "
-                  "hydra/sweeper=colq-tolerance (or drop it) [nothing was launched]", file=sys.stderr)  # fmt: skip
+            fix = "add hydra/sweeper=colq-tolerance" if sweeper == "colq" else f"hydra/sweeper={sweeper} does not read it"
+            print(f"colq_sweep: config error: {given[0]}: search.* is read only by a tolerance search; {fix} (or drop "
+                  "it) [nothing was launched]", file=sys.stderr)  # fmt: skip
             sys.exit(2)
 
     def sweep(self, arguments: list[str]) -> Any:
