@@ -17,6 +17,7 @@ FINISHED = "FINISHED"
 # ------------------------------------------------------------------------------------------------ tags
 ROLE = "colq.role"
 MODEL = "colq.model"
+METHOD, SCHEME = "colq.method", "colq.scheme"  # signround | rtn | signround+awq | none; W4A16G128 | bf16 (to group by)
 LABEL = "colq.label"
 RUN_KEY = "colq.config_hash"  # keys.point_key: a FINISHED run with this key is not run again
 EVAL_HASH = "colq.eval_hash"  # keys.eval_hash: which entries were asked for
@@ -42,6 +43,9 @@ SEARCH_KIND, SEARCH_ANSWER = "colq.search.kind", "colq.search.answer"  # toleran
 SEARCH_CHOSEN, SEARCH_VERDICT = "colq.search.chosen", "colq.search.verdict"  # tolerance: true on the chosen run
 SEARCH_BEST, SEARCH_TRIALS = "colq.search.best", "colq.search.trials"  # optuna: best / Pareto member; its trial numbers
 NOTE = "mlflow.note.content"  # a run's description in the MLflow UI
+# written by the report onto the runs it compares (report/annotate.py): the interval of the change, its meaning
+SIGNIFICANCE, BEST = "colq.significance", "colq.best"  # degraded | improved | not significant | n/a; true | false
+DELTA_CI, DELTA_PCT_CI = "delta_ndcg_at_5_all_ci", "delta_pct_ndcg_at_5_all_ci"  # + _low / _high (95 %)
 PARENT = "mlflow.parentRunId"
 GIT_COMMIT = "mlflow.source.git.commit"
 

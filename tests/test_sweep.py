@@ -144,6 +144,43 @@ def test_report_from_the_real_sweep(first_sweep):
     assert "report/report.md" in logged
 
 
+def test_the_runs_read_apart_in_the_mlflow_ui(first_sweep):
+    """What the MLflow UI lists, read through MLflow's API after the sweep and its report: run names that differ in
+    their first 14 characters, no quantization or calibration params on the original, tags to group by, each
+    configuration's interval and significance, one best, the parent's axes and recommendation, and `make ui`'s
+    address of the runs view."""
+    from colq_sweep.report import build_report
+
+    outputs, proc = first_sweep
+    assert proc.returncode == 0
+    build_report("demo", outputs_dir=outputs, n_boot=200, plots=False)
+    client = mlflow.tracking.MlflowClient(store(outputs))
+    exp = client.get_experiment_by_name("demo").experiment_id
+    points = client.search_runs([exp], "tags.`colq.role` = 'quantized'")
+    names = sorted(r.info.run_name for r in points if r.data.params["seqlen"] in ("32", "48", "64"))
+    assert len({n[:14] for n in names}) == len(names) == 3 and names[0].startswith("seqlen=32 · tiny w4g128"), names
+    (base,) = client.search_runs([exp], "tags.`colq.role` = 'baseline'")
+    assert base.info.run_name == "original · tiny (baseline)" and base.data.tags["colq.method"] == "none"
+    assert [k for k in base.data.params if k.startswith(("quant.", "calib.")) or k in ("seqlen", "iters")] == ["quant.method"]
+    best = []
+    for r in points:
+        m, t = r.data.metrics, r.data.tags
+        assert t["colq.method"] == "signround" and t["colq.scheme"] == "W4A16G128"
+        assert m["delta_ndcg_at_5_all_ci_low"] <= m["delta_ndcg_at_5_all"] <= m["delta_ndcg_at_5_all_ci_high"]
+        assert m["delta_pct_ndcg_at_5_all_ci_low"] <= m["delta_pct_ndcg_at_5_all"] <= m["delta_pct_ndcg_at_5_all_ci_high"]
+        sig = "degraded" if m["delta_ndcg_at_5_all_ci_high"] < 0 else "improved" if m["delta_ndcg_at_5_all_ci_low"] > 0 \
+            else "not significant"
+        assert t["colq.significance"] == sig
+        best += [r] if t["colq.best"] == "true" else []
+    assert len(best) == 1 and best[0].data.metrics["avg_ndcg_at_5_all"] == max(r.data.metrics["avg_ndcg_at_5_all"] for r in points)
+    parents = client.search_runs([exp], "tags.`colq.role` = 'sweep'", order_by=["attributes.start_time DESC"])
+    newest = parents[0].data
+    assert newest.tags["mlflow.note.content"].startswith("**`tiny`: use `") and newest.metrics["tiny/configurations"] == len(points)
+    ui = subprocess.run([sys.executable, "-m", "colq_sweep.track.ui", "--outputs-dir", str(outputs), "--print-only"],
+                        cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert ui.returncode == 0 and f"http://127.0.0.1:5000/#/experiments/{exp}?workflowType=machine_learning" in ui.stdout
+
+
 # what differs between two trackings of the same points by nature: clocks, memory peaks, what caches served, where
 # the store is, and who ran it
 TIMING = ("_seconds", "_per_s", "_peak_rss_mb", "_peak_cuda_mb")
@@ -180,10 +217,13 @@ def _same_sweep_view(uri: str, tmp: Path) -> dict:
                 files[name] = "\n".join(ln for ln in text.splitlines() if not ln.startswith("tracking_uri:"))
         # a baseline's knob params are those of whichever point computed it first (they do not enter its run key)
         skip = {"tracking_uri"} | ({"seqlen", "batch_size", "nsamples", "iters", "seed"} if key[0] == "baseline" else set())
+        # what a report writes back onto the runs (report/annotate.py): only the store a report was built from has it
+        annotated = ("_ci_low", "_ci_high", "/best_avg_ndcg_at_5_all", "/best_delta_pct_ndcg_at_5_all", "/configurations")
         out[key] = {
             "status": run.info.status,
-            "params": {k: v for k, v in run.data.params.items() if k not in skip and not (key[0] == "baseline" and k.startswith("calib."))},
-            "metrics": {k: v for k, v in run.data.metrics.items() if not k.endswith(TIMING) and k not in CACHE_COUNTERS},
+            "params": {k: v for k, v in run.data.params.items() if k not in skip and not k.startswith("sweep.")},
+            "metrics": {k: v for k, v in run.data.metrics.items()
+                        if not k.endswith(TIMING) and k not in CACHE_COUNTERS and not k.endswith(annotated)},  # fmt: skip
             "tags": {k: t.get(k) for k in SAME_TAGS},
             "has_parent": t.get("mlflow.parentRunId") is not None,
             "artifacts": sorted(names),

@@ -354,7 +354,9 @@ class SweepPoint:
         d["eval"].update(d["eval"].pop("encoder"))
         index = d["eval"].pop("index")  # its own config group: `index.pool_factor`
         root = {k: d["quant"].pop(k) for k in self.quant.root_fields()}
-        if self.calib.kind == "text":  # the page fields mean nothing to a text calibration (and were not there before)
+        if not self.quant.enabled:  # the original: no quantization or calibration setting applies to it
+            d["calib"] = {}
+        elif self.calib.kind == "text":  # the page fields mean nothing to a text calibration (and were not there before)
             d["calib"] = {k: v for k, v in d["calib"].items() if k not in ("pages", "pages_share", "queries_share")}
         elif self.calib.kind == "pages":
             d["calib"] = {k: v for k, v in d["calib"].items() if k in ("kind", "pages", "queries_share")}

@@ -171,7 +171,7 @@ def resolve(point: SweepPoint) -> PointPlan:
                            page_revision=keys.page_revision(ckpt.mteb_revision, point, pixels=px), pixels=px)  # fmt: skip
         if point.eval.index.is_default:  # the original itself
             return PointPlan(point, device, R.ROLE_BASELINE, keys.point_key(point, device), keys.eval_hash(point),
-                             f"{point.model.name} original", dirs, ckpt, original)  # fmt: skip
+                             f"original · {point.model.name} (baseline)", dirs, ckpt, original)  # fmt: skip
         # the original's weights behind a compressed index: a configuration compared with the original
         return PointPlan(point, device, R.ROLE_QUANTIZED, keys.point_key(point, device), keys.eval_hash(point),
                          f"{point.model.name} {point.label}", dirs, ckpt, original, None,

@@ -34,7 +34,7 @@ def build_report_from_points(points: list[PointResults], out_dir: str | Path, *,
 
 
 def _build(points, out_dir, *, title, n_boot, seed, plots, meta, notes, budget, pages,
-           searches=()) -> tuple[Path, Answer | None]:  # fmt: skip
+           searches=()) -> tuple[Path, Answer | None, list]:  # fmt: skip
     if n_boot < 1:
         raise ValueError("n_boot must be >= 1")
     out = Path(out_dir)
@@ -56,7 +56,7 @@ def _build(points, out_dir, *, title, n_boot, seed, plots, meta, notes, budget, 
     md = render_markdown(analyses, points, figs, title=title, n_boot=n_boot, seed=seed, meta=meta, notes=notes,
                          across=across, answer=ans, searches=searches)
     write_frames(out, across)
-    return write_outputs(out, md, analyses, points), ans
+    return write_outputs(out, md, analyses, points), ans, analyses
 
 
 def build_report(name: str, tracking_uri: str | None = None, outputs_dir: str | Path = "outputs",
@@ -92,7 +92,7 @@ def report_of(name, tracking_uri, outputs_dir, out_dir, log_to_mlflow, n_boot, s
     meta = {"experiment": name, "tracking URI": uri, "sweep run": loaded.parent_run_id}
     for n in loaded.notes:
         log.warning("report: %s", n)
-    path, ans = _build(loaded.points, out, title=name, n_boot=n_boot, seed=seed, plots=plots, meta=meta,
+    path, ans, analyses = _build(loaded.points, out, title=name, n_boot=n_boot, seed=seed, plots=plots, meta=meta,
                        notes=loaded.notes, budget=budget, pages=pages, searches=loaded.searches)
     if mteb_export:
         from colq_sweep.report.mteb_export import export
@@ -108,4 +108,15 @@ def report_of(name, tracking_uri, outputs_dir, out_dir, log_to_mlflow, n_boot, s
 
             with store_lock(uri):  # sweeps may be writing to the same sqlite store
                 MlflowClient(tracking_uri=uri).log_artifacts(loaded.parent_run_id, str(out), REPORT_ARTIFACT_PATH)
+        _annotate(uri, name, analyses, loaded.parent_run_id)
     return path, ans
+
+
+def _annotate(uri: str, name: str, analyses, parent_id: str | None) -> None:
+    """The report's intervals, significance and best onto the runs; the recommendation onto the parent."""
+    from colq_sweep.report.annotate import annotate
+    from colq_sweep.report.sections import section_recommendation
+    from colq_sweep.track.store import Tracker
+
+    description = "\n\n".join(" ".join(section_recommendation(ma)) for ma in analyses)
+    annotate(Tracker(uri, name), analyses, parent_id, description)

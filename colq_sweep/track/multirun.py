@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -110,12 +111,38 @@ def close_sweep(config: DictConfig, jobs: list[tuple[int, Path, str]], notes: di
     from colq_sweep.track.store import TrackingUnavailable
 
     try:
+        _name_children(config, jobs, rows)
         _close_parent(config, failed)
     except TrackingUnavailable as exc:
         print(f"colq_sweep: the sweep's parent run could not be closed: {exc}; the next sweep against that server "
               "marks what this one left RUNNING as KILLED and reruns it, reusing what was built", file=sys.stderr)  # fmt: skip
         return max(len(failed), 1)
     return len(failed)
+
+
+def distinguishing(shown: list[str]) -> list[str]:
+    """Each job's overrides (as shown, space-separated) less those every job shares: what tells it apart."""
+    lists = [re.sub(r"^trial #\d+: ", "", s).split() for s in shown]
+    shared = set.intersection(*(set(x) for x in lists)) if len(lists) > 1 else set()
+    return [" ".join(o for o in x if o not in shared) for x in lists]
+
+
+def _name_children(config: DictConfig, jobs: list[tuple[int, Path, str]], rows: list[tuple[str, dict]]) -> None:
+    """Each point's run named after what the sweep varies, then its model and short label (`seqlen=64 · tiny
+    w4g128`): MLflow's runs table cuts names after a few characters, and the full label starts with the same words."""
+    varying = distinguishing([o for _, _, o in jobs])
+    tracker = None
+    for (_, status), words in zip(rows, varying, strict=True):
+        if not words or not status.get("run_id") or status["status"] not in ("FINISHED", "SKIPPED"):
+            continue
+        tracker = tracker or _tracker(config)
+        head: list[str] = []  # the label's leading words before its knobs: `w4g128`, `rtn w8g128`, `original`
+        for t in str(status.get("label", "")).split():
+            if "=" in t or len(head) == 2:
+                break
+            head.append(t)
+        head = " ".join(head)
+        tracker.client.set_tag(status["run_id"], "mlflow.runName", f"{words} · {status.get('model', '?')} {head}".strip())
 
 
 def _close_parent(config: DictConfig, failed: list) -> None:

@@ -21,12 +21,22 @@ def point_tags(plan: PointPlan) -> dict[str, str]:
     return {
         R.ROLE: plan.role,
         R.MODEL: plan.model,
+        **method_tags(plan.point.quant),
         R.LABEL: plan.label,
         R.RUN_KEY: plan.run_key,
         R.EVAL_HASH: plan.eval_hash,
         R.VERSION: __version__,
         **environment_tags(),
     }
+
+
+def method_tags(quant) -> dict[str, str]:
+    """`colq.method` and `colq.scheme` of a point's quantization, for grouping runs in the UI."""
+    if not quant.enabled:
+        return {R.METHOD: "none", R.SCHEME: "original"}
+    label = getattr(quant, "method_label", None)
+    scheme = f"W{quant.bits}A16G{quant.group_size}" if hasattr(quant, "bits") else quant.method
+    return {R.METHOD: label() if label else quant.method, R.SCHEME: scheme}
 
 
 def environment_tags() -> dict[str, str]:

@@ -187,9 +187,10 @@ class ToleranceSweeper(_SearchSweeper):
 
 def _distinguishing(grid: list[list[str]]) -> list[str]:
     """Each job's overrides less those every job shares (`quant.scheme=W8A16`, not the whole command line)."""
-    lists = [filter_overrides(g) for g in grid]
-    shared = set.intersection(*(set(x) for x in lists)) if len(lists) > 1 else set()
-    return [" ".join(o for o in x if o not in shared) or " ".join(x) for x in lists]
+    from colq_sweep.track.multirun import distinguishing
+
+    lists = [" ".join(filter_overrides(g)) for g in grid]
+    return [d or full for d, full in zip(distinguishing(lists), lists, strict=True)]
 
 
 class OptunaSweeper(_SearchSweeper):

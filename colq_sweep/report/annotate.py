@@ -1,0 +1,64 @@
+"""The report's statistics written back onto the runs, so the MLflow UI can sort and filter by them.
+
+When a report is built from an experiment (and logged, `build_report(log_to_mlflow=True)`), every compared
+configuration's run gets its change's 95 % interval (`delta_ndcg_at_5_all_ci_low/high`, absolute, and
+`delta_pct_ndcg_at_5_all_ci_low/high`, percent of the original: the report's paired bootstrap), its significance
+(tag `colq.significance`: degraded | improved | not significant | n/a) and `colq.best` (true on the configuration
+the report recommends for its model, false on the others: a later report moves it). The parent run (the newest
+sweep of the experiment) gets the recommendation as its description (`mlflow.note.content`), the varying settings
+as params (`sweep.<param>` = their levels) and per model the best configuration's numbers as metrics.
+"""
+
+from __future__ import annotations
+
+import math
+
+from colq_sweep import contract as R
+from colq_sweep.report.cells import sig_of
+
+
+def run_annotations(analyses) -> dict[str, tuple[dict[str, float], dict[str, str]]]:
+    """run id -> (metrics, tags) for every compared configuration of every model."""
+    out: dict[str, tuple[dict[str, float], dict[str, str]]] = {}
+    for ma in analyses:
+        for c in ma.configs:
+            if not c.point.run_id:
+                continue
+            metrics = {}
+            for name, prefix in (("delta_all", R.DELTA_CI), ("rel_all", R.DELTA_PCT_CI)):
+                lo, hi = c.ci.get(name, (None, None))
+                if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
+                    metrics[f"{prefix}_low"], metrics[f"{prefix}_high"] = float(lo), float(hi)
+            tags = {R.SIGNIFICANCE: sig_of(c), R.BEST: str(c is ma.best).lower()}
+            out[c.point.run_id] = (metrics, tags)
+    return out
+
+
+def parent_annotations(analyses, description: str) -> tuple[dict[str, str], dict[str, float], dict[str, str]]:
+    """(params, metrics, tags) of the experiment's newest sweep run."""
+    params: dict[str, str] = {}
+    metrics: dict[str, float] = {}
+    for ma in analyses:
+        design = ma.design
+        for p in design.varying if design is not None else []:
+            levels = sorted({str(c.point.params.get(p)) for c in ma.configs}, key=lambda v: (len(v), v))
+            params[f"sweep.{p}"] = ",".join(levels)[:6000]
+        b = ma.best
+        if b is not None:
+            metrics[f"{ma.model}/best_avg_ndcg_at_5_all"] = float(b.avg_all)
+            if math.isfinite(b.rel_all):
+                metrics[f"{ma.model}/best_delta_pct_ndcg_at_5_all"] = float(b.rel_all)
+        metrics[f"{ma.model}/configurations"] = float(len(ma.configs))
+    return params, metrics, {R.NOTE: description[:60000]}
+
+
+def annotate(tracker, analyses, parent_id: str | None, description: str) -> None:
+    """Write both onto the runs (params already logged with another value are left as they are: MLflow params are
+    immutable, and a parent keeps the first report's axes)."""
+    for run_id, (metrics, tags) in run_annotations(analyses).items():
+        tracker.log(run_id, metrics=metrics, tags=tags)
+    if parent_id is None:
+        return
+    params, metrics, tags = parent_annotations(analyses, description)
+    have = tracker.client.get_run(parent_id).data.params
+    tracker.log(parent_id, params={k: v for k, v in params.items() if k not in have}, metrics=metrics, tags=tags)
