@@ -43,6 +43,7 @@ SEARCH_KIND, SEARCH_ANSWER = "colq.search.kind", "colq.search.answer"  # toleran
 SEARCH_CHOSEN, SEARCH_VERDICT = "colq.search.chosen", "colq.search.verdict"  # tolerance: true on the chosen run
 SEARCH_BEST, SEARCH_TRIALS = "colq.search.best", "colq.search.trials"  # optuna: best / Pareto member; its trial numbers
 NOTE = "mlflow.note.content"  # a run's description in the MLflow UI
+CHECKPOINT_URI = "colq.checkpoint_uri"  # a logged model's checkpoint where it lies (track/catalog.py): nothing copied
 # written by the report onto the runs it compares (report/annotate.py): the interval of the change, its meaning
 SIGNIFICANCE, BEST = "colq.significance", "colq.best"  # degraded | improved | not significant | n/a; true | false
 DELTA_CI, DELTA_PCT_CI = "delta_ndcg_at_5_all_ci", "delta_pct_ndcg_at_5_all_ci"  # + _low / _high (95 %)
@@ -54,6 +55,7 @@ RESULTS_DIR = "results"
 ENTRIES_CSV, PER_QUERY_CSV = "entries.csv", "per_query.csv"
 ENTRIES_ARTIFACT = f"{RESULTS_DIR}/{ENTRIES_CSV}"
 PER_QUERY_ARTIFACT = f"{RESULTS_DIR}/{PER_QUERY_CSV}"
+ENTRIES_TABLE = "eval/entries.json"  # the per-entry scores as an MLflow table (the evaluation view)
 SEARCH_ARTIFACT = "search/search.json"  # a search's candidates or trials, their costs, losses, values, verdicts
 MTEB_ARTIFACTS = f"{RESULTS_DIR}/mteb"  # mteb's own result file of each task (<Task>.json, TaskResult as mteb wrote it)
 

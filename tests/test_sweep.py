@@ -147,8 +147,9 @@ def test_report_from_the_real_sweep(first_sweep):
 def test_the_runs_read_apart_in_the_mlflow_ui(first_sweep):
     """What the MLflow UI lists, read through MLflow's API after the sweep and its report: run names that differ in
     their first 14 characters, no quantization or calibration params on the original, tags to group by, each
-    configuration's interval and significance, one best, the parent's axes and recommendation, and `make ui`'s
-    address of the runs view."""
+    configuration's interval and significance, one best, the parent's axes and recommendation, `make ui`'s
+    address of the runs view, a logged model per checkpoint (where it lies) with its metrics, the evaluated task and
+    the calibration set as dataset inputs, the entries table, and the one command that registers the best."""
     from colq_sweep.report import build_report
 
     outputs, proc = first_sweep
@@ -179,6 +180,28 @@ def test_the_runs_read_apart_in_the_mlflow_ui(first_sweep):
     ui = subprocess.run([sys.executable, "-m", "colq_sweep.track.ui", "--outputs-dir", str(outputs), "--print-only"],
                         cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=120)  # fmt: skip
     assert ui.returncode == 0 and f"http://127.0.0.1:5000/#/experiments/{exp}?workflowType=machine_learning" in ui.stdout
+    # the Models tab: each checkpoint a logged model where it lies, with its params and the run's metrics linked
+    models = {m.source_run_id: m for m in client.search_logged_models([exp])}
+    for r in [*points, base]:
+        m = models[r.info.run_id]
+        assert str(m.status).endswith("READY") and m.model_type == "colqwen3"
+        assert {x.key: x.value for x in m.metrics}["avg_ndcg_at_5_all"] == r.data.metrics["avg_ndcg_at_5_all"]
+        assert [o.model_id for o in r.outputs.model_outputs] == [m.model_id]
+        uri = m.tags["colq.checkpoint_uri"]
+        assert uri.startswith("file://") and Path(uri[len("file://"):]).is_dir()
+        if r is base:
+            assert m.name == "tiny-original" and "quant.bits" not in m.params
+        else:
+            assert m.params["quant.bits"] == "4" and m.params["seqlen"] == r.data.params["seqlen"]
+            assert uri.endswith(r.data.tags["colq.artifact_key"])  # the cached artifact, not a copy
+        contexts = {d.dataset.name: [t.value for t in d.tags] for d in r.inputs.dataset_inputs}
+        assert contexts["VidoreFixtureRetrieval"] == ["evaluation"] and (r is base) == (len(contexts) == 1)
+        assert "eval/entries.json" in {a.path for a in client.list_artifacts(r.info.run_id, "eval")}
+    register = [sys.executable, "-m", "colq_sweep.track.ui", "--outputs-dir", str(outputs), "--register-best", "colq-t"]
+    reg = subprocess.run([*register, "--name", "demo"], cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=120)
+    assert reg.returncode == 0 and reg.stdout.startswith("registered colq-t version 1: tiny w4g128"), reg.stderr[-2000:]
+    (version,) = client.search_model_versions("name = 'colq-t'")
+    assert version.run_id == best[0].info.run_id and version.source == f"models:/{models[best[0].info.run_id].model_id}"
 
 
 # what differs between two trackings of the same points by nature: clocks, memory peaks, what caches served, where

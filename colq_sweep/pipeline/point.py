@@ -69,6 +69,22 @@ def _log_results(tracker: Tracker, run_id: str, result) -> None:
         tracker.log_artifacts(run_id, d, R.RESULTS_DIR)
 
 
+def _catalog(tracker: Tracker, run_id: str, plan: PointPlan, result, metrics: dict[str, float], where: str,
+             revision: str | None) -> None:  # fmt: skip
+    """The point's logged model, dataset inputs and entries table (track/catalog.py). Extras for the UI: a store
+    that refuses them (an older server) costs a warning, not the point."""
+    from colq_sweep.track import catalog
+
+    try:
+        catalog.log_inputs(tracker, run_id, result.entries, result.dataset_revisions, plan)
+        catalog.log_entries_table(tracker, run_id, result.entries)
+        catalog.log_model(tracker, run_id, plan, catalog.checkpoint_uri(where, revision), metrics)
+    except TrackingUnavailable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        log.warning("run %s: logged model / dataset inputs / table not recorded: %s: %s", run_id, type(exc).__name__, exc)
+
+
 def _load_record(tracker: Tracker, run) -> EvalRecord:
     with tempfile.TemporaryDirectory() as tmp:
         entries = R.read_csv(tracker.download(run.info.run_id, R.ENTRIES_ARTIFACT, tmp))
@@ -192,6 +208,7 @@ def _baseline(
             metrics = {**R.summarise(result.entries), **R.eval_metrics(result.timing), **_base_size(plan)}
             tracker.log(run_id, metrics=metrics, tags=R.eval_tags(result.from_cache, result.dataset_revisions, result.shards))
             _log_results(tracker, run_id, result)
+            _catalog(tracker, run_id, plan, result, metrics, plan.checkpoint.source, plan.checkpoint.revision)
             for a in extra_artifacts:
                 tracker.log_artifact(run_id, a)
             monitor.finish()
@@ -301,7 +318,9 @@ def _run_quantized_point(
         baseline, _ = ensure_baseline(plan.baseline, tracker, parent_id, who, share=share)
         metrics.update(R.compare(result.entries, baseline.entries))
         manifest = artifact.manifest if artifact is not None else None
-        _track_stage(tracker, run_id, result, baseline, metrics, manifest, (extra, logs), tmp, monitor, who)
+        where = (str(artifact.path), None) if artifact is not None else (plan.checkpoint.source, plan.checkpoint.revision)
+        _track_stage(tracker, run_id, result, baseline, metrics, manifest, (extra, logs), tmp, monitor, who,
+                     lambda: _catalog(tracker, run_id, plan, result, metrics, *where))  # fmt: skip
         return PointOutcome(plan.label, plan.model, "FINISHED", run_id, metrics)
     except KeyboardInterrupt as exc:
         _fail(tracker, run_id, exc, "KILLED", extra + logs, monitor)
@@ -343,12 +362,14 @@ def _evaluate_stage(plan: PointPlan, artifact, metrics: dict[str, float], who: s
 
 
 def _track_stage(tracker: Tracker, run_id: str, result, baseline: EvalRecord, metrics: dict[str, float], manifest: dict | None,
-                 files: tuple[list[Path], list[Path]], tmp: Path, monitor, who: str) -> None:  # fmt: skip
+                 files: tuple[list[Path], list[Path]], tmp: Path, monitor, who: str, catalog=None) -> None:  # fmt: skip
     """Metrics, results, the config, the manifest and the logs onto the run, which is then FINISHED."""
     with stage(who, "track") as st:
         tags = R.eval_tags(result.from_cache, result.dataset_revisions, result.shards)
         tracker.log(run_id, metrics=metrics, tags={**tags, R.BASELINE_REF: baseline.run_id})
         _log_results(tracker, run_id, result)
+        if catalog is not None:
+            catalog()
         extra, logs = files
         manifests = []
         if manifest is not None:
