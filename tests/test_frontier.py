@@ -157,3 +157,24 @@ def test_a_bad_budget_is_one_line_as_typed(tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip() == "colq_sweep.report: --max-memory-gb must be a number >= 0, got -8.0"
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_point_beaten_only_off_the_frontier_is_still_related():
+    """Dominance with a 10 % speed tolerance is not transitive: A (speed 10) beats B (10.5) beats C (11.5), but A is
+    'slower' than C. C is beaten by B alone, which is off the frontier: the frontier used to crash on it (an empty
+    min(), seen once in a `make demo` whose measured speeds fell that way)."""
+    from types import SimpleNamespace
+
+    from colq_sweep.report.frontier import _pareto
+
+    def cand(name: str, q: float, speed: float):
+        return SimpleNamespace(name=name, avg=q, memory_bytes=1e6, pages_per_s=speed, status="", relation=None,
+                               relation_diff=None)  # fmt: skip
+
+    a, b, c = cand("A", 0.80, 10.0), cand("B", 0.79, 10.5), cand("C", 0.78, 11.5)
+    ca = SimpleNamespace(candidates=[a, b, c], speed_device="GPU",
+                         diff=lambda x, y: (x.avg - y.avg, x.avg - y.avg - 0.001, x.avg - y.avg + 0.001))  # fmt: skip
+    _pareto(ca)
+    assert (a.status, b.status, c.status) == ("frontier", "dominated", "dominated")
+    assert b.relation is a and c.relation is b and c.relation_diff[0] == pytest.approx(0.01)
+

@@ -262,7 +262,10 @@ def _pareto(ca: CrossAnalysis) -> None:
     for c in known:
         if c.status:
             continue
-        beaters = [d for d in frontier if dominates(objs[d.name], objs[c.name])]
+        # dominance with a speed tolerance is not transitive: c may be beaten only by points that are off the
+        # frontier themselves (A beats B beats C, A within 10 % of B's speed but not of C's): then those relate it
+        beaters = [d for d in frontier if dominates(objs[d.name], objs[c.name])] or \
+            [d for d in known if d is not c and dominates(objs[d.name], objs[c.name])]
         diffs = {d.name: ca.diff(d, c) for d in beaters}
         surely = [d for d in beaters if diffs[d.name][1] is not None and diffs[d.name][1] > stats.ZERO_TOL]
         if surely:  # beaten with a quality gain its interval confirms
