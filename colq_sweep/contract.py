@@ -86,6 +86,15 @@ def read_csv(path: str | os.PathLike) -> list[dict]:
 # ------------------------------------------------------------------------------------------------ metrics
 
 
+KNOB = "knob/"  # numeric settings again as metrics (`knob/seqlen`): the MLflow UI sorts params as text, metrics as numbers
+
+
+def knob_metrics(params: dict[str, Any]) -> dict[str, float]:
+    """A point's numeric settings (not the encoder's speed-only batch sizes) as `knob/<param>` metrics."""
+    return {f"{KNOB}{k}": float(v) for k, v in params.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("eval.")}  # fmt: skip
+
+
 def summarise(entries: list[dict]) -> dict[str, float]:
     """A point's averages over its entries (all, English), and each entry's scores as `entry/<task>/<subset>/...`."""
 

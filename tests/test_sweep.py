@@ -159,6 +159,9 @@ def test_the_runs_read_apart_in_the_mlflow_ui(first_sweep):
     exp = client.get_experiment_by_name("demo").experiment_id
     points = client.search_runs([exp], "tags.`colq.role` = 'quantized'")
     names = sorted(r.info.run_name for r in points if r.data.params["seqlen"] in ("32", "48", "64"))
+    by_knob = sorted(points, key=lambda r: r.data.metrics["knob/seqlen"])  # numeric knobs sort as numbers (metrics)
+    assert [r.data.metrics["knob/seqlen"] for r in by_knob][:3] == [32.0, 48.0, 64.0]
+    assert all(r.data.metrics["knob/quant.bits"] == 4.0 and "knob/eval.page_batch_size" not in r.data.metrics for r in points)
     assert len({n[:14] for n in names}) == len(names) == 3 and names[0].startswith("seqlen=32 · tiny w4g128"), names
     (base,) = client.search_runs([exp], "tags.`colq.role` = 'baseline'")
     assert base.info.run_name == "original · tiny (baseline)" and base.data.tags["colq.method"] == "none"
