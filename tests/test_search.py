@@ -84,29 +84,27 @@ def test_the_cost_orders_schemes_groups_vision_and_index(fixture_paths):
     headers, dim = checkpoint_shapes(make_point(fixture_paths, fixture_paths.root.parent))
     assert dim == 32 and headers["vlm.model.language_model.layers.0.mlp.down_proj.weight"]["shape"] == [128, 256]
 
-    def predict(quant, ckpt, index, vectors, calib_tokens=0.0):
+    def predict(quant, index, vectors, calib_tokens=0.0):  # on the fixture's headers
         from colq_sweep.search.cost import predict as real
 
         return real(quant, headers, index, vectors, dim, calib_tokens=calib_tokens)
-
-    ckpt = None
 
     def q(scheme: str = "W4A16", **kw):
         return AutoRoundSpec.from_config({"scheme": scheme, "format": "auto", **kw}, {"seqlen": 64, "nsamples": 8,
                                                                                       "batch_size": 4, "iters": 40})  # fmt: skip
 
-    w = {s: predict(q(s), ckpt, IndexSpec(), None).weights_bytes for s in ("W2A16", "W3A16", "W4A16", "W8A16")}
-    base = predict(QuantSpec(), ckpt, IndexSpec(), None).weights_bytes
+    w = {s: predict(q(s), IndexSpec(), None).weights_bytes for s in ("W2A16", "W3A16", "W4A16", "W8A16")}
+    base = predict(QuantSpec(), IndexSpec(), None).weights_bytes
     assert w["W2A16"] < w["W3A16"] < w["W4A16"] < w["W8A16"] < base
     # 294,912 decoder weights at 4 bits + one fp16 scale and a 4-bit zero per 128 weights
     assert base - w["W4A16"] == pytest.approx(294912 * 2 - (294912 / 2 + 294912 / 128 * 2.5))
-    assert predict(q("W4A16G32"), ckpt, IndexSpec(), None).weights_bytes > w["W4A16"]
-    assert predict(q(vision=True), ckpt, IndexSpec(), None).weights_bytes < w["W4A16"]
-    index = {(k, d): predict(q(), ckpt, IndexSpec(pool_factor=k, dtype=d), 4152.0).index_bytes
+    assert predict(q("W4A16G32"), IndexSpec(), None).weights_bytes > w["W4A16"]
+    assert predict(q(vision=True), IndexSpec(), None).weights_bytes < w["W4A16"]
+    index = {(k, d): predict(q(), IndexSpec(pool_factor=k, dtype=d), 4152.0).index_bytes
              for k, d in ((1, "bf16"), (1, "int8"), (1, "binary"), (2, "bf16"))}  # fmt: skip
     # the fixture's 32-d vectors: 64 bytes in bf16, 32 + a 2-byte scale in int8, 4 as sign bits; pooling halves them
     assert index == {(1, "bf16"): 4152 * 64, (1, "int8"): 4152 * 34, (1, "binary"): 4152 * 4, (2, "bf16"): 2076 * 64}
-    work = [predict(q(algorithms=a), ckpt, IndexSpec(), None, calib_tokens=512.0).tuning_work
+    work = [predict(q(algorithms=a), IndexSpec(), None, calib_tokens=512.0).tuning_work
             for a in (["rtn"], ["opt_rtn"], ["signround"], ["awq", "signround"])]  # fmt: skip
     assert work == [0, 512 * 294912, 40 * 512 * 294912, 41 * 512 * 294912]
 

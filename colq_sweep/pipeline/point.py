@@ -201,7 +201,8 @@ def _baseline(
         run_id = tracker.create_run(plan.run_name, {**point_tags(plan), **device_tags(plan.device)}, parent_id)
         monitor = sysmetrics.start(plan.point.system_metrics, plan.device, tracker, run_id)
         try:
-            tracker.log(run_id, params=plan.point.params(), metrics=R.knob_metrics(plan.point.params()))
+            params = plan.point.params()
+            tracker.log(run_id, params=params, metrics=R.knob_metrics(params))
             tracker.log(run_id, tags={R.ARTIFACT_KEY: f"{plan.checkpoint.mteb_name}@{plan.checkpoint.mteb_revision}"})
             result = _evaluate(plan.eval, _load_base(plan), f"{who} | baseline evaluate", plan.checkpoint.dir(),
                                share.of("baseline") if share else None)  # fmt: skip
@@ -304,7 +305,8 @@ def _run_quantized_point(
     log.info("point %s / %s -> run %s", plan.model, plan.label, run_id)
     monitor = sysmetrics.start(plan.point.system_metrics, plan.device, tracker, run_id)
     try:
-        tracker.log(run_id, params=plan.point.params(), metrics=R.knob_metrics(plan.point.params()))
+        params = plan.point.params()
+        tracker.log(run_id, params=params, metrics=R.knob_metrics(params))
         _fail_on_purpose(plan)
         if plan.eval.problem is not None:  # before hours of quantization: can this machine serve the export at all?
             raise plan.eval.problem

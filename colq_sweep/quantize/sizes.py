@@ -32,7 +32,7 @@ def checkpoint_bytes(d: Path, exclude: tuple[str, ...] = ()) -> tuple[int, int]:
     return weights, total
 
 
-_WIDTH = {"BF16": 16, "F16": 16, "F32": 32, "F64": 64, "F8_E4M3": 8, "F8_E5M2": 8}
+DTYPE_BITS = {"BF16": 16, "F16": 16, "F32": 32, "F64": 64, "F8_E4M3": 8, "F8_E5M2": 8, "I8": 8, "U8": 8}  # safetensors dtypes
 
 
 def param_counts(ckpt: str | os.PathLike) -> dict[str, float]:
@@ -73,7 +73,7 @@ def param_counts(ckpt: str | os.PathLike) -> dict[str, float]:
             else:
                 out["quant_meta_bytes"] += nbytes
             continue
-        width = _WIDTH.get(meta["dtype"])
+        width = DTYPE_BITS.get(meta["dtype"])
         if width == 16:
             out["params_16bit"] += n
         elif width == 32:

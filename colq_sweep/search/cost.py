@@ -78,7 +78,6 @@ def checkpoint_shapes(point) -> tuple[dict[str, dict], int]:
     return headers, int(config.get("embed_dim") or 0)
 
 
-_WIDTH = {"BF16": 16, "F16": 16, "F32": 32, "F64": 64, "F8_E4M3": 8, "F8_E5M2": 8, "I8": 8, "U8": 8}
 
 
 def _group(quant, name: str, in_features: int) -> int | None:
@@ -101,12 +100,13 @@ def predict(quant, headers: dict[str, dict], index, vectors: float | None, embed
     of these tensor `headers` (checkpoint_shapes); `vectors`: the original's stored vectors over the evaluation
     (None: unknown)."""
     from colq_sweep.evaluate.index import stored_bytes
+    from colq_sweep.quantize.sizes import DTYPE_BITS
 
     weights = 0.0
     quantized = 0.0
     for name, meta in headers.items():
         n = math.prod(meta["shape"])
-        width = _WIDTH.get(meta["dtype"], 16)
+        width = DTYPE_BITS.get(meta["dtype"], 16)
         group = _group(quant, name, meta["shape"][1]) if quant.enabled and len(meta["shape"]) == 2 else None
         if group is None:
             weights += n * width / 8

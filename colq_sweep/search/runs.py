@@ -11,19 +11,10 @@ from colq_sweep import contract as R
 log = logging.getLogger("colq_sweep")
 
 
-def tracker_for(config):
-    import os
-
-    from colq_sweep.track.store import Tracker, resolve_tracking_uri
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # downloads between jobs, no bars
-
-    return Tracker(resolve_tracking_uri(config.outputs_dir, config.get("tracking_uri")), str(config.name))
-
-
 def interval_of(tracker, run_id: str | None) -> dict | None:
     """The point's change vs the original it was compared with (its `colq.baseline_run_id`), with 95 % intervals
     (report/stats.py point_interval: 2000 replicates, seed 0, as the report's defaults); None if not computable."""
+    from colq_sweep.report.load import quiet_downloads
     from colq_sweep.report.stats import point_interval
 
     if not run_id:
@@ -33,7 +24,7 @@ def interval_of(tracker, run_id: str | None) -> dict | None:
         base_id = run.data.tags.get(R.BASELINE_REF)
         if not base_id:
             return None
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, quiet_downloads():
             rows = [R.read_csv(tracker.download(rid, art, f"{tmp}/{i}"))
                     for i, (rid, art) in enumerate([(run_id, R.ENTRIES_ARTIFACT), (run_id, R.PER_QUERY_ARTIFACT),
                                                     (base_id, R.ENTRIES_ARTIFACT), (base_id, R.PER_QUERY_ARTIFACT)])]  # fmt: skip

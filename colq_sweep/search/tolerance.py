@@ -74,18 +74,14 @@ class Candidate:
         if self.done and "delta_pct_ndcg_at_5_all" in m:
             self.loss_pct = -float(m["delta_pct_ndcg_at_5_all"])
             self.loss_hi_pct = -interval["pct_lo"] if interval else None
-            weights = built_bytes(m)
-            if weights is not None:  # as predicted: with the index when the prediction had it
-                index = float(m.get("index_total_bytes", 0.0)) if self.cost.index_bytes is not None else 0.0
-                self.measured_bytes = float(weights) + index
         elif self.done and self.label == "original":  # the original itself among the candidates: no loss by definition
             self.loss_pct = self.loss_hi_pct = 0.0
-            weights = built_bytes(m)
-            if weights is not None:
-                index = float(m.get("index_total_bytes", 0.0)) if self.cost.index_bytes is not None else 0.0
-                self.measured_bytes = float(weights) + index
         elif self.done:  # a run that has no comparison: no loss to test
             self.status, self.error = "FAILED", "no change vs the original was logged"
+        weights = built_bytes(m) if self.done else None
+        if weights is not None:  # as predicted: with the index when the prediction had it
+            index = float(m.get("index_total_bytes", 0.0)) if self.cost.index_bytes is not None else 0.0
+            self.measured_bytes = weights + index
 
     def passes(self, spec: SearchSpec) -> bool:
         if not self.done or self.loss_pct is None:

@@ -30,12 +30,9 @@ WEIGHT_PARAMS = ("quant.", "calib.", "seqlen", "batch_size", "nsamples", "iters"
 
 
 def model_name(model: str, label: str) -> str:
-    head = []
-    for t in label.split():
-        if "=" in t or len(head) == 2:
-            break
-        head.append(t)
-    return "-".join([model, *head]).replace("+", "_")
+    from colq_sweep.track.tags import label_head
+
+    return "-".join([model, *label_head(label)]).replace("+", "_")
 
 
 def log_model(tracker, run_id: str, plan, checkpoint_uri: str, metrics: dict[str, float]) -> str:

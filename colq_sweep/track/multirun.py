@@ -22,7 +22,7 @@ log = logging.getLogger("colq_sweep")
 STATUS_FILE = "colq_status.json"
 
 
-def _tracker(config: DictConfig):
+def sweep_tracker(config: DictConfig):
     from colq_sweep.console import adopt_library_loggers
     from colq_sweep.track.store import Tracker, resolve_tracking_uri
 
@@ -35,7 +35,7 @@ def open_sweep(config: DictConfig, n_jobs: int) -> str:
     from colq_sweep.track.store import sweep_id_for
 
     sweep_dir = Path(str(config.hydra.sweep.dir))
-    tracker = _tracker(config)
+    tracker = sweep_tracker(config)
     killed = tracker.mark_dead_runs_killed(reason="found by a later sweep")
     if killed:
         log.warning("marked %d run(s) left RUNNING by a process or Slurm job that has ended as KILLED: %s", len(killed), ", ".join(killed))
@@ -56,7 +56,7 @@ def abort_sweep(config: DictConfig, reason: str) -> None:
     from colq_sweep.track.store import TrackingUnavailable, sweep_id_for
 
     try:
-        tracker = _tracker(config)
+        tracker = sweep_tracker(config)
         parent = tracker.find_parent(sweep_id_for(str(config.hydra.sweep.dir)))
         if parent:
             tracker.log(parent, tags={R.ERROR: reason[:4000]})
@@ -74,7 +74,7 @@ def record_search(config: DictConfig, record: dict, answer: str, params: dict[st
     from colq_sweep.track.store import TrackingUnavailable, sweep_id_for
 
     try:
-        tracker = _tracker(config)
+        tracker = sweep_tracker(config)
         parent = tracker.find_parent(sweep_id_for(str(config.hydra.sweep.dir)))
         if parent is None:
             return
@@ -135,20 +135,17 @@ def _name_children(config: DictConfig, jobs: list[tuple[int, Path, str]], rows: 
     for (_, status), words in zip(rows, varying, strict=True):
         if not words or not status.get("run_id") or status["status"] not in ("FINISHED", "SKIPPED"):
             continue
-        tracker = tracker or _tracker(config)
-        head: list[str] = []  # the label's leading words before its knobs: `w4g128`, `rtn w8g128`, `original`
-        for t in str(status.get("label", "")).split():
-            if "=" in t or len(head) == 2:
-                break
-            head.append(t)
-        head = " ".join(head)
-        tracker.client.set_tag(status["run_id"], "mlflow.runName", f"{words} · {status.get('model', '?')} {head}".strip())
+        from colq_sweep.track.tags import label_head
+
+        tracker = tracker or sweep_tracker(config)
+        head = " ".join(label_head(str(status.get("label", ""))))
+        tracker.log(status["run_id"], tags={"mlflow.runName": f"{words} · {status.get('model', '?')} {head}".strip()})
 
 
 def _close_parent(config: DictConfig, failed: list) -> None:
     from colq_sweep.track.store import sweep_id_for
 
-    tracker = _tracker(config)
+    tracker = sweep_tracker(config)
     parent = tracker.find_parent(sweep_id_for(str(config.hydra.sweep.dir)))
     if parent:
         # every job has ended: a child run still RUNNING lost its process (the summary shows it as CRASHED)

@@ -30,6 +30,16 @@ def point_tags(plan: PointPlan) -> dict[str, str]:
     }
 
 
+def label_head(label: str) -> list[str]:
+    """A point label's leading words, before its knobs: `w4g128`, `rtn w8g128`, `original` (run and model names)."""
+    head: list[str] = []
+    for t in label.split():
+        if "=" in t or len(head) == 2:
+            break
+        head.append(t)
+    return head
+
+
 def method_tags(quant) -> dict[str, str]:
     """`colq.method` and `colq.scheme` of a point's quantization, for grouping runs in the UI."""
     if not quant.enabled:

@@ -63,15 +63,15 @@ class ToleranceSweeper(_SearchSweeper):
         self._jobs(grid, what="candidate")  # exits 2 before anything is written
         self._check_hub_inputs(list(arguments))
         self._warn_sqlite_on_cluster()
-        originals = self._originals_of_models(grid)
+        originals = self._originals_of_models(grid)  # empty unless the index settings vary
         try:  # the store and the checkpoints' headers, before anything is written: an error is one line, exit 2
             from colq_sweep.search.cost import checkpoint_shapes
-            from colq_sweep.search.runs import original_vectors, tracker_for
+            from colq_sweep.search.runs import original_vectors
+            from colq_sweep.track.multirun import sweep_tracker
 
-            tracker = tracker_for(self.config)
+            self.tracker = sweep_tracker(self.config)
             shapes = {p.model.name: checkpoint_shapes(p) for p in self.points}
-            vary_index = len({p.eval.index for p in self.points}) > 1
-            first = [o for name, o in originals.items() if vary_index and original_vectors(tracker, o[1]) is None]
+            first = [o for o in originals.values() if original_vectors(self.tracker, o[1]) is None]
         except Exception as exc:  # noqa: BLE001 - an unreachable store or Hub: one line
             _refuse(f"the candidates' costs cannot be predicted: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
         self._open_parent(sweep_dir, len(grid) + len(first))
@@ -98,7 +98,7 @@ class ToleranceSweeper(_SearchSweeper):
     def _originals_of_models(self, grid: list[list[str]]) -> dict[str, tuple[list[str], Any]]:
         """model name -> (the overrides of its original, that point), checked (exit 2) when the candidates differ in
         index settings: the index costs scale the original's stored vectors, so it may have to be evaluated first."""
-        if len({p.eval.index for p in self.points}) < 2:
+        if not self._index_varies():
             return {}
         out: dict[str, tuple[list[str], Any]] = {}
         for g, p in zip(grid, self.points, strict=True):
@@ -106,23 +106,25 @@ class ToleranceSweeper(_SearchSweeper):
                 out[p.model.name] = self._original_of(g)
         return out
 
+    def _index_varies(self) -> bool:
+        return len({p.eval.index for p in self.points}) > 1
+
     def _ordered(self, grid: list[list[str]], spec, offset: int, shapes: dict):
         """The candidates in cost order (job numbers from `offset`) and the grid index of each; the points (and the
         same-point notes) follow that order, so every number said is a job number."""
         from colq_sweep.search.cost import calibration_tokens, predict
-        from colq_sweep.search.runs import original_vectors, tracker_for
+        from colq_sweep.search.runs import original_vectors
         from colq_sweep.search.tolerance import Candidate
 
-        tracker = tracker_for(self.config)
         vectors: dict[str, float | None] = {}
         costs = []
         for p in self.points:
             if p.model.name not in vectors:
-                vectors[p.model.name] = original_vectors(tracker, p)
+                vectors[p.model.name] = original_vectors(self.tracker, p)
             headers, dim = shapes[p.model.name]
             costs.append(predict(p.quant, headers, p.eval.index, vectors[p.model.name], dim,
                                  calib_tokens=calibration_tokens(p)))  # fmt: skip
-        if len({p.eval.index for p in self.points}) > 1 and None in vectors.values():
+        if self._index_varies() and None in vectors.values():
             unknown = ", ".join(sorted(m for m, v in vectors.items() if v is None))
             print(f"colq_sweep: note: the index size of {unknown} is unknown (its original did not finish): those "
                   "candidates are ordered by their weights alone", file=sys.stderr)  # fmt: skip
@@ -160,7 +162,7 @@ class ToleranceSweeper(_SearchSweeper):
     def _run(self, grid, cands, order, spec, notes: dict[int, str]) -> list[tuple[int, Path, str]]:
         """Launch the candidates in order, `max_batch_size` (default 1) at a time, until one passes; return the
         launched jobs (number, directory, overrides)."""
-        from colq_sweep.search.runs import interval_of, tracker_for
+        from colq_sweep.search.runs import interval_of
         from colq_sweep.track.multirun import abort_sweep, job_status
 
         jobs: list[tuple[int, Path, str]] = []
@@ -170,13 +172,12 @@ class ToleranceSweeper(_SearchSweeper):
                 batch = cands[at : at + step]
                 overrides = [grid[order[at + k]] for k in range(len(batch))]
                 self._launch(overrides, batch[0].num, notes)
-                tracker = tracker_for(self.config)
                 for c, o in zip(batch, overrides, strict=False):
                     job_dir = self._compose(o, c.num)[1]
                     jobs.append((c.num, job_dir, c.overrides))
                     status = job_status(job_dir, c.label, notes.get(c.num))
                     ok = status["status"] in ("FINISHED", "SKIPPED")
-                    c.record(status, interval_of(tracker, status.get("run_id")) if ok else None)
+                    c.record(status, interval_of(self.tracker, status.get("run_id")) if ok else None)
                 if any(c.passes(spec) for c in batch):
                     break
         except BaseException as exc:
@@ -319,7 +320,8 @@ class OptunaSweeper(_SearchSweeper):
         return jobs
 
     def _prepare(self, trial, space, num: int):
-        """A trial's overrides validated (a refusal is a FAIL trial that runs nothing): (trial, overrides, job, shown)."""
+        """A trial's overrides validated (a refusal is a FAIL trial that runs nothing): (trial, overrides, job number,
+        job directory, shown)."""
         from optuna.trial import TrialState
 
         from colq_sweep.config import ConfigError
@@ -328,15 +330,16 @@ class OptunaSweeper(_SearchSweeper):
         overrides = space.overrides(trial.params)
         shown = " ".join(overrides[len(space.fixed):])
         trial.set_user_attr(OVERRIDES, shown)
+        cfg, job_dir = self._compose(overrides, num)
         try:
-            point = self._check(self._compose(overrides, num)[0])
+            point = self._check(cfg)
         except ConfigError as err:
             trial.set_user_attr(ERROR, str(err)[:1000])
             trial.study.tell(trial, state=TrialState.FAIL)
             print(f"colq_sweep: trial #{trial.number} ({shown}): {err}: not run (FAIL)", file=sys.stderr)
             return None
         trial.set_user_attr(LABEL, f"{point.model.name} {point.label}")
-        return trial, overrides, num, shown
+        return trial, overrides, num, job_dir, shown
 
     def _round(self, study, batch: list, settings, notes: dict[int, str], jobs: list) -> None:
         """Launch one round of trials and tell each its objective values (FAIL with the error when there are none)."""
@@ -348,8 +351,7 @@ class OptunaSweeper(_SearchSweeper):
         if not batch:
             return
         self._launch([b[1] for b in batch], batch[0][2], notes)
-        for trial, overrides, n, shown in batch:
-            job_dir = self._compose(overrides, n)[1]
+        for trial, _, n, job_dir, shown in batch:
             jobs.append((n, job_dir, f"trial #{trial.number}: {shown}"))
             status = job_status(job_dir, shown, notes.get(n))
             if status.get("run_id"):
