@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from colq_sweep import contract as R
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -64,7 +66,7 @@ def report(out: Path, k: int, json_path: str | None) -> None:
             "role": t.get("colq.role"), "label": t.get("colq.label"), "status": r.info.status,
             "gpu": t.get("colq.gpu_uuid") or t.get("colq.cuda_visible_devices") or "?",
             "start": r.info.start_time / 1000, "end": (r.info.end_time or r.info.start_time) / 1000,
-            "quant_s": r.data.metrics.get("quant_stage_seconds"), "eval_s": r.data.metrics.get("eval_seconds"),
+            "quant_s": R.tracked(r.data.metrics).get(R.QUANT_STAGE_SECONDS), "eval_s": R.tracked(r.data.metrics).get(R.EVAL_SECONDS),
             "artifact": t.get("colq.artifact_key"), "reused": t.get("colq.artifact_reused"),
         })  # fmt: skip
     points = [j for j in jobs if j["role"] == "quantized"]

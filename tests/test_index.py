@@ -132,19 +132,19 @@ def test_an_index_sweep_end_to_end(fixture_paths, tmp_path):
     points = {r.data.tags["colq.label"]: r for r in runs if r.data.tags.get("colq.role") in ("baseline", "quantized")}
     assert len(points) == 8
     assert len({r.data.tags["colq.artifact_key"] for r in points.values() if r.data.params["quant.method"] != "none"}) == 1
-    encoded = {k: r.data.metrics["pages_encoded"] for k, r in points.items()}
+    encoded = {k: r.data.metrics["eval/pages_encoded"] for k, r in points.items()}
     assert sorted(v for v in encoded.values() if v) == [64, 64], encoded  # one encoding per checkpoint, the rest 0
     base = points["original"].data.metrics
-    dims = base["index_bytes_per_page"] / base["index_vectors_per_page"] / 2
+    dims = base["index/bytes_per_page"] / base["index/vectors_per_page"] / 2
     for label, r in points.items():
         m, dtype = r.data.metrics, r.data.params["index.dtype"]
         per_vector = {"bf16": 2 * dims, "int8": dims + 2, "binary": math.ceil(dims / 8)}[dtype]
-        assert m["index_bytes_per_page"] == pytest.approx(m["index_vectors_per_page"] * per_vector), label
+        assert m["index/bytes_per_page"] == pytest.approx(m["index/vectors_per_page"] * per_vector), label
         pooled = r.data.params["index.pool_factor"] == "3"
-        assert (m["index_vectors_per_page"] < base["index_vectors_per_page"] / 2.5) == pooled, label
+        assert (m["index/vectors_per_page"] < base["index/vectors_per_page"] / 2.5) == pooled, label
     w4 = next(r for k, r in points.items() if k.startswith("w4g128") and "index=" not in k)
     w4_binary = points[w4.data.tags["colq.label"] + " index=binary"]
-    assert w4.data.metrics["avg_ndcg_at_5_all"] != w4_binary.data.metrics["avg_ndcg_at_5_all"]
+    assert w4.data.metrics["ndcg5/avg_all"] != w4_binary.data.metrics["ndcg5/avg_all"]
     report = build_report("index", outputs_dir=outputs, out_dir=tmp_path / "report", n_boot=300)
     md = report.read_text()
     sizes = md[md.index("## Memory efficiency"):md.index("## Speed and memory")]

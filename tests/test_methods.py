@@ -213,9 +213,9 @@ def test_a_methods_and_models_sweep_end_to_end(fixture_paths, tmp_path, capsys):
         assert by_label[m, "rtn w3g128"].data.tags["colq.kernel_backend"] == "dequant"
         assert by_label[m, "rtn w8g128"].data.tags["colq.kernel_backend"] == "ark"
         w3, w8 = (by_label[m, f"rtn w{b}g128"].data.metrics for b in (3, 8))
-        assert w8["quant_total_bytes"] > w3["quant_total_bytes"]
-        assert w3["weights_device_mb"] > 0 and w8["weights_device_mb"] > 0  # the loaded model's tensors (CPU here)
-    assert by_label["small", "original"].data.metrics["params_total"] > by_label["tiny", "original"].data.metrics["params_total"]
+        assert w8["size/total_bytes"] > w3["size/total_bytes"]
+        assert w3["eval/weights_device_mb"] > 0 and w8["eval/weights_device_mb"] > 0  # the loaded model's tensors (CPU here)
+    assert by_label["small", "original"].data.metrics["params/total"] > by_label["tiny", "original"].data.metrics["params/total"]
 
     out = tmp_path / "report"
     argv = ["--name", "demo", "--outputs-dir", str(outputs), "--out", str(out), "--n-boot", "500", "--no-log"]
@@ -257,12 +257,12 @@ def test_a_methods_and_models_sweep_end_to_end(fixture_paths, tmp_path, capsys):
         assert got[name, revs[0]] == pytest.approx(logged, abs=5e-6), name  # mteb's JSON keeps 5 decimals
         folder = next((out / "mteb" / "results").glob(f"{name.replace('/', '__')}/*"))
         meta = json.loads((folder / "model_meta.json").read_text())
-        assert meta["n_parameters"] == int(run.data.metrics.get("params_total"))
+        assert meta["n_parameters"] == int(run.data.metrics.get("params/total"))
         assert meta["embed_dim"] == 32 and meta["similarity_fn_name"] == "MaxSim"
         if label != "original":
             assert meta["adapted_from"] == f"colq_sweep/{m}"
             assert meta["loader_kwargs"]["colq_sweep"]["quantization"]["quant.scheme"] in ("W3A16", "W8A16")
-            assert meta["memory_usage_mb"] == pytest.approx(run.data.metrics["quant_weights_bytes"] / 2**20, abs=1e-3)
+            assert meta["memory_usage_mb"] == pytest.approx(run.data.metrics["size/weights_bytes"] / 2**20, abs=1e-3)
 
 
 def _entries_of(client, run) -> list[dict]:

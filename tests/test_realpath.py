@@ -177,7 +177,7 @@ def test_real_presets_offline_end_to_end(hub_home, tmp_path, fixture_paths):
     n_queries = {lang: sum(1 for line in (fixture_paths.task / f"queries-{lang}.jsonl").read_text().splitlines() if line.strip())
                  for lang in ("en", "fr")}  # fmt: skip
     for role in ("baseline", "quantized"):
-        assert runs[role].data.metrics["pages_encoded"] == 3 * n_pages, role  # 3 corpora, each encoded once
+        assert runs[role].data.metrics["eval/pages_encoded"] == 3 * n_pages, role  # 3 corpora, each encoded once
         shards = json.loads(runs[role].data.tags["colq.eval_shards"])  # who evaluated each task
         assert sorted(shards) == sorted(HUB_TASKS), role
         assert "owner" in shards.values() and any(w.startswith("helper-1-") for w in shards.values()), (role, shards)

@@ -347,6 +347,16 @@ def test_plots_are_valid_pngs(tmp_path):
     for n in names:
         _assert_png(tmp_path / n)
         assert f"]({n})" in md
+    # report.html: the same report with every plot inlined, so MLflow's artifact viewer shows them
+    import base64
+    import re
+
+    page = (tmp_path / "report.html").read_text()
+    srcs = re.findall(r'<img src="([^"]+)"', page)
+    assert len(srcs) == md.count("![") >= len(names) and all(s.startswith("data:image/png;base64,") for s in srcs)
+    inlined = [base64.b64decode(s.split(",", 1)[1]) for s in srcs]
+    assert all((tmp_path / n).read_bytes() in inlined for n in names)
+    assert "<table>" in page and "<h1>" in page and "](performance_" not in page
     assert "**Warning: the models' entry sets differ** (`colqwen3-4b` 6, `colqwen3-8b` 5 entries; 5 shared)" in md
 
 

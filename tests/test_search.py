@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from colq_sweep import contract as R
 from colq_sweep.config.checks import ConfigError
 from colq_sweep.search.cost import Cost
 from colq_sweep.search.space import parse_space
@@ -115,7 +116,7 @@ def test_the_cost_orders_schemes_groups_vision_and_index(fixture_paths):
 def cand(num: int, loss: float | None, hi: float | None = None, status: str = "FINISHED") -> Candidate:
     c = Candidate(num=num, overrides=f"quant.scheme=W{num}A16", model="tiny", label=f"w{num}", cost=Cost(num * 1e6, None, 0))
     if status != "NOT RUN":
-        metrics = {} if loss is None else {"delta_pct_ndcg_at_5_all": -loss, "quant_total_bytes": num * 1e6 + 5}
+        metrics = {} if loss is None else {R.DELTA5_PCT_ALL: -loss, R.TOTAL_BYTES: num * 1e6 + 5}
         c.record({"status": status, "run_id": f"r{num}", "metrics": metrics, "error": None if loss is not None else "boom"},
                  None if hi is None else {"pct_lo": -hi})  # fmt: skip
     return c
@@ -362,7 +363,7 @@ def test_the_tolerance_search_killed_mid_way_resumes_and_chooses(tmp_path, fixtu
     parents = [r for r in mlflow_runs(outputs, "sweep") if r.data.tags.get("colq.search.kind") == "tolerance"]
     newest = max(parents, key=lambda r: r.info.start_time)
     assert newest.info.status == "FINISHED" and newest.data.params["search.max_loss_pct"] == "1"
-    assert newest.data.tags["mlflow.note.content"].startswith("Chosen: #2") and newest.data.metrics["points"] == 3
+    assert newest.data.tags["mlflow.note.content"].startswith("Chosen: #2") and newest.data.metrics["sweep/points"] == 3
     quantized = {r.data.params["quant.scheme"]: r for r in mlflow_runs(outputs, "quantized") if r.info.status == "FINISHED"}
     assert quantized["W8A16"].data.tags["colq.search.chosen"] == "true"
     assert quantized["W2A16"].data.tags["colq.search.chosen"] == "false" and quantized["W2A16"].data.tags["colq.search.verdict"].startswith("fails")
@@ -372,7 +373,7 @@ def test_the_tolerance_search_killed_mid_way_resumes_and_chooses(tmp_path, fixtu
     built = {c["overrides"]: c for c in record["candidates"]}
     for c in built.values():  # the prediction is the checkpoint's weight files within 2 %
         run = quantized[c["overrides"].split("=")[1]]
-        assert c["cost"]["weights_bytes"] == pytest.approx(run.data.metrics["quant_weights_bytes"], rel=0.02)
+        assert c["cost"]["weights_bytes"] == pytest.approx(run.data.metrics["size/weights_bytes"], rel=0.02)
     assert record["chosen"] == 2 and built["quant.scheme=W8A16"]["loss_hi_pct"] <= 1
     from colq_sweep.report.build import build_report
 
@@ -408,8 +409,8 @@ def test_the_optuna_study_runs_on_two_slots_and_resumes_to_more_trials(tmp_path,
     assert len({tuple(sorted(t.params.items())) for t in real}) == 3  # a repeat is told, never run again
     for t in real:
         run = next(r for r in mlflow_runs(outputs, "quantized") if r.info.run_id == t.user_attrs["colq_run_id"])
-        assert t.values[0] == pytest.approx(run.data.metrics["avg_ndcg_at_5_all"])
-        assert t.values[1] == run.data.metrics["quant_total_bytes"] + run.data.metrics["index_total_bytes"]
+        assert t.values[0] == pytest.approx(run.data.metrics["ndcg5/avg_all"])
+        assert t.values[1] == run.data.metrics["size/total_bytes"] + run.data.metrics["index/total_bytes"]
         assert run.data.params["quant.scheme"] == t.params["quant.scheme"]
     pareto = {t.user_attrs.get("colq_same_as", t.number) for t in study.best_trials}  # a repeat is its first trial
     tagged = {r.info.run_id for r in mlflow_runs(outputs, "quantized") if r.data.tags.get("colq.search.best") == "true"}

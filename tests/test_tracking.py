@@ -77,16 +77,36 @@ def test_summaries_and_deltas_use_the_same_entries():
     base = [_entry("A", "default", "en", 0.8), _entry("B", "french", "fr", 0.6), _entry("B", "english", "en", 0.4)]
     quant = [_entry("A", "default", "en", 0.7), _entry("B", "english", "en", 0.5)]  # B/french missing
     s = summarise(quant)
-    assert s["avg_ndcg_at_5_all"] == pytest.approx(0.6) and s["avg_ndcg_at_5_en"] == pytest.approx(0.6)
+    assert s["ndcg5/avg_all"] == pytest.approx(0.6) and s["ndcg5/avg_en"] == pytest.approx(0.6)
     assert s["entry/A/default/ndcg_at_5"] == 0.7
     c = compare(quant, base)
-    assert c["n_entries_compared"] == 2 and c["n_entries_missing_vs_baseline"] == 1
-    assert c["delta_ndcg_at_5_all"] == pytest.approx(0.6 - 0.6)
-    assert c["entries_improved"] == 1 and c["entries_degraded"] == 1 and c["entries_unchanged"] == 0
+    assert c["entries/compared"] == 2 and c["entries/missing_vs_original"] == 1
+    assert c["ndcg5/delta_all"] == pytest.approx(0.6 - 0.6)
+    assert c["entries/improved"] == 1 and c["entries/degraded"] == 1 and c["entries/unchanged"] == 0
     only_fr = compare([_entry("B", "french", "fr", 0.3)], base)
-    assert only_fr["delta_pct_ndcg_at_5_all"] == pytest.approx(-50.0)
-    assert "delta_ndcg_at_5_en" not in only_fr
-    assert math.isnan(summarise([_entry("B", "french", "fr", 0.3)])["avg_ndcg_at_5_en"])
+    assert only_fr["ndcg5/delta_pct_all"] == pytest.approx(-50.0)
+    assert "ndcg5/delta_en" not in only_fr
+    assert math.isnan(summarise([_entry("B", "french", "fr", 0.3)])["ndcg5/avg_en"])
+
+
+def test_an_old_stores_metric_names_read_as_the_contracts_and_duplicates_are_dropped():
+    """Runs logged before the grouped names: each old name maps to the one tracked name of its quantity, whatever
+    the role (a baseline's total_bytes and a quantized run's quant_total_bytes are both size/total_bytes); the
+    duplicates old runs carried (quant_wall_time_s = quant_seconds, calib_samples_used = samples_used, the
+    original's parameter counts on a quantized run) are dropped; names already tracked pass unchanged."""
+    from colq_sweep.contract import RENAMED, tracked
+
+    baseline = tracked({"avg_ndcg_at_5_all": 0.8, "total_bytes": 10.0, "params_total": 5.0, "pages_per_s": 3.0})
+    assert baseline == {"ndcg5/avg_all": 0.8, "size/total_bytes": 10.0, "params/total": 5.0, "eval/pages_per_s": 3.0}
+    old = {"quant_total_bytes": 4.0, "base_total_bytes": 10.0, "quant_seconds": 7.0, "quant_wall_time_s": 7.0,
+           "samples_used": 8.0, "calib_samples_used": 8.0, "base_params_total": 5.0, "params_int4": 3.0,
+           "delta_pct_ndcg_at_5_all_ci_low": -2.0, "entry/A/default/ndcg_at_5": 0.7, "knob/seqlen": 64.0}
+    assert tracked(old) == {"size/total_bytes": 4.0, "size/original_total_bytes": 10.0, "quant/seconds": 7.0,
+                            "calib/samples_used": 8.0, "params/int4": 3.0, "ndcg5/delta_pct_all_ci_low": -2.0,
+                            "entry/A/default/ndcg_at_5": 0.7, "knob/seqlen": 64.0}  # fmt: skip
+    assert tracked(tracked(old)) == tracked(old)
+    new = [n for n in RENAMED.values() if n is not None]
+    assert all("/" in n for n in new) and not set(new) & set(RENAMED)  # grouped; no new name is also an old one
 
 
 def _fake_slurm(bin_dir: Path, sacct: str | None, squeue: str = "") -> None:

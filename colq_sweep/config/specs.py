@@ -348,19 +348,35 @@ class SweepPoint:
         return self.quant.label(self.seed) + tag + ("" if index.is_default else f" index={index.tag}")
 
     def params(self) -> dict[str, Any]:
-        """The point's settings as flat MLflow params (`quant.bits`, `eval.page_batch_size`), a method's top-level
-        knobs under their top-level names (`seqlen`), lists joined with commas."""
+        """The settings that define the point's result, as flat MLflow params (`quant.bits`, `index.pool_factor`, a
+        method's top-level knobs under their top-level names: `seqlen`), lists joined with commas: what config.yaml
+        says, less what does not change the result (the encoder's speed-only knobs, bookkeeping: `BOOKKEEPING`),
+        what does not apply (the original's quantization, calibration and seed; a method's irrelevant fields, a
+        text calibration's page fields) and unset values. The full config stays in the run's config.yaml."""
         d = asdict(self)
-        d["eval"].update(d["eval"].pop("encoder"))
-        index = d["eval"].pop("index")  # its own config group: `index.pool_factor`
-        root = {k: d["quant"].pop(k) for k in self.quant.root_fields()}
-        if not self.quant.enabled:  # the original: no quantization or calibration setting applies to it
-            d["calib"] = {}
-        elif self.calib.kind == "text":  # the page fields mean nothing to a text calibration (and were not there before)
-            d["calib"] = {k: v for k, v in d["calib"].items() if k not in ("pages", "pages_share", "queries_share")}
-        elif self.calib.kind == "pages":
-            d["calib"] = {k: v for k, v in d["calib"].items() if k in ("kind", "pages", "queries_share")}
-        return flatten({**d, "index": index, **root})
+        enc = self.eval.encoder
+        encoder = {f.name: getattr(enc, f.name) for f in fields(enc) if key_of(f) != SPEED}
+        ev = {k: v for k, v in d["eval"].items() if k not in ("encoder", "index", "notices")}
+        q = self.quant
+        quant = {f.name: getattr(q, f.name) for f in fields(q) if key_of(f) != SPEED and q.relevant(f.name)}
+        root = {k: quant.pop(k) for k in q.root_fields() if k in quant}
+        calib: dict[str, Any] = {}
+        if q.needs_calibration:
+            calib = d["calib"]
+            if self.calib.kind == "text":  # the page fields mean nothing to a text calibration
+                calib = {k: v for k, v in calib.items() if k not in ("pages", "pages_share", "queries_share")}
+            elif self.calib.kind == "pages":
+                calib = {k: v for k, v in calib.items() if k in ("kind", "pages", "queries_share")}
+        top = {k: v for k, v in d.items() if k not in ("model", "quant", "calib", "eval", "seed", *BOOKKEEPING)}
+        if q.uses_seed:
+            top["seed"] = self.seed
+        flat = flatten({**top, "model": d["model"], "quant": {"method": q.method, **quant}, "calib": calib,
+                        "eval": {**ev, **encoder}, "index": d["eval"]["index"], **root})  # fmt: skip
+        return {k: v for k, v in flat.items() if v is not None and v != ""}
+
+
+# where a point's results go and how it is run, not what they are: in config.yaml, not among the run's params
+BOOKKEEPING = ("name", "outputs_dir", "force", "fail_point", "tracking_uri", "system_metrics")
 
 
 def baseline_of(point: SweepPoint) -> SweepPoint:

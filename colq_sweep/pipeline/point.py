@@ -89,7 +89,7 @@ def _load_record(tracker: Tracker, run) -> EvalRecord:
     with tempfile.TemporaryDirectory() as tmp:
         entries = R.read_csv(tracker.download(run.info.run_id, R.ENTRIES_ARTIFACT, tmp))
         per_query = R.read_csv(tracker.download(run.info.run_id, R.PER_QUERY_ARTIFACT, tmp))
-    return EvalRecord(run.info.run_id, entries, per_query, dict(run.data.metrics))
+    return EvalRecord(run.info.run_id, entries, per_query, R.tracked(dict(run.data.metrics)))
 
 
 def _evaluate(job: EvalJob, loader: Callable, progress: str, checkpoint: Path, share: Offer | None = None):
@@ -108,7 +108,7 @@ def _eval_summary(result, metrics: dict[str, float]) -> str:
     """The evaluate stage's result line, from the averages `R.summarise` put into `metrics`."""
     t = result.timing
     how = "all from caches" if result.from_cache else f"{int(t['pages_encoded'])} pages + {int(t['queries_encoded'])} queries encoded"
-    return f"{len(result.entries)} entries, avg ndcg@5 {metrics['avg_ndcg_at_5_all']:.5f}; {how}"
+    return f"{len(result.entries)} entries, avg ndcg@5 {metrics[R.AVG5_ALL]:.5f}; {how}"
 
 
 def _load_base(plan: PointPlan):
@@ -220,12 +220,32 @@ def _baseline(
         return EvalRecord(run_id, result.entries, result.per_query, metrics), True
 
 
+def _settings_file(plan: PointPlan, tmp: Path) -> Path:
+    """config.yaml for an original evaluated inside a quantized point's job (whose own config.yaml is the quantized
+    point's): the settings that define the original's result (its params), nested as in a config. The same
+    whichever point evaluated it."""
+    import yaml
+
+    nested: dict = {}
+    for k, v in plan.point.params().items():
+        *parents, leaf = k.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = v
+    p = tmp / "original" / "config.yaml"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text("# the original's settings (its run's params); evaluated inside a quantized point's job\n"
+                 + yaml.safe_dump(nested, sort_keys=False))  # fmt: skip
+    return p
+
+
 def _base_size(plan: PointPlan) -> dict[str, float]:
     from colq_sweep.quantize.sizes import checkpoint_bytes, param_counts
 
     weights, total = checkpoint_bytes(plan.checkpoint.dir())
-    return {"total_bytes": float(total), "weights_bytes": float(weights),
-            "params_total": param_counts(plan.checkpoint.dir())["params_total"]}
+    return {R.TOTAL_BYTES: float(total), R.WEIGHTS_BYTES: float(weights),
+            R.PARAMS_TOTAL: param_counts(plan.checkpoint.dir())["params_total"]}
 
 
 def run_point(
@@ -261,7 +281,7 @@ def _run_point(plan: PointPlan, uri: str, sweep_id: str | None, config_yaml: str
         if done:
             run = done[0]
             say("%s | skip: already FINISHED as run %s (run key %s; force=true recomputes)", who, run.info.run_id, plan.run_key)
-            return PointOutcome(plan.label, plan.model, "SKIPPED", run.info.run_id, dict(run.data.metrics))
+            return PointOutcome(plan.label, plan.model, "SKIPPED", run.info.run_id, R.tracked(dict(run.data.metrics)))
 
     with tempfile.TemporaryDirectory() as tmp:
         extra: list[Path] = []
@@ -317,7 +337,8 @@ def _run_quantized_point(
             artifact, metrics = None, _base_size(plan)
         result = _evaluate_stage(plan, artifact, metrics, who, share)
         # The baseline last: points of one model quantize side by side instead of waiting for its evaluation.
-        baseline, _ = ensure_baseline(plan.baseline, tracker, parent_id, who, share=share)
+        baseline, _ = ensure_baseline(plan.baseline, tracker, parent_id, who, [_settings_file(plan.baseline, tmp)],
+                                      share)  # fmt: skip
         metrics.update(R.compare(result.entries, baseline.entries))
         manifest = artifact.manifest if artifact is not None else None
         where = (str(artifact.path), None) if artifact is not None else (plan.checkpoint.source, plan.checkpoint.revision)
@@ -346,7 +367,7 @@ def _quantize_stage(plan: PointPlan, tracker: Tracker, run_id: str, who: str):
         for k in ("quant_seconds", "quant_peak_rss_mb", "quant_peak_cuda_mb", "samples_used"):
             if isinstance(manifest.get(k), (int, float)):
                 metrics[k] = float(manifest[k])
-        metrics["quant_stage_seconds"] = time.perf_counter() - t0
+        metrics = R.tracked({**metrics, "quant_stage_seconds": time.perf_counter() - t0})
         st["result"] = f"{'reused' if artifact.reused else 'built'} artifact {artifact.key}"
     return artifact, metrics
 
@@ -381,5 +402,5 @@ def _track_stage(tracker: Tracker, run_id: str, result, baseline: EvalRecord, me
             tracker.log_artifact(run_id, a)
         monitor.finish()
         tracker.finish(run_id)
-        st["result"] = (f"run {run_id} FINISHED: avg ndcg@5 {metrics['avg_ndcg_at_5_all']:.5f}, "
-                        f"delta {metrics.get('delta_ndcg_at_5_all', float('nan')):+.5f}")  # fmt: skip
+        st["result"] = (f"run {run_id} FINISHED: avg ndcg@5 {metrics[R.AVG5_ALL]:.5f}, "
+                        f"delta {metrics.get(R.DELTA5_ALL, float('nan')):+.5f}")  # fmt: skip

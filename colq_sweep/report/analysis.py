@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from colq_sweep import contract as R
 from colq_sweep.report import stats
 from colq_sweep.report.numbers import (
     ConfigStats,
@@ -74,15 +75,13 @@ def _order_key(p: PointResults, cands: list[str]) -> tuple:
 
 def _size_fields(p: PointResults, base_fallback: float | None) -> tuple[float | None, float | None, float | None]:
     if p.is_baseline:
-        b = p.metric("total_bytes") or p.metric("base_total_bytes") or base_fallback
-        return b, None, None
-    b = p.metric("base_total_bytes") or base_fallback
-    q = p.metric("quant_total_bytes")
-    if q is None and p.metric("total_bytes"):  # the original's weights behind a compressed index
-        b = q = p.metric("total_bytes")
+        return p.metric(R.TOTAL_BYTES) or base_fallback, None, None
+    q = p.metric(R.TOTAL_BYTES)
+    # no original beside it: the original's own weights (behind a compressed index)
+    b = p.metric(R.ORIGINAL_TOTAL_BYTES) or (q if q is not None else base_fallback)
     if b and q:
         return b, q, (1.0 - q / b) * 100.0
-    return b, q, p.metric("size_reduction_pct")
+    return b, q, p.metric("size/weights_reduction_pct")
 
 
 def analyze_model(model: str, points: list[PointResults], n_boot: int = 2000, seed: int = 0) -> ModelAnalysis:
@@ -205,7 +204,7 @@ def _entry_table(order: list[EntryKey], meta, qids: dict | None, first: pd.DataF
 def _config_stats(keys, shorts, ordered, ent, order, en_mask, boot_keys: set) -> list[ConfigStats]:
     base_bytes_fallback = None
     for p in ordered:
-        b = p.metric("total_bytes") if p.is_baseline else p.metric("base_total_bytes")
+        b = p.metric(R.TOTAL_BYTES) if p.is_baseline else p.metric(R.ORIGINAL_TOTAL_BYTES)
         if b:
             base_bytes_fallback = b
             break

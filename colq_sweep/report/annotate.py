@@ -1,12 +1,13 @@
 """The report's statistics written back onto the runs, so the MLflow UI can sort and filter by them.
 
 When a report is built from an experiment (and logged, `build_report(log_to_mlflow=True)`), every compared
-configuration's run gets its change's 95 % interval (`delta_ndcg_at_5_all_ci_low/high`, absolute, and
-`delta_pct_ndcg_at_5_all_ci_low/high`, percent of the original: the report's paired bootstrap), its significance
+configuration's run gets its change's 95 % interval (`ndcg5/delta_all_ci_low/high`, absolute, and
+`ndcg5/delta_pct_all_ci_low/high`, percent of the original: the report's paired bootstrap), its significance
 (tag `colq.significance`: degraded | improved | not significant | n/a) and `colq.best` (true on the configuration
 the report recommends for its model, false on the others: a later report moves it). The parent run (the newest
 sweep of the experiment) gets the recommendation as its description (`mlflow.note.content`), the varying settings
-as params (`sweep.<param>` = their levels) and per model the best configuration's numbers as metrics.
+as params (`sweep.<param>` = their levels) and per model the best configuration's numbers as metrics
+(`best/<model>/ndcg5_avg_all`, `best/<model>/ndcg5_delta_pct_all`) and its number of configurations.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def run_annotations(analyses) -> dict[str, tuple[dict[str, float], dict[str, str
                 lo, hi = c.ci.get(name, (None, None))
                 if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
                     metrics[f"{prefix}_low"], metrics[f"{prefix}_high"] = float(lo), float(hi)
-            tags = {R.SIGNIFICANCE: sig_of(c), R.BEST: str(c is ma.best).lower()}
+            tags = {R.SIGNIFICANCE: sig_of(c), R.IS_BEST: str(c is ma.best).lower()}
             out[c.point.run_id] = (metrics, tags)
     return out
 
@@ -45,10 +46,10 @@ def parent_annotations(analyses, description: str) -> tuple[dict[str, str], dict
             params[f"sweep.{p}"] = ",".join(levels)[:6000]
         b = ma.best
         if b is not None:
-            metrics[f"{ma.model}/best_avg_ndcg_at_5_all"] = float(b.avg_all)
+            metrics[f"{R.BEST}{ma.model}/ndcg5_avg_all"] = float(b.avg_all)
             if math.isfinite(b.rel_all):
-                metrics[f"{ma.model}/best_delta_pct_ndcg_at_5_all"] = float(b.rel_all)
-        metrics[f"{ma.model}/configurations"] = float(len(ma.configs))
+                metrics[f"{R.BEST}{ma.model}/ndcg5_delta_pct_all"] = float(b.rel_all)
+        metrics[f"sweep/{ma.model}/configurations"] = float(len(ma.configs))
     return params, metrics, {R.NOTE: description[:60000]}
 
 

@@ -14,7 +14,7 @@ from colq_sweep.report.points import PointResults
 
 log = logging.getLogger("colq_sweep.report")
 REPORT_ARTIFACT_PATH = "report"
-OUTPUT_FILES = ("report.md", "entries.csv", "summary.csv", "frontier.csv", "pairs.csv")
+OUTPUT_FILES = ("report.md", "report.html", "entries.csv", "summary.csv", "frontier.csv", "pairs.csv")
 
 
 def build_report_from_points(points: list[PointResults], out_dir: str | Path, *, title: str = "sweep",

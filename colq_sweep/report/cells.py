@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from colq_sweep import contract as R
 from colq_sweep.report import tables as T
 from colq_sweep.report.numbers import ConfigStats
 from colq_sweep.report.points import PointResults
@@ -9,19 +10,18 @@ from colq_sweep.report.stats import CI_LEVEL, significance
 
 MARK = {"improved": "▲", "degraded": "▼", "not significant": "", "n/a": ""}
 SPEED = [  # (metric, header, formatter)
-    ("quant_seconds", "Quantization time", T.seconds),
-    ("quant_peak_rss_mb", "Quant. peak RSS (MB)", T.num),
-    ("quant_peak_cuda_mb", "Quant. peak GPU (MB)", T.num),
-    ("eval_seconds", "Evaluation time", T.seconds),
-    ("pages_per_s", "Pages/s", lambda v: T.num(v, 2)),
-    ("queries_per_s", "Queries/s", lambda v: T.num(v, 2)),
-    ("eval_peak_rss_mb", "Eval. peak RSS (MB)", T.num),
-    ("eval_peak_cuda_mb", "Eval. peak GPU (MB)", T.num),
+    (R.QUANT_SECONDS, "Quantization time", T.seconds),
+    ("quant/peak_rss_mb", "Quant. peak RSS (MB)", T.num),
+    ("quant/peak_cuda_mb", "Quant. peak GPU (MB)", T.num),
+    (R.EVAL_SECONDS, "Evaluation time", T.seconds),
+    (R.PAGES_PER_S, "Pages/s", lambda v: T.num(v, 2)),
+    ("eval/queries_per_s", "Queries/s", lambda v: T.num(v, 2)),
+    ("eval/peak_rss_mb", "Eval. peak RSS (MB)", T.num),
+    ("eval/peak_cuda_mb", "Eval. peak GPU (MB)", T.num),
 ]
-ALIASES = {  # older / alternative metric names, used only when the contract's name is absent
-    "quant_seconds": ("quant_wall_time_s",),
-    "eval_peak_rss_mb": ("peak_rss_mb",),
-    "eval_peak_cuda_mb": ("peak_cuda_mb",),
+ALIASES = {  # older metric names (before the eval_ prefix), used only when the contract's name is absent
+    "eval/peak_rss_mb": ("peak_rss_mb",),
+    "eval/peak_cuda_mb": ("peak_cuda_mb",),
 }
 
 

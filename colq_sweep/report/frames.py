@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from colq_sweep.report.cells import SPEED, sig_of, speed_metric
+from colq_sweep.report.html import render_html
 from colq_sweep.report.numbers import ModelAnalysis
 from colq_sweep.report.points import PointResults
 
@@ -64,8 +65,8 @@ def summary_frame(analyses: list[ModelAnalysis]) -> pd.DataFrame:
             row["is_best"] = c is ma.best
             row["base_total_bytes"], row["quant_total_bytes"], row["size_reduction_pct"] = (
                 c.base_bytes, c.quant_bytes, c.reduction_pct)
-            for k, _, _ in SPEED:
-                row[k] = speed_metric(c.point, k)
+            for k, _, _ in SPEED:  # quant/seconds -> quant_seconds
+                row[k.replace("/", "_")] = speed_metric(c.point, k)
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -76,4 +77,6 @@ def write_outputs(out_dir: Path, markdown: str, analyses: list[ModelAnalysis], p
     summary_frame(analyses).to_csv(out_dir / "summary.csv", index=False)
     path = out_dir / "report.md"
     path.write_text(markdown, encoding="utf-8")
+    title = next((ln[2:] for ln in markdown.splitlines() if ln.startswith("# ")), "report")
+    (out_dir / "report.html").write_text(render_html(markdown, out_dir, title), encoding="utf-8")
     return path

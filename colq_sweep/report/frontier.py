@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from colq_sweep import contract as R
 from colq_sweep.report import stats
 from colq_sweep.report.numbers import ConfigStats, EntryKey, ModelAnalysis
 from colq_sweep.report.points import clean_per_query
@@ -128,14 +129,14 @@ def _shared_entries(analyses: list[ModelAnalysis]):
 def _candidate(ma: ModelAnalysis, c: ConfigStats, idx: list[int], v3: list[int], pages: float | None) -> Candidate:
     p = c.point
     weights = c.quant_bytes if c.quant_bytes is not None else c.base_bytes
-    per_page = _metric(c, "index_bytes_per_page")
-    index = per_page * pages if pages is not None and per_page is not None else _metric(c, "index_total_bytes")
+    per_page = _metric(c, R.INDEX_BYTES_PER_PAGE)
+    index = per_page * pages if pages is not None and per_page is not None else _metric(c, R.INDEX_TOTAL_BYTES)
     return Candidate(
         model=ma.model, config=c, name=f"{ma.model} / {c.short}", avg=float(c.scores[idx].mean()) if idx else math.nan,
         avg10_v3=float(np.nanmean(c.ndcg10[v3])) if v3 and np.isfinite(c.ndcg10[v3]).any() else None,
-        weights_bytes=weights, weights_device_mb=_metric(c, "weights_device_mb"), device=p.device,
-        index_per_page=per_page, index_bytes=index, pages_per_s=_metric(c, "pages_per_s"),
-        queries_per_s=_metric(c, "queries_per_s"),
+        weights_bytes=weights, weights_device_mb=_metric(c, "eval/weights_device_mb"), device=p.device,
+        index_per_page=per_page, index_bytes=index, pages_per_s=_metric(c, R.PAGES_PER_S),
+        queries_per_s=_metric(c, "eval/queries_per_s"),
     )
 
 

@@ -54,6 +54,12 @@ INDEX_DEFAULTS = {"index.pool_factor": "1", "index.dtype": "bf16", "calib.kind":
                   "quant.vision": "False"}
 
 
+def _set(params: dict[str, str]) -> dict[str, str]:
+    """A run's params less the unset ones that stores written before 2026-12 logged as 'None' or '' (runs now log
+    only the settings that are set: config/specs.py SweepPoint.params), so old and new runs compare alike."""
+    return {k: v for k, v in params.items() if v not in ("None", "")}
+
+
 def _all_runs(client, experiment_ids: list[str], filter_string: str = "") -> list:
     runs, token = [], None
     while True:
@@ -79,7 +85,7 @@ def _point(client, run, tmp: Path, notes: list[str]) -> PointResults:
     tags, info = run.data.tags, run.info
     p = PointResults(
         model=tags.get(MODEL, "?"), label=tags.get(LABEL, info.run_name or info.run_id), role=tags.get(ROLE, "?"),
-        params={**INDEX_DEFAULTS, **run.data.params}, metrics=dict(run.data.metrics), run_id=info.run_id, status=info.status,
+        params={**INDEX_DEFAULTS, **_set(run.data.params)}, metrics=dict(run.data.metrics), run_id=info.run_id, status=info.status,
         config_hash=tags.get(CONFIG_HASH, ""), eval_hash=tags.get(EVAL_HASH, ""), start_time=info.start_time,
         error=tags.get(ERROR, ""), kernel=tags.get(KERNEL_BACKEND, ""), device=tags.get(DEVICE_NAME, ""),
     )

@@ -7,6 +7,7 @@ import datetime as dt
 import math
 from typing import Any
 
+from colq_sweep import contract as R
 from colq_sweep.report import tables as T
 from colq_sweep.report.cells import PCT, SPEED, ci_text, sig_of, sig_words, size_text, speed_metric
 from colq_sweep.report.decide import section_across
@@ -128,8 +129,8 @@ def section_method(analyses: list[ModelAnalysis], n_boot: int, seed: int) -> lis
 
 def _index_cells(c, weights: float | None) -> list[str]:
     """Index per page, the index of the evaluated corpora, weights + that index, and weights + a million pages."""
-    per_page, total = c.point.metric("index_bytes_per_page"), c.point.metric("index_total_bytes")
-    vectors = c.point.metric("index_vectors_per_page")
+    per_page, total = c.point.metric(R.INDEX_BYTES_PER_PAGE), c.point.metric(R.INDEX_TOTAL_BYTES)
+    vectors = c.point.metric("index/vectors_per_page")
     page = f"{T.nbytes(per_page)} ({vectors:.0f} vectors)" if per_page is not None and vectors is not None else T.NA
     both = weights + total if weights is not None and total is not None else None
     million = weights + 1e6 * per_page if weights is not None and per_page is not None else None
@@ -139,11 +140,11 @@ def _index_cells(c, weights: float | None) -> list[str]:
 def _vision_cell(c, baseline: bool = False, others: list = ()) -> str:
     """The vision tower's part of the weights, and how much of its parameters are quantized (quant.vision); the
     original's as its quantized points measured it (`others`)."""
-    v = c.point.metric("vision_tensor_bytes") if not baseline else next(
-        (o.point.metric("base_vision_tensor_bytes") for o in others if o.point.metric("base_vision_tensor_bytes")), None)
+    v = c.point.metric("size/vision_bytes") if not baseline else next(
+        (o.point.metric("size/original_vision_bytes") for o in others if o.point.metric("size/original_vision_bytes")), None)
     if v is None:
         return T.NA
-    pct = 0.0 if baseline else (c.point.metric("vision_params_quantized_pct") or 0.0)
+    pct = 0.0 if baseline else (c.point.metric("params/vision_quantized_pct") or 0.0)
     return f"{T.nbytes(v)} ({pct:.0f}% quantized)" if pct else f"{T.nbytes(v)} (16-bit)"
 
 

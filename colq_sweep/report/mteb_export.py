@@ -21,6 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from colq_sweep import contract as R
 from colq_sweep.contract import MTEB_ARTIFACTS
 from colq_sweep.report.points import PointResults
 
@@ -45,8 +46,8 @@ def variant_meta(p: PointResults, logged: dict, original: PointResults | None, o
 
     meta = dict(logged)
     base_name = (original_meta or logged).get("name") or p.model
-    weights = p.metric("quant_weights_bytes") if not p.is_baseline else p.metric("weights_bytes")
-    n_params = p.metric("params_total") or (original.metric("params_total") if original is not None else None)
+    weights = p.metric(R.WEIGHTS_BYTES)
+    n_params = p.metric(R.PARAMS_TOTAL) or (original.metric(R.PARAMS_TOTAL) if original is not None else None)
     extra = {"run_id": p.run_id, "label": p.label, "role": p.role, "index": _settings(p, "index.")}
     if p.is_baseline:
         meta["name"] = base_name

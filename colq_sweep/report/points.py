@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from colq_sweep import contract as R
 from colq_sweep.contract import (  # the columns the sweep writes
     ENTRY_COLUMNS,
     FINISHED,
@@ -41,7 +42,8 @@ class PointResults:
 
     params: the run's flattened config as strings (`seqlen`, `batch_size`, `quant.bits`, ...); the report
     detects the factors of a sweep as the params that vary among a model's quantized points.
-    metrics: tracked numbers (`base_total_bytes`, `quant_total_bytes`, `quant_seconds`, `pages_per_s`, ...).
+    metrics: tracked numbers under the contract's names (`size/total_bytes`, `quant/seconds`, `eval/pages_per_s`,
+    ...; older names are renamed on construction: contract.RENAMED).
     status: MLflow run status; only FINISHED points give numbers, FAILED ones are listed as failed.
     """
 
@@ -61,6 +63,9 @@ class PointResults:
     kernel: str = ""  # the load-back kernels a quantized point was evaluated with (tag colq.kernel_backend)
     device: str = ""  # the device kind it was evaluated on (tag colq.device_name: "cpu", "NVIDIA H200", ...)
     notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.metrics = R.tracked(self.metrics)  # a store written before the contract's names reads as a new one
 
     @property
     def is_baseline(self) -> bool:

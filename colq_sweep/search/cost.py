@@ -21,6 +21,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from colq_sweep import contract as R
+
 COSTS = ("bytes", "quant_time")
 
 
@@ -139,9 +141,6 @@ def calibration_tokens(point) -> float:
 
 
 def built_bytes(metrics: dict[str, float]) -> float | None:
-    """A finished point's checkpoint on disk, from its metrics: the quantized export's, or the original's (a
-    baseline run logs `total_bytes`, a quantized one `quant_total_bytes` beside its base's)."""
-    for k in ("quant_total_bytes", "total_bytes", "base_total_bytes"):
-        if metrics.get(k) is not None:
-            return float(metrics[k])
-    return None
+    """A finished point's checkpoint on disk, from its metrics (any role: `size/total_bytes`)."""
+    v = R.tracked(metrics).get(R.TOTAL_BYTES)
+    return None if v is None else float(v)

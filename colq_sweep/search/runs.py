@@ -46,7 +46,7 @@ def original_vectors(tracker, point) -> float | None:
                         f"tags.`{R.EVAL_HASH}` = '{keys.eval_hash(base)}' and "
                         f"params.`model.max_num_visual_tokens` = '{point.model.max_num_visual_tokens}'")  # fmt: skip
     for run in sorted(done, key=lambda r: -(r.info.start_time or 0)):
-        m = run.data.metrics
-        if "index_pages" in m and "index_vectors_per_page" in m:
-            return float(m["index_pages"]) * float(m["index_vectors_per_page"])
+        m = R.tracked(run.data.metrics)
+        if "index/pages" in m and "index/vectors_per_page" in m:
+            return float(m["index/pages"]) * float(m["index/vectors_per_page"])
     return None

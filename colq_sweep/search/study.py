@@ -30,6 +30,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from colq_sweep import contract as R
 from colq_sweep.config.checks import ConfigError, pos_int
 
 OBJECTIVES = {"ndcg5": "maximize", "bytes": "minimize"}
@@ -181,12 +182,12 @@ def objective_values(metrics: dict[str, float], objectives: tuple[str, ...]) -> 
     out = []
     for o in objectives:
         if o == "ndcg5":
-            v = metrics.get("avg_ndcg_at_5_all")
+            v = metrics.get(R.AVG5_ALL)
         else:
             from colq_sweep.search.cost import built_bytes
 
             weights = built_bytes(metrics)
-            v = None if weights is None else float(weights) + float(metrics.get("index_total_bytes", 0.0))
+            v = None if weights is None else float(weights) + float(metrics.get(R.INDEX_TOTAL_BYTES, 0.0))
         if v is None or not math.isfinite(float(v)):
             return None
         out.append(float(v))

@@ -4,7 +4,7 @@ Intel Neural Compressor's accuracy-driven tuning, with this project's statistics
 sweep's overrides) are ordered by a predicted cost (search/cost.py), evaluated in that order (one at a time, or
 `hydra.sweeper.max_batch_size` at a time on a launcher with several slots: the answer is the same), and the search
 stops at the first that passes. The loss is the relative drop of the average NDCG@5 from the original, in percent
-(-delta_pct_ndcg_at_5_all). `search.criterion=point` passes a candidate whose loss is at most the tolerance;
+(-ndcg5/delta_pct_all). `search.criterion=point` passes a candidate whose loss is at most the tolerance;
 `interval` also needs the upper end of the loss's 95 % paired-bootstrap interval (report/stats.py
 `point_interval`) within it: a loss that is small only by chance does not pass. A candidate that failed to run
 does not pass either, and the answer says it is conditional on it.
@@ -16,6 +16,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from colq_sweep import contract as R
 from colq_sweep.config.checks import ConfigError, choice
 from colq_sweep.search.cost import COSTS, Cost, built_bytes
 
@@ -70,9 +71,9 @@ class Candidate:
         self.status = status["status"] if status["status"] in OK + ("FAILED",) else "CRASHED"
         self.run_id = status.get("run_id")
         self.error = status.get("error")
-        m = status.get("metrics") or {}
-        if self.done and "delta_pct_ndcg_at_5_all" in m:
-            self.loss_pct = -float(m["delta_pct_ndcg_at_5_all"])
+        m = R.tracked(status.get("metrics") or {})  # a status file written before the contract's names too
+        if self.done and R.DELTA5_PCT_ALL in m:
+            self.loss_pct = -float(m[R.DELTA5_PCT_ALL])
             self.loss_hi_pct = -interval["pct_lo"] if interval else None
         elif self.done and self.label == "original":  # the original itself among the candidates: no loss by definition
             self.loss_pct = self.loss_hi_pct = 0.0
@@ -80,7 +81,7 @@ class Candidate:
             self.status, self.error = "FAILED", "no change vs the original was logged"
         weights = built_bytes(m) if self.done else None
         if weights is not None:  # as predicted: with the index when the prediction had it
-            index = float(m.get("index_total_bytes", 0.0)) if self.cost.index_bytes is not None else 0.0
+            index = float(m.get(R.INDEX_TOTAL_BYTES, 0.0)) if self.cost.index_bytes is not None else 0.0
             self.measured_bytes = weights + index
 
     def passes(self, spec: SearchSpec) -> bool:

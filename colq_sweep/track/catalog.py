@@ -24,8 +24,7 @@ from colq_sweep import contract as R
 from colq_sweep.tasks import DATASETS
 
 MODEL_TYPE = "colqwen3"
-LINKED = ("avg_ndcg_at_5_all", "avg_ndcg_at_5_en", "delta_ndcg_at_5_all", "delta_pct_ndcg_at_5_all", "quant_total_bytes",
-          "total_bytes", "index_total_bytes")  # fmt: skip
+LINKED = (R.AVG5_ALL, R.AVG5_EN, R.DELTA5_ALL, R.DELTA5_PCT_ALL, R.TOTAL_BYTES, R.INDEX_TOTAL_BYTES)
 WEIGHT_PARAMS = ("quant.", "calib.", "seqlen", "batch_size", "nsamples", "iters", "seed", "model.")
 
 

@@ -46,7 +46,7 @@ def open_sweep(config: DictConfig, n_jobs: int) -> str:
         run_id = tracker.create_run(f"sweep {sweep_dir.name}", {
             R.ROLE: R.ROLE_SWEEP, R.SWEEP_ID: sid, R.SWEEP_DIR: str(sweep_dir.resolve()), R.OVERRIDES: overrides,
         })  # fmt: skip
-    tracker.log(run_id, metrics={"points": n_jobs})
+    tracker.log(run_id, metrics={R.SWEEP_POINTS: n_jobs})
     log.info("MLflow parent run %s (experiment %s, store %s)", run_id, config.name, tracker.uri)
     return run_id
 
@@ -121,9 +121,10 @@ def close_sweep(config: DictConfig, jobs: list[tuple[int, Path, str]], notes: di
 
 
 def distinguishing(shown: list[str]) -> list[str]:
-    """Each job's overrides (as shown, space-separated) less those every job shares: what tells it apart."""
+    """Each job's overrides (as shown, space-separated) less those every job shares: what tells it apart (nothing,
+    for a sweep of one job: its run keeps the point's own name)."""
     lists = [re.sub(r"^trial #\d+: ", "", s).split() for s in shown]
-    shared = set.intersection(*(set(x) for x in lists)) if len(lists) > 1 else set()
+    shared = set.intersection(*(set(x) for x in lists)) if lists else set()
     return [" ".join(o for o in x if o not in shared) for x in lists]
 
 
@@ -152,7 +153,7 @@ def _close_parent(config: DictConfig, failed: list) -> None:
         for run in tracker.children(parent, status="RUNNING"):
             tracker.log(run.info.run_id, tags={R.ERROR: "its job ended without closing the run (CRASHED)"})
             tracker.finish(run.info.run_id, "KILLED")
-        tracker.log(parent, metrics={"points_failed": len(failed)})
+        tracker.log(parent, metrics={R.SWEEP_FAILED: len(failed)})
         tracker.finish(parent, "FAILED" if failed else "FINISHED")
     foreign = tracker.foreign_running()
     if foreign:
@@ -164,9 +165,8 @@ def format_summary(rows: list[tuple[str, dict]]) -> str:
     header = ("job", "model", "point", "status", "avg ndcg@5", "delta vs original")
     lines = [header]
     for job, s in rows:
-        m = s.get("metrics") or {}
-        avg = m.get("avg_ndcg_at_5_all")
-        delta = m.get("delta_ndcg_at_5_all")
+        m = R.tracked(s.get("metrics") or {})
+        avg, delta = m.get(R.AVG5_ALL), m.get(R.DELTA5_ALL)
         status = s["status"] + (f" ({s['error']})" if s.get("error") else "")
         lines.append((job, s.get("model", "?"), s.get("label", "?"), status[:80],
                       f"{avg:.5f}" if avg is not None else "-", f"{delta:+.5f}" if delta is not None else "-"))  # fmt: skip

@@ -44,10 +44,10 @@ def register_best(uri: str, experiment: str | None, name: str) -> int:
     if exp is None:
         print(f"colq_sweep: --register-best needs --name <experiment> of this store (got {experiment!r})", file=sys.stderr)
         return 2
-    best = client.search_runs([exp.experiment_id], f"tags.`{R.BEST}` = 'true'")
+    best = client.search_runs([exp.experiment_id], f"tags.`{R.IS_BEST}` = 'true'")
     models = [(r, o.model_id) for r in best for o in (r.outputs.model_outputs if r.outputs else [])]
     if not models:
-        print(f"colq_sweep: no run of {experiment!r} is marked {R.BEST}=true with a logged model: build the report "
+        print(f"colq_sweep: no run of {experiment!r} is marked {R.IS_BEST}=true with a logged model: build the report "
               "first (python -m colq_sweep.report --name ...)", file=sys.stderr)  # fmt: skip
         return 2
     if not client.search_registered_models(f"name = '{name}'"):
