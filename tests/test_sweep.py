@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -196,12 +197,15 @@ def test_the_runs_read_apart_in_the_mlflow_ui(first_sweep):
     assert len(best) == 1 and best[0].data.metrics["ndcg5/avg_all"] == max(r.data.metrics["ndcg5/avg_all"] for r in points)
     parents = client.search_runs([exp], "tags.`colq.role` = 'sweep'", order_by=["attributes.start_time DESC"])
     newest = parents[0].data
+    # parents read apart by what they compare and when (not the fixed overrides, paths, or how it was launched)
+    assert re.fullmatch(r"sweep seqlen=32,48,64 · \d\d-\d\d \d\d:\d\d", parents[-1].info.run_name), parents[-1].info.run_name
     assert newest.tags["mlflow.note.content"].startswith("**`tiny`: use `") and newest.metrics["sweep/tiny/configurations"] == len(points)
     ui = subprocess.run([sys.executable, "-m", "colq_sweep.track.ui", "--outputs-dir", str(outputs), "--print-only"],
                         cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=120)  # fmt: skip
     assert ui.returncode == 0 and f"http://127.0.0.1:5000/#/experiments/{exp}?workflowType=machine_learning" in ui.stdout
     # the Models tab: each checkpoint a logged model where it lies, with its params and the run's metrics linked
     models = {m.source_run_id: m for m in client.search_logged_models([exp])}
+    assert len({models[r.info.run_id].name for r in points}) == len(points)  # the Models tab tells them apart
     for r in [*points, base]:
         m = models[r.info.run_id]
         assert str(m.status).endswith("READY") and m.model_type == "colqwen3"

@@ -2,12 +2,11 @@
 the tasks it was evaluated on and its calibration set as dataset inputs, its per-entry scores as a table.
 
 - **Logged model** (MLflow 3's `create_logged_model`, type `colqwen3`): one per finished point, named
-  `<model>-<label head>` (`tiny-w4g128`, `tiny-original`), source run = the point's run. It references the
-  checkpoint where it lies (tag `colq.checkpoint_uri`: the cached artifact's directory as a file URI, or
-  `hf://<id>@<revision>` for a Hub original): nothing is copied. Its params are the settings that made the
-  weights, and the headline metrics are logged with its model id, so the Models tab compares checkpoints.
-  Registering one in the model registry is a command (`python -m colq_sweep.track.ui --register-best NAME`), never
-  automatic.
+  `<model>-<label>` (`tiny-w4g128-seqlen64-bs4-n8-iters40-seed42`, `tiny-original`), source run = the point's run. It
+  references the checkpoint where it lies (tag `colq.checkpoint_uri`: the cached artifact's directory as a file URI,
+  or `hf://<id>@<revision>` for a Hub original): nothing is copied. Its params are the settings that made the weights,
+  and the headline metrics are logged with its model id, so the Models tab compares checkpoints. Registering one in
+  the model registry is a command (`python -m colq_sweep.track.ui --register-best NAME`), never automatic.
 - **Dataset inputs**: each evaluated task (name = the task, digest = the revision evaluated, source = its Hub
   dataset and revision, profile = its subsets, languages and query count; context `evaluation`) and, for a
   calibrated point, the calibration set (context `calibration`: source, dataset or path, pin, samples, seqlen).
@@ -29,9 +28,9 @@ WEIGHT_PARAMS = ("quant.", "calib.", "seqlen", "batch_size", "nsamples", "iters"
 
 
 def model_name(model: str, label: str) -> str:
-    from colq_sweep.track.tags import label_head
-
-    return "-".join([model, *label_head(label)]).replace("+", "_")
+    """`tiny-w4g128-seqlen64-bs4-n8-iters40-seed42`, `tiny-original`: the whole label, so the Models tab tells the
+    checkpoints of one sweep apart (a logged model's name cannot change once the sweep knows what it varied)."""
+    return "-".join([model, *(w.replace("=", "") for w in label.split())]).replace("+", "_").replace("/", "_")
 
 
 def log_model(tracker, run_id: str, plan, checkpoint_uri: str, metrics: dict[str, float]) -> str:

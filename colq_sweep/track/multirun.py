@@ -43,12 +43,28 @@ def open_sweep(config: DictConfig, n_jobs: int) -> str:
     run_id = tracker.find_parent(sid)
     if run_id is None:
         overrides = " ".join(config.hydra.overrides.task)
-        run_id = tracker.create_run(f"sweep {sweep_dir.name}", {
+        run_id = tracker.create_run(sweep_name(list(config.hydra.overrides.task), sweep_dir.name), {
             R.ROLE: R.ROLE_SWEEP, R.SWEEP_ID: sid, R.SWEEP_DIR: str(sweep_dir.resolve()), R.OVERRIDES: overrides,
         })  # fmt: skip
     tracker.log(run_id, metrics={R.SWEEP_POINTS: n_jobs})
     log.info("MLflow parent run %s (experiment %s, store %s)", run_id, config.name, tracker.uri)
     return run_id
+
+
+# overrides that say where and how a sweep ran, not what it compares: left out of its run's name
+_NOT_NAMED = ("experiment", "outputs_dir", "name", "tracking_uri", "force", "system_metrics", "device")
+
+
+def sweep_name(overrides: list[str], dir_name: str) -> str:
+    """The parent run's name: what the sweep compares (its swept overrides; for a sweep of one point its other
+    overrides, paths left out), then when (`sweep seqlen=32,64,128 · 12-04 22:32`; the directory's name when it has
+    no time stamp), so parents read apart in the runs table."""
+    words = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in _NOT_NAMED and "/" not in o]
+    swept = [o for o in words if "," in o or re.search(r"=\s*(choice|range|interval|glob)\(", o)]
+    words = swept or words
+    m = re.search(r"\d{4}-(\d\d-\d\d)_(\d\d)-(\d\d)", dir_name)
+    when = f"{m.group(1)} {m.group(2)}:{m.group(3)}" if m else dir_name
+    return f"sweep {' '.join(words) or '(defaults)'} · {when}"[:250]
 
 
 def abort_sweep(config: DictConfig, reason: str) -> None:
