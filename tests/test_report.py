@@ -538,3 +538,17 @@ def test_demo_like_report_says_nothing_matches_the_study(tmp_path):
     section = text.split("## Against the published study", 1)[1]
     assert "No configuration of this report matches one of the study's" in section
     assert "is not one of the study's (TomoroAI ColQwen3-Embed 4B/8B)" in section
+
+
+def test_a_runs_params_read_alike_from_old_and_new_stores():
+    """Old stores logged unset settings as 'None' and had no calib.kind / index / vision params; new runs log only
+    what is set and applies. Both read the same: unset dropped, the old defaults filled in, calibration defaults
+    only where the run calibrated (an RTN point or an original logs no calib.* and gets none)."""
+    from colq_sweep.report.load import _params
+
+    old = _params({"seqlen": "512", "calib.source": "hub", "calib.revision": "None", "model.id": "None"})
+    assert old == {"index.pool_factor": "1", "index.dtype": "bf16", "quant.vision": "False", "calib.kind": "text",
+                   "calib.queries_share": "0.0", "seqlen": "512", "calib.source": "hub"}  # fmt: skip
+    rtn = _params({"quant.algorithms": "rtn", "quant.bits": "4"})
+    assert not any(k.startswith("calib.") for k in rtn) and rtn["quant.algorithms"] == "rtn"
+    assert _params({"calib.kind": "pages", "calib.queries_share": "0.25"})["calib.kind"] == "pages"

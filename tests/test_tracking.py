@@ -190,3 +190,19 @@ def test_system_metrics_are_logged_to_a_run_while_it_works(tmp_path, monkeypatch
     assert len(history) >= 3 and [m.step for m in history] == list(range(len(history)))
     assert t.client.get_run(run).data.metrics["system/system_memory_usage_megabytes"] > 0
     assert not any(k.startswith("system/") for k in t.client.get_run(quiet).data.metrics)
+
+
+def test_logged_model_names_are_the_whole_label_in_characters_mlflow_accepts():
+    """A logged model's name is its point's whole label (the Models tab tells a sweep's checkpoints apart), with
+    what MLflow's store refuses (`. / : % " '`: a mixed calibration's `mixed0.5`) replaced."""
+    from mlflow.utils.validation import _validate_logged_model_name
+
+    from colq_sweep.track.catalog import model_name
+
+    names = [model_name("tiny", "w4g128 seqlen=512 bs=8 n=512 iters=1000 seed=42 calib=mixed0.5"),
+             model_name("tiny", "signround+awq w4g128 seqlen=64 calib=pages+q0.25 index=pool3-int8"),
+             model_name("org/4b", "original")]  # fmt: skip
+    assert names == ["tiny-w4g128-seqlen512-bs8-n512-iters1000-seed42-calibmixed0_5",
+                     "tiny-signround_awq-w4g128-seqlen64-calibpages_q0_25-indexpool3-int8", "org_4b-original"]
+    for n in names:
+        _validate_logged_model_name(n)  # raises for a name the store would refuse

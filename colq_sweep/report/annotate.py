@@ -42,7 +42,8 @@ def parent_annotations(analyses, description: str) -> tuple[dict[str, str], dict
     for ma in analyses:
         design = ma.design
         for p in design.varying if design is not None else []:
-            levels = sorted({str(c.point.params.get(p)) for c in ma.configs}, key=lambda v: (len(v), v))
+            values = {c.point.params.get(p) for c in ma.configs} - {None}  # RTN has no seqlen: not a level
+            levels = sorted(map(str, values), key=lambda v: (len(v), v))
             params[f"sweep.{p}"] = ",".join(levels)[:6000]
         b = ma.best
         if b is not None:

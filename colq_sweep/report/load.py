@@ -48,10 +48,16 @@ class Loaded:
     searches: list[dict] = field(default_factory=list)  # report/search.py: the newest record of each search
 
 
-# runs logged before the index settings existed evaluated the uncompressed index: the same factor level as now
-# what runs logged before these settings existed had: the uncompressed index, text calibration, a 16-bit vision tower
-INDEX_DEFAULTS = {"index.pool_factor": "1", "index.dtype": "bf16", "calib.kind": "text", "calib.queries_share": "0.0",
-                  "quant.vision": "False"}
+# what runs logged before these settings existed had: the uncompressed index, a 16-bit vision tower, and (for a
+# point that calibrated: one that logged calib.* params) text calibration
+INDEX_DEFAULTS = {"index.pool_factor": "1", "index.dtype": "bf16", "quant.vision": "False"}
+CALIB_DEFAULTS = {"calib.kind": "text", "calib.queries_share": "0.0"}
+
+
+def _params(params: dict[str, str]) -> dict[str, str]:
+    p = _set(params)
+    calibrated = any(k.startswith("calib.") for k in p)  # RTN and the original log none: no calibration to fill in
+    return {**INDEX_DEFAULTS, **(CALIB_DEFAULTS if calibrated else {}), **p}
 
 
 def _set(params: dict[str, str]) -> dict[str, str]:
@@ -85,7 +91,7 @@ def _point(client, run, tmp: Path, notes: list[str]) -> PointResults:
     tags, info = run.data.tags, run.info
     p = PointResults(
         model=tags.get(MODEL, "?"), label=tags.get(LABEL, info.run_name or info.run_id), role=tags.get(ROLE, "?"),
-        params={**INDEX_DEFAULTS, **_set(run.data.params)}, metrics=dict(run.data.metrics), run_id=info.run_id, status=info.status,
+        params=_params(run.data.params), metrics=dict(run.data.metrics), run_id=info.run_id, status=info.status,
         config_hash=tags.get(CONFIG_HASH, ""), eval_hash=tags.get(EVAL_HASH, ""), start_time=info.start_time,
         error=tags.get(ERROR, ""), kernel=tags.get(KERNEL_BACKEND, ""), device=tags.get(DEVICE_NAME, ""),
     )
@@ -134,10 +140,12 @@ def _split_by_original(client, model: str, refs: list[str], chosen: list, group_
         except Exception:  # noqa: BLE001 - a deleted run: fall back to one group (noted by the caller's logic)
             notes.append(f"{model}: original run {ref} referenced by its points no longer exists")
             return False
-    keys = sorted({k for r in originals.values() for k in r.data.params if k.startswith(("model.", "eval."))})
-    differing = [k for k in keys if len({r.data.params.get(k) for r in originals.values()}) > 1] or ["run"]
+    params = {ref: _set(r.data.params) for ref, r in originals.items()}
+    # settings every original logged (an old store's runs logged speed-only knobs too, which tell nothing apart)
+    keys = sorted(set.intersection(*({k for k in p if k.startswith(("model.", "eval."))} for p in params.values())))
+    differing = [k for k in keys if len({p[k] for p in params.values()}) > 1] or ["run"]
     for ref, base in originals.items():
-        label = ", ".join(f"{k}={base.data.params.get(k, ref[:8])}" for k in differing)
+        label = ", ".join(f"{k}={params[ref].get(k, ref[:8])}" for k in differing)
         group = f"{model} [{label}]"
         group_of[ref] = group
         for r in chosen:

@@ -180,6 +180,7 @@ def config_key(params: dict) -> tuple:
 def objective_values(metrics: dict[str, float], objectives: tuple[str, ...]) -> list[float] | None:
     """The objectives from a point's metrics; None when one is missing or not finite (the trial fails)."""
     out = []
+    metrics = R.tracked(metrics)  # a status file written before the contract's names too
     for o in objectives:
         if o == "ndcg5":
             v = metrics.get(R.AVG5_ALL)

@@ -16,6 +16,7 @@ the tasks it was evaluated on and its calibration set as dataset inputs, its per
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -30,7 +31,8 @@ WEIGHT_PARAMS = ("quant.", "calib.", "seqlen", "batch_size", "nsamples", "iters"
 def model_name(model: str, label: str) -> str:
     """`tiny-w4g128-seqlen64-bs4-n8-iters40-seed42`, `tiny-original`: the whole label, so the Models tab tells the
     checkpoints of one sweep apart (a logged model's name cannot change once the sweep knows what it varied)."""
-    return "-".join([model, *(w.replace("=", "") for w in label.split())]).replace("+", "_").replace("/", "_")
+    name = "-".join([model, *(w.replace("=", "") for w in label.split())])
+    return re.sub(r"[^A-Za-z0-9_()-]", "_", name)  # MLflow refuses / : . % " ' in a logged model's name
 
 
 def log_model(tracker, run_id: str, plan, checkpoint_uri: str, metrics: dict[str, float]) -> str:
