@@ -168,7 +168,8 @@ def test_the_runs_read_apart_in_the_mlflow_ui(first_sweep):
     (base,) = client.search_runs([exp], "tags.`colq.role` = 'baseline'")
     assert base.info.run_name == "original · tiny (baseline)" and base.data.tags["colq.method"] == "none"
     assert [k for k in base.data.params if k.startswith(("quant.", "calib.")) or k in ("seqlen", "iters", "seed")] == ["quant.method"]
-    assert "config.yaml" in {a.path for a in client.list_artifacts(base.info.run_id)}  # its own settings, as a point's
+    base_files = {a.path for a in client.list_artifacts(base.info.run_id)}
+    assert "config.yaml" in base_files and any(f.endswith(".log") for f in base_files)  # its settings, its job's log
     # params: the settings that define the result, as config.yaml has them; nothing unset, no testing aid, no
     # speed-only knob; metrics grouped under one name per quantity whatever the role
     for r in [*points, base]:

@@ -336,9 +336,10 @@ def _run_quantized_point(
         else:  # the original's weights behind a compressed index: nothing to quantize
             artifact, metrics = None, _base_size(plan)
         result = _evaluate_stage(plan, artifact, metrics, who, share)
-        # The baseline last: points of one model quantize side by side instead of waiting for its evaluation.
-        baseline, _ = ensure_baseline(plan.baseline, tracker, parent_id, who, [_settings_file(plan.baseline, tmp)],
-                                      share)  # fmt: skip
+        # The baseline last: points of one model quantize side by side instead of waiting for its evaluation. Its
+        # run gets its own config.yaml and this job's log so far (which has its evaluation).
+        own = [_settings_file(plan.baseline, tmp), *logs]
+        baseline, _ = ensure_baseline(plan.baseline, tracker, parent_id, who, own, share)
         metrics.update(R.compare(result.entries, baseline.entries))
         manifest = artifact.manifest if artifact is not None else None
         where = (str(artifact.path), None) if artifact is not None else (plan.checkpoint.source, plan.checkpoint.revision)
