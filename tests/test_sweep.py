@@ -200,6 +200,9 @@ def test_the_runs_read_apart_in_the_mlflow_ui(first_sweep):
     newest = parents[0].data
     # parents read apart by what they compare and when (not the fixed overrides, paths, or how it was launched)
     assert re.fullmatch(r"sweep seqlen=32,48,64 · \d\d-\d\d \d\d:\d\d", parents[-1].info.run_name), parents[-1].info.run_name
+    axes = {k: v for k, v in parents[-1].data.params.items() if k.startswith("sweep.")}
+    assert axes == {"sweep.seqlen": "32,48,64"}  # its axes and values, logged as it starts
+    assert set(newest.params["report.levels.seqlen"].split(",")) >= {"32", "48", "64"}  # what the report compared
     assert newest.tags["mlflow.note.content"].startswith("**`tiny`: use `") and newest.metrics["sweep/tiny/configurations"] == len(points)
     ui = subprocess.run([sys.executable, "-m", "colq_sweep.track.ui", "--outputs-dir", str(outputs), "--print-only"],
                         cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=120)  # fmt: skip
@@ -269,7 +272,7 @@ def _same_sweep_view(uri: str, tmp: Path) -> dict:
         annotated = ("_ci_low", "_ci_high", "/ndcg5_avg_all", "/ndcg5_delta_pct_all", "/configurations")
         out[key] = {
             "status": run.info.status,
-            "params": {k: v for k, v in run.data.params.items() if k not in skip and not k.startswith("sweep.")},
+            "params": {k: v for k, v in run.data.params.items() if k not in skip and not k.startswith("report.levels.")},
             "metrics": {k: v for k, v in run.data.metrics.items()
                         if not k.endswith(TIMING) and k not in CACHE_COUNTERS and not k.endswith(annotated)},  # fmt: skip
             "tags": {k: t.get(k) for k in SAME_TAGS},

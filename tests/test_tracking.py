@@ -206,3 +206,16 @@ def test_logged_model_names_are_the_whole_label_in_characters_mlflow_accepts():
                      "tiny-signround_awq-w4g128-seqlen64-calibpages_q0_25-indexpool3-int8", "org_4b-original"]
     for n in names:
         _validate_logged_model_name(n)  # raises for a name the store would refuse
+
+
+def test_a_sweeps_name_and_axes_are_what_hydra_sweeps():
+    """The parent run is named after the overrides Hydra sweeps (a comma list, a sweep function; not a list value
+    or a path), then when; with nothing swept, after its other overrides; and those are its `sweep.<param>`s."""
+    from colq_sweep.track.multirun import _named, _swept, sweep_name
+
+    task = ["seqlen=32,64", "quant=rtn", "eval.tasks=[A,B]", "iters=choice(2,4)", "outputs_dir=/x/y",
+            "name=demo", "+calib.mix=a,b", "calib.path=/d/f.txt"]  # fmt: skip
+    assert _swept(_named(task)) == ["seqlen=32,64", "iters=choice(2,4)", "+calib.mix=a,b"]
+    assert sweep_name(task, "2026-12-04_22-36-01") == "sweep seqlen=32,64 iters=choice(2,4) +calib.mix=a,b · 12-04 22:36"
+    assert sweep_name(["quant=rtn", "eval.tasks=[A,B]"], "run7") == "sweep quant=rtn eval.tasks=[A,B] · run7"
+    assert sweep_name([], "run7") == "sweep (defaults) · run7"

@@ -6,8 +6,9 @@ configuration's run gets its change's 95 % interval (`ndcg5/delta_all_ci_low/hig
 (tag `colq.significance`: degraded | improved | not significant | n/a) and `colq.best` (true on the configuration
 the report recommends for its model, false on the others: a later report moves it). The parent run (the newest
 sweep of the experiment) gets the recommendation as its description (`mlflow.note.content`), the varying settings
-as params (`sweep.<param>` = their levels) and per model the best configuration's numbers as metrics
-(`best/<model>/ndcg5_avg_all`, `best/<model>/ndcg5_delta_pct_all`) and its number of configurations.
+as params (`report.levels.<param>` = the levels the report compared, over the experiment; a sweep's own axes are
+its `sweep.<param>` params, logged when it starts: track/multirun.py), and per model the best configuration's
+numbers (`best/<model>/ndcg5_avg_all`, `best/<model>/ndcg5_delta_pct_all`) and its number of configurations.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def parent_annotations(analyses, description: str) -> tuple[dict[str, str], dict
         for p in design.varying if design is not None else []:
             values = {c.point.params.get(p) for c in ma.configs} - {None}  # RTN has no seqlen: not a level
             levels = sorted(map(str, values), key=lambda v: (len(v), v))
-            params[f"sweep.{p}"] = ",".join(levels)[:6000]
+            params[f"report.levels.{p}"] = ",".join(levels)[:6000]
         b = ma.best
         if b is not None:
             metrics[f"{R.BEST}{ma.model}/ndcg5_avg_all"] = float(b.avg_all)

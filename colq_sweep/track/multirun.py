@@ -43,9 +43,15 @@ def open_sweep(config: DictConfig, n_jobs: int) -> str:
     run_id = tracker.find_parent(sid)
     if run_id is None:
         overrides = " ".join(config.hydra.overrides.task)
-        run_id = tracker.create_run(sweep_name(list(config.hydra.overrides.task), sweep_dir.name), {
+        task = list(config.hydra.overrides.task)
+        run_id = tracker.create_run(sweep_name(task, sweep_dir.name), {
             R.ROLE: R.ROLE_SWEEP, R.SWEEP_ID: sid, R.SWEEP_DIR: str(sweep_dir.resolve()), R.OVERRIDES: overrides,
         })  # fmt: skip
+        # its axes and their values as params (`sweep.seqlen` = `32,64,128`): the parents filter and compare by them
+        # (a key MLflow would refuse, `model@pkg=a,b`, is left out rather than failing the sweep)
+        axes = dict(o.split("=", 1) for o in _swept(_named(task)))
+        params = {f"sweep.{k.lstrip('+~')}": v[:6000] for k, v in axes.items()}
+        tracker.log(run_id, params={k: v for k, v in params.items() if re.fullmatch(r"[\w.\- ]+", k)})
     tracker.log(run_id, metrics={R.SWEEP_POINTS: n_jobs})
     log.info("MLflow parent run %s (experiment %s, store %s)", run_id, config.name, tracker.uri)
     return run_id
@@ -55,13 +61,28 @@ def open_sweep(config: DictConfig, n_jobs: int) -> str:
 _NOT_NAMED = ("experiment", "outputs_dir", "name", "tracking_uri", "force", "system_metrics", "device")
 
 
+def _named(overrides: list[str]) -> list[str]:
+    return [o for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+~") not in _NOT_NAMED and "/" not in o]
+
+
+def _swept(overrides: list[str]) -> list[str]:
+    """The overrides a sweep varies, as Hydra's parser reads them: a comma list or a sweep function (`seqlen=32,64`,
+    `x=choice(1,2)`; not a list value, `eval.tasks=[A,B]`)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # noqa: BLE001 - Hydra parsed them before the sweep began; a name is not worth a failure
+        return []
+    return [o for o, p in zip(overrides, parsed, strict=True) if p.is_sweep_override()]
+
+
 def sweep_name(overrides: list[str], dir_name: str) -> str:
     """The parent run's name: what the sweep compares (its swept overrides; for a sweep of one point its other
     overrides, paths left out), then when (`sweep seqlen=32,64,128 · 12-04 22:32`; the directory's name when it has
     no time stamp), so parents read apart in the runs table."""
-    words = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in _NOT_NAMED and "/" not in o]
-    swept = [o for o in words if "," in o or re.search(r"=\s*(choice|range|interval|glob)\(", o)]
-    words = swept or words
+    words = _named(overrides)
+    words = _swept(words) or words
     m = re.search(r"\d{4}-(\d\d-\d\d)_(\d\d)-(\d\d)", dir_name)
     when = f"{m.group(1)} {m.group(2)}:{m.group(3)}" if m else dir_name
     return f"sweep {' '.join(words) or '(defaults)'} · {when}"[:250]
