@@ -417,7 +417,10 @@ def test_end_to_end_through_mlflow(tmp_path, monkeypatch):
     pid = parent.info.run_id
     stale = make_point("tiny", p1.label, "quantized", shifted(base, -0.2, rng), params=p1.params)
     _log_point(client, exp_id, tmp_path, stale, old_parent.info.run_id, start_time=2000)  # an older run of p1
-    for p in (p1, p2, p3):
+    mid = client.create_run(exp_id, tags={"colq.role": "sweep"}, run_name="mid-sweep", start_time=3000).info.run_id
+    client.set_terminated(mid, "FINISHED")
+    _log_point(client, exp_id, tmp_path, p2, mid)  # an older sweep with a compared run
+    for p in (p1, p3):
         _log_point(client, exp_id, tmp_path, p, pid)
     client.set_terminated(pid, "FINISHED")
 
@@ -445,6 +448,11 @@ def test_end_to_end_through_mlflow(tmp_path, monkeypatch):
               "performance_diff_tiny.png", "performance_avg_comparison_all.png"):
         assert f"report/{n}" in logged
     assert not client.list_artifacts(old_parent.info.run_id)
+    # the recommendation is the newest sweep's description; the older sweep whose run was compared points to it,
+    # the one whose only run was left out gets nothing
+    note = lambda run: client.get_run(run).data.tags.get("mlflow.note.content")  # noqa: E731
+    assert note(pid).startswith("**`tiny`") and note(mid).endswith(note(pid)) and pid in note(mid)
+    assert note(old_parent.info.run_id) is None
 
     # the CLI: --no-log into another folder; an unknown experiment is one line and exit code 2
     assert cli_main(["--name", "e2e", "--tracking-uri", uri, "--out", str(tmp_path / "cli"), "--no-log",

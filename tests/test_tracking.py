@@ -219,3 +219,21 @@ def test_a_sweeps_name_and_axes_are_what_hydra_sweeps():
     assert sweep_name(task, "2026-12-04_22-36-01") == "sweep seqlen=32,64 iters=choice(2,4) +calib.mix=a,b · 12-04 22:36"
     assert sweep_name(["quant=rtn", "eval.tasks=[A,B]"], "run7") == "sweep quant=rtn eval.tasks=[A,B] · run7"
     assert sweep_name([], "run7") == "sweep (defaults) · run7"
+
+
+def test_older_sweeps_get_the_reports_recommendation_and_keep_their_own(tmp_path):
+    """The report is logged on the newest sweep; an older sweep whose runs it compared gets the recommendation as its
+    description, led by the run that holds the report, and a later report replaces it; a sweep with a description
+    of its own (a search's choice) keeps it."""
+    from colq_sweep.report.annotate import ELSEWHERE, annotate
+
+    tracker = Tracker(resolve_tracking_uri(tmp_path / "out"), "demo")
+    newest, older, search = (tracker.create_run(n, {"colq.role": "sweep"}) for n in ("new", "old", "search"))
+    tracker.log(search, tags={"mlflow.note.content": "Chosen: #2"})
+    annotate(tracker, [], newest, "**`tiny`: use `seqlen=32`**", older=(older, search))
+    note = lambda run: tracker.client.get_run(run).data.tags.get("mlflow.note.content")  # noqa: E731
+    assert note(newest) == "**`tiny`: use `seqlen=32`**"
+    assert note(older) == f"{ELSEWHERE} (`{newest}`, artifacts `report/`).\n\n**`tiny`: use `seqlen=32`**"
+    assert note(search) == "Chosen: #2"
+    annotate(tracker, [], newest, "**`tiny`: use `seqlen=64`**", older=(older, search))
+    assert note(older).endswith("use `seqlen=64`**") and note(search) == "Chosen: #2"

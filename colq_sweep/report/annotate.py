@@ -9,6 +9,8 @@ sweep of the experiment) gets the recommendation as its description (`mlflow.not
 as params (`report.levels.<param>` = the levels the report compared, over the experiment; a sweep's own axes are
 its `sweep.<param>` params, logged when it starts: track/multirun.py), and per model the best configuration's
 numbers (`best/<model>/ndcg5_avg_all`, `best/<model>/ndcg5_delta_pct_all`) and its number of configurations.
+An older sweep whose runs the report compared gets the same recommendation as its description, led by a line that
+names the run holding the report (unless it has a description of its own, e.g. a search's choice).
 """
 
 from __future__ import annotations
@@ -55,9 +57,12 @@ def parent_annotations(analyses, description: str) -> tuple[dict[str, str], dict
     return params, metrics, {R.NOTE: description[:60000]}
 
 
-def annotate(tracker, analyses, parent_id: str | None, description: str) -> None:
+ELSEWHERE = "The experiment's report compares this sweep's runs; it is logged on the newest sweep run"
+
+
+def annotate(tracker, analyses, parent_id: str | None, description: str, older: tuple[str, ...] = ()) -> None:
     """Write both onto the runs (params already logged with another value are left as they are: MLflow params are
-    immutable, and a parent keeps the first report's axes)."""
+    immutable, and a parent keeps the first report's axes); `older` sweeps get the description and a pointer."""
     for run_id, (metrics, tags) in run_annotations(analyses).items():
         tracker.log(run_id, metrics=metrics, tags=tags)
     if parent_id is None:
@@ -65,3 +70,8 @@ def annotate(tracker, analyses, parent_id: str | None, description: str) -> None
     params, metrics, tags = parent_annotations(analyses, description)
     have = tracker.client.get_run(parent_id).data.params
     tracker.log(parent_id, params={k: v for k, v in params.items() if k not in have}, metrics=metrics, tags=tags)
+    for run_id in older:
+        own = tracker.client.get_run(run_id).data.tags.get(R.NOTE)
+        if own is None or own.startswith(ELSEWHERE):  # a description of the sweep's own is kept
+            note = f"{ELSEWHERE} (`{parent_id}`, artifacts `report/`).\n\n{description}"
+            tracker.log(run_id, tags={R.NOTE: note[:60000]})

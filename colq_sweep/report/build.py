@@ -108,15 +108,15 @@ def report_of(name, tracking_uri, outputs_dir, out_dir, log_to_mlflow, n_boot, s
 
             with store_lock(uri):  # sweeps may be writing to the same sqlite store
                 MlflowClient(tracking_uri=uri).log_artifacts(loaded.parent_run_id, str(out), REPORT_ARTIFACT_PATH)
-        _annotate(uri, name, analyses, loaded.parent_run_id)
+        _annotate(uri, name, analyses, loaded.parent_run_id, tuple(loaded.other_sweeps))
     return path, ans
 
 
-def _annotate(uri: str, name: str, analyses, parent_id: str | None) -> None:
+def _annotate(uri: str, name: str, analyses, parent_id: str | None, older: tuple[str, ...] = ()) -> None:
     """The report's intervals, significance and best onto the runs; the recommendation onto the parent."""
     from colq_sweep.report.annotate import annotate
     from colq_sweep.report.sections import section_recommendation
     from colq_sweep.track.store import Tracker
 
     description = "\n\n".join(" ".join(section_recommendation(ma)) for ma in analyses)
-    annotate(Tracker(uri, name), analyses, parent_id, description)
+    annotate(Tracker(uri, name), analyses, parent_id, description, older)

@@ -46,6 +46,7 @@ class Loaded:
     parent_run_id: str | None
     notes: list[str] = field(default_factory=list)
     searches: list[dict] = field(default_factory=list)  # report/search.py: the newest record of each search
+    other_sweeps: list[str] = field(default_factory=list)  # older sweep runs, parents of compared points
 
 
 # what runs logged before these settings existed had: the uncompressed index, a 16-bit vision tower, and (for a
@@ -195,7 +196,10 @@ def load_experiment(name: str, tracking_uri: str) -> Loaded:
     for p in points:
         p.model = group_of.get(p.run_id, p.model)
     points.sort(key=lambda p: (p.model, p.role != "baseline", p.start_time or 0))
-    return Loaded(points=points, parent_run_id=parent, notes=notes, searches=searches)
+    compared = {p.run_id for p in points}
+    others = [r.info.run_id for r in sweeps[1:]
+              if any(c.data.tags.get(PARENT) == r.info.run_id and c.info.run_id in compared for c in point_runs)]
+    return Loaded(points=points, parent_run_id=parent, notes=notes, searches=searches, other_sweeps=others)
 
 
 def _latest_quantized(point_runs: list, notes: list[str]) -> list:
