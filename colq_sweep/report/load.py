@@ -197,8 +197,8 @@ def load_experiment(name: str, tracking_uri: str) -> Loaded:
         p.model = group_of.get(p.run_id, p.model)
     points.sort(key=lambda p: (p.model, p.role != "baseline", p.start_time or 0))
     compared = {p.run_id for p in points}
-    others = [r.info.run_id for r in sweeps[1:]
-              if any(c.data.tags.get(PARENT) == r.info.run_id and c.info.run_id in compared for c in point_runs)]
+    parents = {c.data.tags.get(PARENT) for c in point_runs if c.info.run_id in compared}
+    others = [r.info.run_id for r in sweeps[1:] if r.info.run_id in parents]
     return Loaded(points=points, parent_run_id=parent, notes=notes, searches=searches, other_sweeps=others)
 
 
